@@ -1,0 +1,178 @@
+"""The vocabulary of fundl: what a layer is, what it takes and what it returns.
+
+A **layer** is a pair of pure functions, made by a factory such as ``dense(128)``::
+
+    init(key, input_shape) -> (output_shape, params, state)
+    apply(params, state, x, *, key=None, train=False) -> (y, new_state)
+
+``init`` infers the output shape from the input shape alone (no data) and builds the
+layer's **params** (trainable arrays) and **state** (non-trainable arrays such as
+batch-norm statistics), both plain nested dicts of ``jax.Array`` with readable names.
+Layers without params or state return empty dicts, and combinators leave those out of
+their trees. ``apply`` is pure: the randomness it needs comes in as ``key`` and the
+state it updates goes out as ``new_state``. ``train`` is a runtime keyword.
+
+Every user error a layer raises is a :class:`LayerError`; combinators prefix its message
+with the path of the layer that raised it, e.g. ``encoder/dense_1: ...``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple, Protocol
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+Key = jax.Array
+"""A JAX PRNG key, e.g. ``jax.random.key(0)``."""
+Params = dict[str, Any]
+"""Trainable arrays: nested dicts whose leaves are ``jax.Array``."""
+State = dict[str, Any]
+"""Non-trainable arrays updated by ``apply`` (batch-norm statistics): nested dicts."""
+Shape = tuple[Any, ...]
+"""An array shape ``(batch, ...)``, or a tuple of shapes for layers with several inputs."""
+Initializer = Callable[..., Array]
+"""A ``jax.nn.initializers`` function: ``init(key, shape, dtype) -> Array``."""
+
+
+class InitFn(Protocol):
+    def __call__(self, key: Key, input_shape: Shape) -> tuple[Shape, Params, State]:
+        """Builds params and state for inputs of ``input_shape``; returns the output shape too."""
+
+
+class ApplyFn(Protocol):
+    def __call__(
+        self, params: Params, state: State, x: Any, *, key: Key | None = None, train: bool = False
+    ) -> tuple[Any, State]:
+        """Computes the layer's output and its new state."""
+
+
+class Layer(NamedTuple):
+    """An ``(init, apply)`` pair and the name it is known by inside a model.
+
+    Attributes:
+      init: builds ``(output_shape, params, state)`` from a key and an input shape.
+      apply: computes ``(y, new_state)`` from params, state and an input.
+      name: the kind of layer (``"dense"``); a combinator numbers it (``dense_0``)
+        unless ``fixed_name`` is set by :func:`fundl.named`.
+      fixed_name: use ``name`` as it is, without a number.
+    """
+
+    init: InitFn
+    apply: ApplyFn
+    name: str = "layer"
+    fixed_name: bool = False
+
+
+class LayerError(ValueError):
+    """A layer was given input, params or arguments it cannot use.
+
+    The message says what was expected and what was received; ``path`` names the layer
+    inside its model and grows as the error passes up through combinators.
+    """
+
+    def __init__(self, message: str, path: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.message = message
+        self.path = path
+
+    def within(self, name: str) -> "LayerError":
+        """Returns this error with ``name`` prepended to its path."""
+        self.path = (name, *self.path)
+        return self
+
+    def __str__(self) -> str:
+        where = "/".join(self.path)
+        return f"{where}: {self.message}" if where else self.message
+
+
+class LayerTypeError(LayerError, TypeError):
+    """A layer was given an input of the wrong dtype."""
+
+
+# ---------------------------------------------------------------------------------------
+# Small checks shared by the layers. They run at init or trace time, never per step.
+
+
+def check_positive(kind: str, **values: Any) -> None:
+    """Raises LayerError unless every value (an int or a tuple of ints) is > 0."""
+    for arg, value in values.items():
+        items = value if isinstance(value, tuple) else (value,)
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in items):
+            raise LayerError(f"{kind}: `{arg}` must be a positive integer (or tuple of them), got {value!r}")
+
+
+def check_rank(kind: str, shape: Shape, rank: int, layout: str, hint: str = "") -> None:
+    """Raises LayerError unless ``shape`` has exactly ``rank`` dimensions."""
+    if len(shape) != rank:
+        fix = f": {hint}" if hint else ""
+        raise LayerError(f"{kind} expects inputs of shape {layout} (rank {rank}), got {tuple(shape)}{fix}")
+
+
+def check_float(kind: str, x: Any) -> None:
+    """Raises LayerTypeError unless ``x`` is a floating-point array."""
+    dtype = jnp.result_type(x)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise LayerTypeError(
+            f"{kind} expects floating-point inputs, got {dtype}: cast with x.astype(jnp.float32)"
+            + (", or use embedding() for integer token ids" if jnp.issubdtype(dtype, jnp.integer) else "")
+        )
+
+
+def expect_params(kind: str, params: Params, expected: dict[str, tuple[int, ...]]) -> list[Array]:
+    """Returns ``params``' arrays in the order of ``expected`` after checking names and shapes.
+
+    Raises LayerError naming the missing, unexpected or wrong-shaped entry.
+    """
+    if not isinstance(params, dict):
+        raise LayerError(f"{kind} expects params to be a dict with {sorted(expected)}, got {type(params).__name__}")
+    missing = [name for name in expected if name not in params]
+    extra = [name for name in params if name not in expected]
+    if missing or extra:
+        raise LayerError(
+            f"{kind} params do not match the layer: expected entries {sorted(expected)}, "
+            f"missing {missing}, unexpected {extra}"
+        )
+    arrays = []
+    for name, shape in expected.items():
+        got = tuple(jnp.shape(params[name]))
+        if got != tuple(shape):
+            raise LayerError(f"{kind} param '{name}' should have shape {tuple(shape)}, got {got}")
+        arrays.append(params[name])
+    return arrays
+
+
+def stateless(name: str, fn: Callable[[Any], Any], shape_fn: Callable[[Shape], Shape]) -> Layer:
+    """A layer without params or state that computes ``fn(x)``; ``shape_fn`` gives its output shape."""
+
+    def init(key: Key, input_shape: Shape) -> tuple[Shape, Params, State]:
+        return shape_fn(input_shape), {}, {}
+
+    def apply(params, state, x, *, key=None, train=False):
+        return fn(x), state
+
+    return Layer(init, apply, name)
+
+
+def num_elements(tree: Any) -> int:
+    """The number of scalars in a pytree of arrays (or of ShapeDtypeStructs)."""
+    return sum(math.prod(jnp.shape(leaf)) for leaf in jax.tree.leaves(tree))
+
+
+def is_concrete(x: Any) -> bool:
+    """True when ``x`` holds values (eager call), False under a JAX transformation."""
+    return not isinstance(x, jax.core.Tracer)
+
+
+def check_indices(kind: str, x: Any, size: int, what: str) -> None:
+    """Raises LayerError if concrete integer ``x`` has values outside ``[0, size)``.
+
+    Under ``jit`` the values are unknown and nothing is checked.
+    """
+    if is_concrete(x) and jnp.size(x):
+        low, high = int(jnp.min(x)), int(jnp.max(x))
+        if low < 0 or high >= size:
+            raise LayerError(f"{kind}: {what} must lie in [0, {size}), got values from {low} to {high}")

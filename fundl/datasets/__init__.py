@@ -1,0 +1,14 @@
+"""Small data sets for examples and tests, as plain NumPy arrays.
+
+``digits()`` returns the 8x8 handwritten digits bundled with the package (no
+download, no scikit-learn needed); ``mnist(path)`` loads MNIST from IDX files
+that you have downloaded into a local folder. Both return
+``{"train": {"image": ..., "label": ...}, "test": {...}}`` with float32 images
+scaled to [0, 1] and int32 labels. ``read_idx`` and ``write_idx`` read and
+write single IDX files, the format MNIST is distributed in.
+"""
+
+from fundl.datasets._digits import digits
+from fundl.datasets._idx import mnist, read_idx, write_idx
+
+__all__ = ["digits", "mnist", "read_idx", "write_idx"]

@@ -1,0 +1,49 @@
+"""Checks shared by the layer tests: shape agreement and gradients against finite differences."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.test_util import check_grads
+
+import fundl
+
+
+def random_input(shape, dtype=jnp.float32, seed=1):
+    return jax.random.normal(jax.random.key(seed), shape, dtype)
+
+
+def as_shapes(shape):
+    """A shape, or nested sequence of shapes, as nested tuples."""
+    if all(isinstance(d, int) for d in shape):
+        return tuple(shape)
+    return tuple(as_shapes(s) for s in shape)
+
+
+def assert_shape_agreement(layer: fundl.Layer, input_shape, *, train=False, x=None):
+    """``init``'s predicted output shape equals the shape ``apply`` produces; state keeps its shapes."""
+    out_shape, params, state = layer.init(jax.random.key(0), input_shape)
+    x = random_input(input_shape) if x is None else x
+    y, new_state = layer.apply(params, state, x, key=jax.random.key(2), train=train)
+    assert as_shapes(out_shape) == jax.tree.map(jnp.shape, y), (out_shape, jax.tree.map(jnp.shape, y))
+    assert jax.tree.map(jnp.shape, new_state) == jax.tree.map(jnp.shape, state)
+    return out_shape, params, state, y
+
+
+def assert_grads_match_finite_differences(layer: fundl.Layer, input_shape, *, train=False, key=None):
+    """Reverse- and forward-mode gradients w.r.t. params and input agree with finite differences (float64)."""
+    with jax.enable_x64(True):
+        _, params, state = layer.init(jax.random.key(0), input_shape)
+        params = jax.tree.map(lambda a: a.astype(jnp.float64), params)
+        state = jax.tree.map(lambda a: a.astype(jnp.float64), state)
+        x = random_input(input_shape, jnp.float64)
+
+        def f(params, x):
+            return layer.apply(params, state, x, key=key, train=train)[0]
+
+        check_grads(f, (params, x), order=1, modes=("fwd", "rev"), atol=1e-5, rtol=1e-5)
+
+
+def np_params(params):
+    return jax.tree.map(np.asarray, params)
