@@ -40,5 +40,11 @@ from fundl._activations import (
     softplus as softplus,
     tanh as tanh,
 )
+from fundl._reshape import flatten as flatten, reshape as reshape
+from fundl._dropout import dropout as dropout
+from fundl._norm import batch_norm as batch_norm, layer_norm as layer_norm
+from fundl._flax import from_flax as from_flax
+from fundl._summary import summary as summary
+from fundl import datasets as datasets, losses as losses
 
 __version__ = "0.1.0"

@@ -152,16 +152,16 @@ def _side_by_side(kind: str, layers: Sequence[Layer], split_input: bool) -> Laye
     children = _name_children(kind, layers)
     names = [name for name, _ in children]
 
-    def inputs_for(x: Any, describe: Callable[[Any], Any]) -> Sequence[Any]:
+    def inputs_for(x: Any, is_input: Callable[[Any], bool], describe: Callable[[Any], Any]) -> Sequence[Any]:
         if not split_input:
             return [x] * len(children)
-        if not isinstance(x, (tuple, list)) or len(x) != len(children):
+        if not isinstance(x, (tuple, list)) or len(x) != len(children) or not all(map(is_input, x)):
             raise LayerError(f"{kind} expects a tuple of {len(children)} inputs, one per layer, got {describe(x)}")
         return x
 
     def init(key, input_shape):
         shapes, params, state = [], {}, {}
-        for (name, layer), shape in zip(children, inputs_for(input_shape, lambda s: s)):
+        for (name, layer), shape in zip(children, inputs_for(input_shape, lambda s: isinstance(s, (tuple, list)), tuple)):
             out, params[name], state[name] = init_child(name, layer, key, shape)
             shapes.append(out)
         return tuple(shapes), _keep_nonempty(params), _keep_nonempty(state)
@@ -170,7 +170,7 @@ def _side_by_side(kind: str, layers: Sequence[Layer], split_input: bool) -> Laye
         _check_entries(kind, params, "params", names)
         _check_entries(kind, state, "state", names)
         ys, new_state = [], {}
-        for (name, layer), xi in zip(children, inputs_for(x, lambda v: jax.tree.map(jnp.shape, v))):
+        for (name, layer), xi in zip(children, inputs_for(x, lambda v: not isinstance(v, (tuple, list)), lambda v: jax.tree.map(jnp.shape, v))):
             y, new_state[name] = apply_child(name, layer, params, state, xi, key, train)
             ys.append(y)
         return tuple(ys), _keep_nonempty(new_state)

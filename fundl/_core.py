@@ -102,7 +102,8 @@ def check_positive(kind: str, **values: Any) -> None:
     for arg, value in values.items():
         items = value if isinstance(value, tuple) else (value,)
         if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in items):
-            raise LayerError(f"{kind}: `{arg}` must be a positive integer (or tuple of them), got {value!r}")
+            what = "a tuple of positive integers" if isinstance(value, tuple) else "a positive integer"
+            raise LayerError(f"{kind}: `{arg}` must be {what}, got {value!r}")
 
 
 def check_rank(kind: str, shape: Shape, rank: int, layout: str, hint: str = "") -> None:
@@ -167,12 +168,12 @@ def is_concrete(x: Any) -> bool:
     return not isinstance(x, jax.core.Tracer)
 
 
-def check_indices(kind: str, x: Any, size: int, what: str) -> None:
-    """Raises LayerError if concrete integer ``x`` has values outside ``[0, size)``.
+def check_indices(kind: str, x: Any, size: int, what: str, error: type[ValueError] = LayerError) -> None:
+    """Raises ``error`` if concrete integer ``x`` has values outside ``[0, size)``.
 
     Under ``jit`` the values are unknown and nothing is checked.
     """
     if is_concrete(x) and jnp.size(x):
         low, high = int(jnp.min(x)), int(jnp.max(x))
         if low < 0 or high >= size:
-            raise LayerError(f"{kind}: {what} must lie in [0, {size}), got values from {low} to {high}")
+            raise error(f"{kind}: {what} must lie in [0, {size}), got values from {low} to {high}")

@@ -31,18 +31,24 @@ def assert_shape_agreement(layer: fundl.Layer, input_shape, *, train=False, x=No
     return out_shape, params, state, y
 
 
-def assert_grads_match_finite_differences(layer: fundl.Layer, input_shape, *, train=False, key=None):
-    """Reverse- and forward-mode gradients w.r.t. params and input agree with finite differences (float64)."""
+def assert_grads_match_finite_differences(layer: fundl.Layer, input_shape, *, train=False, key=None, x=None):
+    """Forward- and reverse-mode gradients agree with finite differences, in float64.
+
+    Differentiates w.r.t. the params and, when it is floating point, the input ``x``.
+    """
     with jax.enable_x64(True):
         _, params, state = layer.init(jax.random.key(0), input_shape)
         params = jax.tree.map(lambda a: a.astype(jnp.float64), params)
         state = jax.tree.map(lambda a: a.astype(jnp.float64), state)
-        x = random_input(input_shape, jnp.float64)
+        x = random_input(input_shape, jnp.float64) if x is None else x
 
         def f(params, x):
             return layer.apply(params, state, x, key=key, train=train)[0]
 
-        check_grads(f, (params, x), order=1, modes=("fwd", "rev"), atol=1e-5, rtol=1e-5)
+        if jnp.issubdtype(x.dtype, jnp.floating):
+            check_grads(f, (params, x), order=1, modes=("fwd", "rev"), atol=1e-5, rtol=1e-5)
+        else:
+            check_grads(lambda p: f(p, x), (params,), order=1, modes=("fwd", "rev"), atol=1e-5, rtol=1e-5)
 
 
 def np_params(params):
