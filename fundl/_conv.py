@@ -18,26 +18,23 @@ from jax.nn import initializers
 
 from fundl._core import Initializer, Layer, LayerError, Shape, check_float, check_positive, check_rank, expect_params
 
-Padding = str | int | Sequence[tuple[int, int]]
-"""``"SAME"``, ``"VALID"``, an int (both sides of every spatial dim) or one ``(low, high)`` per dim."""
+Padding = str | int | Sequence[tuple[int, int]]  # "SAME", "VALID", an int, or one (low, high) per spatial dim
 PADDING_CHOICES = "'SAME', 'VALID', a non-negative int, or one (low, high) pair per spatial dim"
-_SPATIAL = ("depth", "height", "width")
 
 
 def layout(n: int) -> str:
     """The named input layout for ``n`` spatial dims, e.g. ``(batch, height, width, channels)``."""
-    return "(" + ", ".join(("batch", *_SPATIAL[3 - n :], "channels")) + ")"
+    return "(" + ", ".join(("batch", *("depth", "height", "width")[3 - n :], "channels")) + ")"
 
 
 def rank_hint(shape: Shape, n: int) -> str:
     """A likely fix for an input of the wrong rank, e.g. ``add reshape((8, 8, 1)) before it``."""
-    per_example = tuple(shape[1:])
-    if len(shape) == n + 1:  # channels axis missing
-        return f"reshape it, e.g. add reshape({(*per_example, 1)}) before it"
-    if n == 2 and len(shape) == 2 and math.isqrt(shape[1]) ** 2 == shape[1]:
-        side = math.isqrt(shape[1])
-        return f"reshape it, e.g. add reshape({(side, side, 1)}) before it"
-    return ""
+    target = None
+    if len(shape) == n + 1:  # the channels axis is missing
+        target = (*shape[1:], 1)
+    elif n == 2 and len(shape) == 2 and isinstance(shape[1], int) and math.isqrt(shape[1]) ** 2 == shape[1]:
+        target = (math.isqrt(shape[1]),) * 2 + (1,)  # flat square images
+    return f"reshape it, e.g. add reshape({target}) before it" if target else ""
 
 
 def as_tuple(kind: str, arg: str, value: Any, n: int) -> tuple[int, ...]:
@@ -49,22 +46,23 @@ def as_tuple(kind: str, arg: str, value: Any, n: int) -> tuple[int, ...]:
     return value if isinstance(value, tuple) else (value,) * n
 
 
+def _non_negative(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
 def as_padding(kind: str, padding: Padding, n: int) -> str | tuple[tuple[int, int], ...]:
     """``"SAME"``, ``"VALID"`` or a tuple of ``n`` ``(low, high)`` pairs of non-negative ints."""
     if isinstance(padding, str):
         if padding.upper() in ("SAME", "VALID"):
             return padding.upper()
         raise LayerError(f"{kind}: unknown padding {padding!r}; expected {PADDING_CHOICES}")
-    if isinstance(padding, int) and not isinstance(padding, bool) and padding >= 0:
+    if _non_negative(padding):
         return ((padding, padding),) * n
     pairs = tuple(padding) if isinstance(padding, (tuple, list)) else ()
-    if pairs and all(
-        isinstance(p, (tuple, list)) and len(p) == 2 and all(isinstance(v, int) and v >= 0 for v in p) for p in pairs
-    ):
+    if pairs and all(isinstance(p, (tuple, list)) and len(p) == 2 and all(_non_negative(v) for v in p) for p in pairs):
         if len(pairs) != n:
-            raise LayerError(
-                f"{kind}: padding needs one (low, high) pair per spatial dim ({n}), got {len(pairs)}: {padding!r}"
-            )
+            got = f"got {len(pairs)}: {padding!r}"
+            raise LayerError(f"{kind}: padding needs one (low, high) pair per spatial dim ({n}), {got}")
         return tuple((lo, hi) for lo, hi in pairs)
     raise LayerError(f"{kind}: padding must be {PADDING_CHOICES}, got {padding!r}")
 
@@ -92,9 +90,8 @@ def spatial_out(
 
 
 def _conv_layer(
-    kind: str, n: int, features: int, kernel: tuple[int, ...], use_bias: bool,
-    w_init: Initializer, b_init: Initializer,
-    out_sizes: Callable[[Shape], tuple[int, ...]], compute: Callable[[jax.Array, jax.Array], jax.Array],
+    kind: str, n: int, features: int, kernel: tuple[int, ...], use_bias: bool, w_init: Initializer,
+    b_init: Initializer, out_sizes: Callable[[Shape], tuple[int, ...]], compute: Callable[..., jax.Array],
 ) -> Layer:
     """The layer shared by all convolutions: params, checks and bias around ``compute(x, w)``."""
 
@@ -117,10 +114,8 @@ def _conv_layer(
         c_in = jnp.shape(x)[-1]
         w = params.get("w") if isinstance(params, dict) else None
         if w is not None and jnp.ndim(w) == n + 2 and jnp.shape(w)[-2] != c_in:
-            raise LayerError(
-                f"{kind} expects inputs with {jnp.shape(w)[-2]} channels, got {c_in} "
-                f"(input shape {jnp.shape(x)}): the params were built for {jnp.shape(w)[-2]} input channels"
-            )
+            c_w = jnp.shape(w)[-2]
+            raise LayerError(f"{kind} expects inputs with {c_w} channels, got {c_in}: input shape {jnp.shape(x)}")
         expected = {"w": (*kernel, c_in, features), **({"b": (features,)} if use_bias else {})}
         w, *b = expect_params(kind, params, expected)
         dtype = jnp.result_type(x, w)
@@ -132,9 +127,8 @@ def _conv_layer(
     return Layer(init, apply, kind)
 
 
-def _dimension_numbers(n: int) -> tuple[str, str, str]:
-    spatial = "DHW"[3 - n :]
-    return f"N{spatial}C", f"{spatial}IO", f"N{spatial}C"
+# lax dimension numbers by number of spatial dims: channels-last inputs/outputs, (*kernel, in, out) kernels
+_DIMS = {1: ("NWC", "WIO", "NWC"), 2: ("NHWC", "HWIO", "NHWC")}
 
 
 def _conv(kind, n, features, kernel_size, strides, padding, dilation, use_bias, w_init, b_init) -> Layer:
@@ -145,9 +139,7 @@ def _conv(kind, n, features, kernel_size, strides, padding, dilation, use_bias, 
     pad = as_padding(kind, padding, n)
 
     def compute(x, w):
-        return lax.conv_general_dilated(
-            x, w, strides, pad, rhs_dilation=dilation, dimension_numbers=_dimension_numbers(n)
-        )
+        return lax.conv_general_dilated(x, w, strides, pad, rhs_dilation=dilation, dimension_numbers=_DIMS[n])
 
     out_sizes = lambda sizes: spatial_out(kind, sizes, kernel, strides, dilation, pad)  # noqa: E731
     return _conv_layer(kind, n, features, kernel, use_bias, w_init, b_init, out_sizes, compute)
@@ -195,7 +187,7 @@ def conv1d(
     the arguments are those of :func:`conv2d` with one entry per tuple instead of two.
 
     Example:
-      >>> out_shape, params, state = conv1d(16, 5, padding="VALID").init(jax.random.key(0), (8, 100, 3))  # (8, 96, 16)
+      >>> out_shape, params, _ = conv1d(16, 5, padding="VALID").init(jax.random.key(0), (8, 100, 3))  # (8, 96, 16)
     """
     return _conv("conv1d", 1, features, kernel_size, strides, padding, dilation, use_bias, w_init, b_init)
 
@@ -237,6 +229,6 @@ def conv2d_transpose(
         return tuple(m * s + max(k - s, 0) for m, k, s in zip(sizes, kernel, strides))
 
     def compute(x, w):
-        return lax.conv_transpose(x, w, strides, pad, dimension_numbers=_dimension_numbers(n), transpose_kernel=False)
+        return lax.conv_transpose(x, w, strides, pad, dimension_numbers=_DIMS[n], transpose_kernel=False)
 
     return _conv_layer(kind, n, features, kernel, use_bias, w_init, b_init, out_sizes, compute)

@@ -26,7 +26,7 @@ def _pool(
     window = tuple(window)
     n = len(window)
     check_positive(kind, window=window)
-    strides = (1,) * n if strides is None else as_tuple(kind, "strides", strides, n)
+    strides = window if strides is None else as_tuple(kind, "strides", strides, n)
     pad = as_padding(kind, padding, n)
     full_pad = pad if isinstance(pad, str) else ((0, 0), *pad, (0, 0))
 
@@ -109,7 +109,8 @@ def global_avg_pool() -> Layer:
         shape = tuple(shape)
         if len(shape) < 3:
             hint = f": add a channel axis, e.g. reshape({(*shape[1:], 1)}) before it" if len(shape) == 2 else ""
-            raise LayerError(f"{kind} expects inputs of shape (batch, *spatial, channels) (rank >= 3), got {shape}{hint}")
+            layout = "(batch, *spatial, channels) (rank >= 3)"
+            raise LayerError(f"{kind} expects inputs of shape {layout}, got {shape}{hint}")
         return (shape[0], shape[-1])
 
     def init(key, input_shape):

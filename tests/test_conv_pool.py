@@ -1,5 +1,7 @@
 """Convolution and pooling layers: shape rules, flax.linen and NumPy oracles, gradients, errors."""
 
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -106,7 +108,9 @@ def test_conv1d_matches_flax(strides, padding, dilation):
     np.testing.assert_allclose(y, ref, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("kernel, strides, padding", [(3, 2, "SAME"), ((4, 3), 2, "VALID"), ((2, 3), 3, "VALID"), (3, 1, "same")])
+@pytest.mark.parametrize(
+    "kernel, strides, padding", [(3, 2, "SAME"), ((4, 3), 2, "VALID"), ((2, 3), 3, "VALID"), (3, 1, "same")]
+)
 def test_conv2d_transpose_matches_flax(kernel, strides, padding):
     x = random_input((2, 4, 3, 3))
     y, params = run(conv2d_transpose(2, kernel, strides=strides, padding=padding,
@@ -240,12 +244,12 @@ def test_conv2d_wrong_rank_names_layout_and_fix():
                        r"got \(32, 64\).*reshape\(\(8, 8, 1\)\)"):
         layer.init(jax.random.key(0), (32, 64))
     _, params, state = layer.init(jax.random.key(0), (2, 8, 8, 1))
-    with pytest.raises(LayerError, match=r"\(batch, height, width, channels\).*got \(2, 8, 8\).*reshape\(\(8, 8, 1\)\)"):
+    with pytest.raises(LayerError, match=r"\(batch, height, width, channels\).*got \(2, 8, 8\).*reshape\(\(8, 8, 1"):
         layer.apply(params, state, jnp.zeros((2, 8, 8)))
 
 
 def test_conv1d_wrong_rank_names_layout():
-    with pytest.raises(LayerError, match=r"conv1d expects inputs of shape \(batch, width, channels\).*got \(4, 5, 6, 7\)"):
+    with pytest.raises(LayerError, match=r"conv1d expects inputs of shape \(batch, width, channels\).*\(4, 5, 6, 7\)"):
         conv1d(4, 3).init(jax.random.key(0), (4, 5, 6, 7))
 
 
@@ -294,8 +298,9 @@ def test_channel_mismatch_names_both_counts(make):
     layer = make()
     spatial = (5,) if layer.name == "conv1d" else (5, 5)
     _, params, state = layer.init(jax.random.key(0), (2, *spatial, 3))
-    with pytest.raises(LayerError, match=rf"{layer.name} expects inputs with 3 channels, got 5.*\(2, {', '.join(['5'] * len(spatial))}, 5\)"):
-        layer.apply(params, state, jnp.zeros((2, *spatial, 5)))
+    x = jnp.zeros((2, *spatial, 5))
+    with pytest.raises(LayerError, match=rf"{layer.name} expects inputs with 3 channels, got 5.*{re.escape(str(x.shape))}"):
+        layer.apply(params, state, x)
 
 
 def test_params_that_do_not_match():
@@ -312,7 +317,7 @@ def test_params_that_do_not_match():
 
 @pytest.mark.parametrize(
     "layer, shape, match",
-    [(conv2d(4, 3, padding="VALID", dilation=2), (1, 4, 9, 1), r"input size 4 along spatial dim 0 .* kernel size 3 \(dilated to 5\)"),
+    [(conv2d(4, 3, padding="VALID", dilation=2), (1, 4, 9, 1), r"input size 4 along spatial dim 0 .* size 3 \(dilated to 5"),
      (conv1d(4, 5, padding=1), (1, 2, 1), r"input size 2 .* kernel size 5 with padding \(\(1, 1\),\).*padding='SAME'"),
      (max_pool((3, 3)), (1, 2, 8, 1), r"input size 2 .* window size 3"),
      (avg_pool((3,)), (1, 2, 1), r"input size 2 .* window size 3")],
@@ -323,10 +328,11 @@ def test_input_smaller_than_kernel(layer, shape, match):
 
 
 def test_pool_wrong_rank_names_layout():
-    with pytest.raises(LayerError, match=r"max_pool expects inputs of shape \(batch, height, width, channels\).*got \(2, 28, 28\).*reshape\(\(28, 28, 1\)\)"):
+    layout = r"\(batch, height, width, channels\)"
+    with pytest.raises(LayerError, match=rf"max_pool expects inputs of shape {layout}.*\(2, 28, 28\).*reshape\(\(28, 28, 1"):
         max_pool((2, 2)).init(jax.random.key(0), (2, 28, 28))
     _, params, state = avg_pool((2,)).init(jax.random.key(0), (2, 8, 3))
-    with pytest.raises(LayerError, match=r"avg_pool expects inputs of shape \(batch, width, channels\).*got \(2, 8, 8, 3\)"):
+    with pytest.raises(LayerError, match=r"avg_pool expects inputs of shape \(batch, width, channels\).*\(2, 8, 8, 3\)"):
         avg_pool((2,)).apply(params, state, jnp.zeros((2, 8, 8, 3)))
-    with pytest.raises(LayerError, match=r"global_avg_pool expects inputs of shape \(batch, \*spatial, channels\).*got \(2, 64\)"):
+    with pytest.raises(LayerError, match=r"global_avg_pool expects inputs of shape \(batch, \*spatial, channels\).*\(2, 64"):
         global_avg_pool().init(jax.random.key(0), (2, 64))
