@@ -1,9 +1,17 @@
 """fundl: functional deep learning in JAX.
 
 A model is a pure function over a parameter pytree. A layer is an ``(init, apply)`` pair
-(see :mod:`fundl._core`); combinators build models from layers.
+(the vocabulary is :mod:`fundl._core`); combinators build models from layers; losses are
+pure functions; one training loop (:mod:`fundl.train`) trains every model.
+
+Example:
+  >>> import fundl as fl
+  >>> model = fl.serial(fl.dense(100), fl.tanh(), fl.dense(10))
+  >>> out_shape, params, state = model.init(jax.random.key(0), (32, 64))
+  >>> logits, state = model.apply(params, state, x)
 """
 
+# The vocabulary.
 from fundl._core import (
     ApplyFn as ApplyFn,
     InitFn as InitFn,
@@ -16,6 +24,8 @@ from fundl._core import (
     Shape as Shape,
     State as State,
 )
+
+# Building models.
 from fundl._combinators import (
     branch as branch,
     fan_in_concat as fan_in_concat,
@@ -26,25 +36,36 @@ from fundl._combinators import (
     residual as residual,
     serial as serial,
 )
-from fundl._dense import dense as dense, embedding as embedding
-from fundl._activations import (
+from fundl._summary import summary as summary
+from fundl.layers import (
+    avg_pool as avg_pool,
+    batch_norm as batch_norm,
+    conv1d as conv1d,
+    conv2d as conv2d,
+    conv2d_transpose as conv2d_transpose,
+    dense as dense,
+    dropout as dropout,
     elu as elu,
+    embedding as embedding,
+    flatten as flatten,
+    from_flax as from_flax,
     gelu as gelu,
+    global_avg_pool as global_avg_pool,
     identity as identity,
+    layer_norm as layer_norm,
     leaky_relu as leaky_relu,
     log_softmax as log_softmax,
+    max_pool as max_pool,
     relu as relu,
+    reshape as reshape,
     sigmoid as sigmoid,
     silu as silu,
     softmax as softmax,
     softplus as softplus,
     tanh as tanh,
 )
-from fundl._reshape import flatten as flatten, reshape as reshape
-from fundl._dropout import dropout as dropout
-from fundl._norm import batch_norm as batch_norm, layer_norm as layer_norm
-from fundl._flax import from_flax as from_flax
-from fundl._summary import summary as summary
+
+# Losses, data.
 from fundl import datasets as datasets, losses as losses
 
 __version__ = "0.1.0"

@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fundl._conv import conv1d, conv2d, conv2d_transpose
+from fundl import conv1d, conv2d, conv2d_transpose
 from fundl._core import LayerError, LayerTypeError
-from fundl._pool import avg_pool, global_avg_pool, max_pool
+from fundl import avg_pool, global_avg_pool, max_pool
 from tests.layer_checks import assert_grads_match_finite_differences, assert_shape_agreement, random_input
 
 PADDINGS_2D = ["SAME", "VALID", 1, ((1, 2), (0, 1))]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 from jax.nn import initializers
 
@@ -42,9 +43,10 @@ def dense(
         if len(input_shape) < 1:
             raise LayerError(f"dense expects inputs of shape (..., features), got {tuple(input_shape)}")
         n_in = input_shape[-1]
-        params = {"w": w_init(key, (n_in, units), jnp.float32)}
+        w_key, b_key = jax.random.split(key)
+        params = {"w": w_init(w_key, (n_in, units), jnp.float32)}
         if use_bias:
-            params["b"] = b_init(key, (units,), jnp.float32)
+            params["b"] = b_init(b_key, (units,), jnp.float32)
         return (*input_shape[:-1], units), params, {}
 
     def apply(params, state, x, *, key=None, train=False):

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from fundl._conv import Padding, as_padding, as_tuple, layout, rank_hint, spatial_out
+from fundl.layers._conv import Padding, as_padding, as_tuple, layout, rank_hint, spatial_out
 from fundl._core import Layer, LayerError, Shape, check_float, check_positive, check_rank
 
 

@@ -2,7 +2,7 @@
 
 Inputs are ``(batch, *spatial, channels)`` and kernels ``(*kernel_size, in_channels,
 features)`` (WIO / HWIO), as in ``flax.linen.Conv``. The spatial shape rules below are
-shared with the pooling layers of :mod:`fundl._pool`.
+shared with the pooling layers of :mod:`fundl.layers._pool`.
 """
 
 from __future__ import annotations

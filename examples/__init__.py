@@ -1,0 +1,1 @@
+"""fundl's bundled examples (installed as ``fundl.examples``); see examples/README.md."""
