@@ -1,38 +1,53 @@
-"""The seed lecture's model, Dense(100) -> tanh -> Dense(10) -> softmax, on the 8x8 digits.
+"""The seed lecture's MLP, Dense(100) -> tanh -> Dense(10) -> softmax, on the 8x8 digits.
 
-Command: python examples/mlp_digits.py
-Expected: a second on a laptop CPU; prints the model summary and the accuracy of the
-untrained model (about 0.1, chance level).
+Command: fundl run mlp_digits
+Expected: about 3 s on a laptop CPU (under 1 s of it training); test accuracy about 0.97.
+
+The course's second model, two ReLU(100) layers trained with Adam:
+Command: fundl run mlp_digits --set model=relu2 --set optimizer.name=adam --set optimizer.learning_rate=0.001
+Expected: about 3 s; test accuracy about 0.98.
+
+As in the course, each of the 64 pixels is standardised with the training split's mean
+and standard deviation, and the model outputs logits: the softmax is part of the loss.
 """
 
-import jax
 import numpy as np
 
 import fundl as fl
-from fundl import losses
+from fundl.runs import ConfigError, Experiment
+from fundl.train import classification_loss
 
+CONFIG = {
+    "seed": 0,
+    "model": "tanh",  # "tanh": the lecture's model; "relu2": two ReLU hidden layers
+    "hidden": 100,
+    "train": {"epochs": 15, "batch_size": 32},
+    "optimizer": {"name": "sgd", "learning_rate": 0.1},
+}
 
-def mlp(hidden: int = 100, classes: int = 10) -> fl.Layer:
-    """The lecture's Keras model written as a fundl model (the loss applies the softmax)."""
-    return fl.serial(fl.dense(hidden), fl.tanh(), fl.dense(classes))
+MODELS = {
+    "tanh": lambda hidden: fl.serial(fl.dense(hidden), fl.tanh(), fl.dense(10)),
+    "relu2": lambda hidden: fl.serial(fl.dense(hidden), fl.relu(), fl.dense(hidden), fl.relu(), fl.dense(10)),
+}
 
 
 def standardize(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Flattens images and scales each feature by the training split's mean and std."""
+    """Flattens images to 64 features, scaled by the training split's mean and std."""
     train, test = train.reshape(len(train), -1), test.reshape(len(test), -1)
     mean, std = train.mean(0), train.std(0) + 1e-8
     return (train - mean) / std, (test - mean) / std
 
 
-def main() -> None:
+def experiment(config: dict) -> Experiment:
+    if config["model"] not in MODELS:
+        raise ConfigError(f"unknown model {config['model']!r} (key 'model'); available: {', '.join(MODELS)}")
+    model = MODELS[config["model"]](config["hidden"])
     data = fl.datasets.digits()
     x_train, x_test = standardize(data["train"]["image"], data["test"]["image"])
-    model = mlp()
-    print(fl.summary(model, x_train.shape))
-    _, params, state = model.init(jax.random.key(0), x_train.shape)
-    logits, _ = model.apply(params, state, x_test)
-    print(f"untrained test accuracy: {float(losses.accuracy(logits, data['test']['label'])):.3f}")
-
-
-if __name__ == "__main__":
-    main()
+    return Experiment(
+        model=model,
+        input_shape=(config["train"]["batch_size"], 64),
+        loss_fn=classification_loss(model),
+        train_data={"image": x_train, "label": data["train"]["label"]},
+        eval_data={"test": {"image": x_test, "label": data["test"]["label"]}},
+    )

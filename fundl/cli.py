@@ -1,0 +1,54 @@
+"""The ``fundl`` command line: run a bundled example (or an example file) as an experiment.
+
+    fundl run NAME [--seed N] [--set key=value ...] [--out DIR] [--quiet]
+    fundl list
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fundl", description="Functional deep learning in JAX: run experiments.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="train an example and record the run in a run directory")
+    run.add_argument("example", help="a bundled example (see `fundl list`) or the path of an example .py file")
+    run.add_argument("--seed", type=int, help="the seed (shorthand for --set seed=N)")
+    run.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config value by its dotted key, e.g. --set train.epochs=3 (repeatable)")
+    run.add_argument("--out", help="the run directory (default: runs/<name>-<timestamp>)")
+    run.add_argument("--quiet", action="store_true", help="no progress bar or per-evaluation lines")
+
+    commands.add_parser("list", help="list the bundled examples")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``fundl`` console script; returns the exit status."""
+    args = _parser().parse_args(argv)
+    from fundl import runs  # imported here so that `fundl --help` answers at once
+
+    try:
+        if args.command == "list":
+            for name in runs.bundled_examples():
+                module = runs.load_example(name)
+                print(f"{name:<16} {(module.__doc__ or '').strip().splitlines()[0]}")
+            return 0
+        settings = runs.parse_settings(args.settings)
+        if args.seed is not None:
+            settings.append(("seed", args.seed))
+        result = runs.run(args.example, settings, out=args.out, quiet=args.quiet)
+    except (ValueError, FileNotFoundError, FileExistsError) as error:
+        print(f"fundl: error: {error}", file=sys.stderr)
+        return 2
+    if result.summary["stop_reason"]:
+        print(f"stopped early: {result.summary['stop_reason']}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

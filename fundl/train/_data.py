@@ -1,0 +1,83 @@
+"""In-memory datasets: shuffled training batches and exact evaluation batches.
+
+A dataset is any pytree of arrays (a dict of NumPy arrays, typically) whose leaves share
+a leading example axis. Training batches are drawn without replacement in an order that
+depends only on ``(seed, epoch)``; the examples left over at the end of an epoch (fewer
+than a batch) are skipped in that epoch, and a different few in the next.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+import numpy as np
+
+Batch = Any
+
+
+def num_examples(data: Any, name: str = "data") -> int:
+    """The common length of the leading axis of every array in ``data``."""
+    leaves = jax.tree.leaves(data)
+    if not leaves:
+        raise ValueError(f"{name} is empty: expected a pytree of arrays with a leading example axis")
+    sizes = {np.shape(leaf)[0] if np.ndim(leaf) else None for leaf in leaves}
+    if None in sizes or len(sizes) != 1:
+        shapes = jax.tree.map(np.shape, data)
+        raise ValueError(f"{name}: every array needs the same leading (example) axis, got shapes {shapes}")
+    (size,) = sizes
+    if size == 0:
+        raise ValueError(f"{name} is empty: it has 0 examples")
+    return size
+
+
+def check_batch_size(batch_size: Any, size: int, name: str) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+        raise ValueError(f"batch size for {name} must be a positive integer, got {batch_size!r}")
+    if batch_size > size:
+        raise ValueError(
+            f"batch size {batch_size} is larger than {name}, which has {size} examples: "
+            f"use a batch size of at most {size}"
+        )
+
+
+class Shuffled:
+    """Training batches of a dataset, reshuffled each epoch by the rule ``rng(seed, epoch)``.
+
+    The order of epoch ``e`` is ``np.random.default_rng([seed, e]).permutation(n)``, and
+    batch ``i`` of that epoch holds examples ``order[i * batch_size:(i + 1) * batch_size]``.
+    """
+
+    def __init__(self, data: Any, batch_size: int, seed: int = 0, name: str = "train data"):
+        self.data = jax.tree.map(np.asarray, data)
+        self.size = num_examples(self.data, name)
+        check_batch_size(batch_size, self.size, name)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.steps_per_epoch = self.size // batch_size
+        self._order: tuple[int, np.ndarray] | None = None
+
+    def order(self, epoch: int) -> np.ndarray:
+        if self._order is None or self._order[0] != epoch:
+            self._order = (epoch, np.random.default_rng([self.seed, epoch]).permutation(self.size))
+        return self._order[1]
+
+    def batches(self, epoch: int, first: int, count: int) -> Batch:
+        """Batches ``first .. first + count - 1`` of ``epoch``, stacked: leaves ``(count, batch, ...)``."""
+        rows = self.order(epoch)[first * self.batch_size : (first + count) * self.batch_size]
+        return jax.tree.map(lambda a: a[rows].reshape(count, self.batch_size, *a.shape[1:]), self.data)
+
+    def batch(self, epoch: int, index: int) -> Batch:
+        """Batch ``index`` of ``epoch``: leaves ``(batch, ...)``."""
+        rows = self.order(epoch)[index * self.batch_size : (index + 1) * self.batch_size]
+        return jax.tree.map(lambda a: a[rows], self.data)
+
+
+def in_order(data: Any, batch_size: int) -> Iterator[tuple[Batch, int]]:
+    """Every example once, in order, as ``(batch, size)``; the last batch may be smaller."""
+    data = jax.tree.map(np.asarray, data)
+    size = num_examples(data)
+    for start in range(0, size, batch_size):
+        stop = min(start + batch_size, size)
+        yield jax.tree.map(lambda a: a[start:stop], data), stop - start

@@ -1,0 +1,130 @@
+"""Hooks: plain callables that ``fit`` calls on its events, and the ready-made ones.
+
+A hook is ``hook(event) -> None | str``. Returning a string stops training; the string is
+the reason, recorded in the history. Hooks may add entries to ``event.record``: records
+of ``"log"`` and ``"eval"`` events are kept in the history (and in ``metrics.jsonl``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+
+from fundl.train._state import TrainState
+
+
+class Event(NamedTuple):
+    """Something that happened in ``fit``.
+
+    Attributes:
+      kind: ``"step"`` (every training step), ``"log"`` (training metrics averaged since
+        the last log), ``"eval"`` (metrics over a whole evaluation split) or ``"epoch_end"``.
+      record: ``{"step", "epoch", "split", **metrics}`` with Python floats; ``step`` is
+        the number of updates done.
+      train_state: the current train state, except for ``"step"`` events, which arrive a
+        few steps late (the loop keeps steps in flight). Its buffers are reused by the
+        next step: copy what you keep (``jax.device_get``).
+    """
+
+    kind: str
+    record: dict[str, Any]
+    train_state: TrainState | None
+
+
+Hook = Callable[[Event], "str | None"]
+
+
+def stop_on_nonfinite() -> Hook:
+    """Stops training at the first step whose loss or metrics are NaN or infinite."""
+
+    def hook(event: Event) -> str | None:
+        if event.kind != "step":
+            return None
+        for name, value in event.record.items():
+            if name not in ("step", "epoch", "split") and not math.isfinite(value):
+                return f"{name} became {value} at step {event.record['step']}"
+        return None
+
+    return hook
+
+
+def _better(mode: str, min_delta: float) -> Callable[[float, float | None], bool]:
+    if mode not in ("min", "max"):
+        raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+    sign = 1.0 if mode == "min" else -1.0
+    return lambda value, best: best is None or sign * (best - value) > min_delta
+
+
+def _watched(event: Event, split: str, metric: str) -> float | None:
+    """The watched metric's value if ``event`` is an evaluation of ``split``."""
+    if event.kind != "eval" or event.record.get("split") != split:
+        return None
+    if metric not in event.record:
+        names = [k for k in event.record if k not in ("step", "epoch", "split")]
+        raise ValueError(f"metric {metric!r} is not reported for split {split!r}; available: {names}")
+    return event.record[metric]
+
+
+def early_stopping(split: str, metric: str, *, mode: str = "min", patience: int = 5, min_delta: float = 0.0) -> Hook:
+    """Stops when ``split``'s ``metric`` has not improved for ``patience`` evaluations.
+
+    Example:
+      >>> fit(..., hooks=[early_stopping("test", "loss", patience=3)])
+    """
+    better = _better(mode, min_delta)
+    best: float | None = None
+    waited = 0
+
+    def hook(event: Event) -> str | None:
+        nonlocal best, waited
+        value = _watched(event, split, metric)
+        if value is None:
+            return None
+        if better(value, best):
+            best, waited = value, 0
+            return None
+        waited += 1
+        if waited >= patience:
+            return f"early stopping: {split} {metric} has not improved on {best:.6g} for {patience} evaluations"
+        return None
+
+    return hook
+
+
+class BestParams:
+    """Keeps a host copy of the params and state at the best evaluation of ``split``'s ``metric``.
+
+    Attributes (``None`` until the first evaluation):
+      params, state: NumPy copies from the best evaluation.
+      step: the step of the best evaluation; value: its metric value.
+
+    Example:
+      >>> best = BestParams("test", "accuracy", mode="max")
+      >>> fit(..., hooks=[best]); best.params
+    """
+
+    def __init__(self, split: str, metric: str, *, mode: str = "min"):
+        self.split, self.metric = split, metric
+        self._better = _better(mode, 0.0)
+        self.params = self.state = self.step = self.value = None
+
+    def __call__(self, event: Event) -> None:
+        value = _watched(event, self.split, self.metric)
+        if value is not None and self._better(value, self.value):
+            self.value, self.step = value, event.record["step"]
+            self.params = jax.device_get(event.train_state.params)
+            self.state = jax.device_get(event.train_state.state)
+
+
+def log_learning_rate(schedule: Callable[[Any], Any]) -> Hook:
+    """Adds ``learning_rate``, the rate of the latest update, ``schedule(step - 1)``, to each log record."""
+
+    def hook(event: Event) -> None:
+        if event.kind == "log":
+            event.record["learning_rate"] = float(np.asarray(schedule(max(event.record["step"] - 1, 0))))
+
+    return hook

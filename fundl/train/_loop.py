@@ -1,0 +1,269 @@
+"""``fit``: the one training loop every fundl model trains with."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+import optax
+
+from fundl.train._data import Shuffled, check_batch_size, in_order, num_examples
+from fundl.train._hooks import Event, Hook, stop_on_nonfinite
+from fundl.train._progress import CompileTimer, ProgressReport
+from fundl.train._retrace import TraceGuard
+from fundl.train._state import TrainState
+from fundl.train._step import (
+    EvalFn,
+    LossFn,
+    check_loss_output,
+    default_eval_fn,
+    fused_steps_fn,
+    train_step_fn,
+    uses_convolution,
+)
+
+_MAX_FUSED_BYTES = 64 * 2**20  # the most batch data one fused call takes to the device
+
+
+def fit(
+    loss_fn: LossFn,
+    optimizer: optax.GradientTransformation,
+    train_state: TrainState,
+    train_data: Any,
+    *,
+    batch_size: int,
+    epochs: int | None = None,
+    steps: int | None = None,
+    eval_data: Mapping[str, Any] | None = None,
+    eval_fn: EvalFn | None = None,
+    eval_batch_size: int | None = None,
+    eval_every: int | None = None,
+    log_every: int | None = None,
+    hooks: Sequence[Hook] = (),
+    stop_on_nan: bool = True,
+    data_seed: int = 0,
+    steps_per_call: int | str = "auto",
+    max_in_flight: int = 2,
+    quiet: bool = False,
+    strict: bool = False,
+) -> tuple[TrainState, dict[str, Any]]:
+    """Trains until ``epochs`` (or ``steps``) are done or a hook stops it.
+
+    Starts from ``train_state.step``, so a restored train state resumes exactly where it
+    stopped: the data order of each epoch depends only on ``(data_seed, epoch)`` and the
+    randomness of each step only on the train state's key and the step number.
+
+    Args:
+      loss_fn: ``(params, state, batch, key) -> (loss, (new_state, metrics))``.
+      optimizer: any optax ``GradientTransformation`` (schedules included).
+      train_state: where to start, e.g. ``TrainState.create(params, state, optimizer, key)``.
+      train_data: a pytree of arrays with a leading example axis, e.g.
+        ``{"image": (n, 8, 8), "label": (n,)}``; each epoch uses ``n // batch_size``
+        full batches in a fresh order.
+      batch_size: training examples per step.
+      epochs, steps: the training budget; give exactly one.
+      eval_data: named evaluation splits, e.g. ``{"test": data}``. Each evaluation sees
+        every example exactly once (the last batch may be smaller), so the metrics are
+        exact means over the split.
+      eval_fn: ``(params, state, batch) -> metrics``; by default ``loss_fn`` called with
+        ``key=None, train=False``.
+      eval_batch_size: evaluation batch size (default: ``batch_size``).
+      eval_every, log_every: in steps (default: once per epoch). Training metrics are
+        logged as means over the steps since the last log, as split ``"train"``.
+      hooks: callables ``hook(event) -> None | reason`` (see :class:`Event`).
+      stop_on_nan: stop at the first non-finite loss or metric, naming step and metric.
+      data_seed: seed of the data order.
+      steps_per_call: training steps per compiled call: an int, or ``"auto"`` (one
+        ``lax.scan`` over many steps, except for convolutions on the CPU, which run
+        ~12x slower inside a scan there). Results are identical either way.
+      max_in_flight: calls dispatched ahead of the results read back.
+      quiet: no progress bar and no printed lines.
+      strict: an unexpected recompilation is an error instead of a warning.
+
+    Returns:
+      The final train state, and the history as plain data: ``records`` (one dict per
+      log and evaluation), ``stop_reason`` (``None`` if the budget was used up),
+      ``steps``, ``epochs``, ``wall_s``, ``compile_s``, ``steps_per_call`` and how it was
+      chosen, and the number of ``traces`` of each compiled function.
+    """
+    # --- Set up: data, budget, schedule of logs and evaluations ------------------------
+    train = Shuffled(train_data, batch_size, seed=data_seed)
+    per_epoch = train.steps_per_epoch
+    total = _budget(epochs, steps, per_epoch)
+    eval_data = dict(eval_data or {})
+    eval_batch_size = eval_batch_size or batch_size
+    for name, split in eval_data.items():
+        if name == "train":
+            raise ValueError('eval split name "train" is taken by the training metrics; name it e.g. "train_eval"')
+        check_batch_size(eval_batch_size, num_examples(split, f"eval split {name!r}"), f"eval split {name!r}")
+    eval_every = _interval("eval_every", eval_every, per_epoch)
+    log_every = _interval("log_every", log_every, per_epoch)
+    hooks = [*([stop_on_nonfinite()] if stop_on_nan else []), *hooks]
+    if max_in_flight < 1:
+        raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
+
+    # --- The compiled functions, checked before they are compiled ------------------------
+    first_batch = train.batch(0, 0)
+    check_loss_output(loss_fn, train_state, first_batch)
+    eval_fn = eval_fn or (default_eval_fn(loss_fn) if eval_data else None)
+    train_step = train_step_fn(loss_fn, optimizer)
+    fused, how = _steps_per_call(steps_per_call, train_step, train_state, first_batch, train, eval_every, log_every)
+    guards = {
+        "train_step": TraceGuard("train_step", ("train_state", "batch"), strict=strict),
+        "fused_steps": TraceGuard("fused_steps", ("train_state", "batches"), strict=strict),
+        "eval_step": TraceGuard("eval_step", ("params", "state", "batch"), _eval_shapes(eval_data, eval_batch_size), strict),
+    }
+    single_call = jax.jit(guards["train_step"].wrap(train_step), donate_argnums=0)
+    fused_call = jax.jit(guards["fused_steps"].wrap(fused_steps_fn(train_step)), donate_argnums=0)
+    eval_call = jax.jit(guards["eval_step"].wrap(eval_fn)) if eval_fn else None
+
+    def is_boundary(step: int) -> bool:
+        return step == total or step % per_epoch == 0 or step % eval_every == 0 or step % log_every == 0
+
+    def steps_to_boundary(step: int) -> int:
+        return min(total, *(step + every - step % every for every in (per_epoch, eval_every, log_every))) - step
+
+    def load(step: int) -> tuple[int, Any]:
+        """The next call's size and its batches, already sent to the device."""
+        n = fused if fused > 1 and steps_to_boundary(step) >= fused else 1
+        epoch, index = divmod(step, per_epoch)
+        host = train.batches(epoch, index, n) if n > 1 else train.batch(epoch, index)
+        return n, jax.device_put(host)
+
+    step = start = int(train_state.step)
+    records: list[dict[str, Any]] = []
+    since_log: list[dict[str, float]] = []
+    pending: deque = deque()
+    stop_reason: str | None = None
+    progress = ProgressReport(total, math.ceil(total / per_epoch), quiet)
+    progress.print(f"training {total - start} steps from step {start}; {how}")
+
+    def emit(kind: str, record: dict[str, Any], state: TrainState | None) -> None:
+        nonlocal stop_reason
+        for hook in hooks:
+            reason = hook(Event(kind, record, state))
+            if reason and stop_reason is None:
+                stop_reason = reason
+                progress.print(f"stopping: {reason}")
+
+    def drain(keep: int) -> None:
+        """Reads back finished calls until at most ``keep`` are in flight; runs the step hooks."""
+        while len(pending) > keep:
+            first, n, metrics = pending.popleft()
+            metrics = jax.device_get(metrics)
+            for i in range(n):
+                values = {name: float(v[i] if n > 1 else v) for name, v in metrics.items()}
+                since_log.append(values)
+                s = first + i + 1
+                emit("step", {"step": s, "epoch": s / per_epoch, "split": "train", **values}, None)
+            done = first + n - start
+            speed = done * batch_size / max(time.perf_counter() - clock - timer.seconds, 1e-9)
+            progress.update(first + n, (first + n - 1) // per_epoch, since_log[-1]["loss"], speed)
+
+    def log_and_evaluate(step: int) -> None:
+        if since_log and (step % log_every == 0 or step == total or stop_reason):
+            means = {name: float(np.mean([v[name] for v in since_log])) for name in since_log[0]}
+            since_log.clear()
+            record = {"step": step, "epoch": step / per_epoch, "split": "train", **means}
+            emit("log", record, train_state)
+            records.append(record)
+            progress.record_line(record)
+        if eval_call and (step % eval_every == 0 or step == total or stop_reason):
+            for name, split in eval_data.items():
+                record = {"step": step, "epoch": step / per_epoch, "split": name, **_evaluate(eval_call, train_state, split, eval_batch_size)}
+                emit("eval", record, train_state)
+                records.append(record)
+                progress.record_line(record)
+
+    # --- The loop: dispatch a call, prepare the next batches, read back old results -----
+    clock = time.perf_counter()
+    with CompileTimer() as timer:
+        try:
+            progress.start(step)
+            upcoming = load(step) if step < total else None
+            while upcoming is not None and stop_reason is None:
+                n, batches = upcoming
+                train_state, metrics = (fused_call if n > 1 else single_call)(train_state, batches)
+                pending.append((step, n, metrics))
+                step += n
+                upcoming = load(step) if step < total else None  # overlaps with the running call
+                drain(keep=max_in_flight)
+                if is_boundary(step) or stop_reason:
+                    drain(keep=0)
+                    log_and_evaluate(step)
+                    if step % per_epoch == 0:
+                        emit("epoch_end", {"step": step, "epoch": step / per_epoch}, train_state)
+            drain(keep=0)
+            if not records or records[-1]["step"] != step:
+                log_and_evaluate(step)
+        finally:
+            progress.close()
+    wall = time.perf_counter() - clock
+    history = {
+        "records": records,
+        "stop_reason": stop_reason,
+        "steps": step,
+        "epochs": step / per_epoch,
+        "wall_s": wall,
+        "compile_s": timer.seconds,
+        "steps_per_call": fused,
+        "steps_per_call_reason": how,
+        "traces": {name: guard.traces for name, guard in guards.items()},
+    }
+    progress.print(f"done: {step} steps in {wall:.1f} s ({timer.seconds:.1f} s compiling)" + (f"; stopped: {stop_reason}" if stop_reason else ""))
+    return train_state, history
+
+
+def _budget(epochs: int | None, steps: int | None, per_epoch: int) -> int:
+    if (epochs is None) == (steps is None):
+        raise ValueError(f"give exactly one training budget, epochs or steps; got epochs={epochs}, steps={steps}")
+    value, name = (epochs, "epochs") if steps is None else (steps, "steps")
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    return value * per_epoch if name == "epochs" else value
+
+
+def _interval(name: str, value: int | None, per_epoch: int) -> int:
+    if value is None:
+        return per_epoch
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive number of steps, got {value!r}")
+    return value
+
+
+def _eval_shapes(eval_data: Mapping[str, Any], batch_size: int) -> int:
+    """How many batch shapes evaluation compiles for: full batches and each split's remainder."""
+    sizes = set()
+    for split in eval_data.values():
+        n = num_examples(split)
+        sizes |= {min(batch_size, n), n % batch_size or min(batch_size, n)}
+    return max(len(sizes), 1)
+
+
+def _steps_per_call(option, train_step, train_state, batch, train, eval_every, log_every) -> tuple[int, str]:
+    """How many steps each compiled call runs, and why."""
+    if option != "auto":
+        if isinstance(option, bool) or not isinstance(option, int) or option < 1:
+            raise ValueError(f'steps_per_call must be a positive integer or "auto", got {option!r}')
+        return option, f"{option} steps per call (set by steps_per_call)"
+    if jax.default_backend() == "cpu" and uses_convolution(train_step, train_state, batch):
+        return 1, "1 step per call (auto: convolutions run ~12x slower inside lax.scan on XLA:CPU)"
+    batch_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(batch))
+    longest = min(train.steps_per_epoch, eval_every, log_every, max(1, _MAX_FUSED_BYTES // batch_bytes))
+    span = min(train.steps_per_epoch, eval_every, log_every)
+    calls = math.ceil(span / longest)
+    per_call = math.ceil(span / calls)
+    return per_call, f"{per_call} steps per call (auto: one lax.scan per {per_call} steps)"
+
+
+def _evaluate(eval_call, train_state: TrainState, split: Any, batch_size: int) -> dict[str, float]:
+    """Exact means over a split: each batch's metrics weighted by its true size."""
+    results = [(eval_call(train_state.params, train_state.state, batch), n) for batch, n in in_order(split, batch_size)]
+    results = jax.device_get(results)
+    total = sum(n for _, n in results)
+    return {name: float(sum(float(m[name]) * n for m, n in results) / total) for name in results[0][0]}
