@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -54,8 +55,8 @@ def fit(
 ) -> tuple[TrainState, dict[str, Any]]:
     """Trains until ``epochs`` (or ``steps``) are done or a hook stops it.
 
-    Starts from ``train_state.step``, so a restored train state resumes exactly where it
-    stopped: the data order of each epoch depends only on ``(data_seed, epoch)`` and the
+    Starts from ``train_state.step`` (the budget counts from step 0), so a restored
+    train state resumes exactly where it stopped: the data order of each epoch depends only on ``(data_seed, epoch)`` and the
     randomness of each step only on the train state's key and the step number.
 
     Args:
@@ -135,6 +136,9 @@ def fit(
         host = train.batches(epoch, index, n) if n > 1 else train.batch(epoch, index)
         return n, jax.device_put(host)
 
+    # The compiled steps reuse (donate) the train state's buffers: work on a copy, so that
+    # the caller's arrays stay valid.
+    train_state = jax.tree.map(jnp.array, train_state)
     step = start = int(train_state.step)
     records: list[dict[str, Any]] = []
     since_log: list[dict[str, float]] = []
