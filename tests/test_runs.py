@@ -30,7 +30,7 @@ def test_a_run_directory_records_config_metrics_summary_and_train_state(tmp_path
     directory = tmp_path / "run"
     done = runs.run("mlp_digits", [("train.epochs", 2), ("seed", 4)], out=str(directory), quiet=True, echo=lambda _: None)
     assert {p.name for p in directory.iterdir()} == {
-        "config.json", "environment.json", "metrics.jsonl", "summary.json", "train_state.msgpack"
+        "config.json", "environment.json", "metrics.jsonl", "summary.json", "train_state.msgpack", "curves.png"
     }
     config = json.loads((directory / "config.json").read_text())
     assert config["seed"] == 4 and config["train"]["epochs"] == 2 and config["optimizer"]["name"] == "sgd"

@@ -1,0 +1,77 @@
+"""Pictures of runs, drawn with matplotlib into PNG files (no window, no global pyplot state)."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+
+_SKIP = ("step", "epoch", "split")
+
+
+def plot_curves(records: Sequence[dict[str, Any]], path: str | os.PathLike, *, title: str = "") -> None:
+    """One panel per metric (loss, accuracy, ...), one line per split, against the training step.
+
+    Args:
+      records: the history records of :func:`fundl.train.fit` (or the lines of ``metrics.jsonl``).
+      path: the PNG file to write.
+    """
+    metrics = list(dict.fromkeys(k for r in records for k in r if k not in _SKIP))
+    splits = list(dict.fromkeys(r["split"] for r in records))
+    cols = min(len(metrics), 3) or 1
+    rows = math.ceil(len(metrics) / cols) or 1
+    fig = Figure(figsize=(4.5 * cols, 3.2 * rows), layout="constrained")
+    for i, metric in enumerate(metrics):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        for split in splits:
+            points = [(r["step"], r[metric]) for r in records if r["split"] == split and metric in r]
+            if points:
+                steps, values = zip(*points)
+                ax.plot(steps, values, marker="o" if len(points) < 30 else None, markersize=3, label=split)
+        ax.set_title(metric)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.savefig(path, dpi=100)
+
+
+def image_grid(images: np.ndarray, path: str | os.PathLike, *, columns: int = 10, title: str = "", labels: Sequence[str] | None = None) -> None:
+    """Draws ``images (n, height, width)`` or ``(n, height, width, 1)`` in a grid, grey on white."""
+    images = np.asarray(images)
+    images = images[..., 0] if images.ndim == 4 else images
+    n = len(images)
+    rows = math.ceil(n / columns)
+    fig = Figure(figsize=(columns * 0.9, rows * 0.9 + (0.4 if title else 0)), layout="constrained")
+    for i, image in enumerate(images):
+        ax = fig.add_subplot(rows, columns, i + 1)
+        ax.imshow(image, cmap="gray_r", vmin=0.0, vmax=1.0)
+        ax.set_axis_off()
+        if labels is not None:
+            ax.set_title(labels[i], fontsize=7)
+    if title:
+        fig.suptitle(title)
+    fig.savefig(path, dpi=100)
+
+
+def scatter_2d(points: np.ndarray, labels: np.ndarray, path: str | os.PathLike, *, title: str = "", axis_labels: tuple[str, str] = ("z1", "z2")) -> None:
+    """Scatters ``points (n, 2)`` coloured by integer ``labels (n,)``, one legend entry per class."""
+    points, labels = np.asarray(points), np.asarray(labels)
+    fig = Figure(figsize=(6, 5), layout="constrained")
+    ax = fig.add_subplot()
+    for c in np.unique(labels):
+        chosen = labels == c
+        color = matplotlib.colormaps["tab10"](int(c) % 10)
+        ax.scatter(points[chosen, 0], points[chosen, 1], s=8, alpha=0.7, color=color, label=str(c))
+    ax.set_xlabel(axis_labels[0])
+    ax.set_ylabel(axis_labels[1])
+    ax.legend(markerscale=2, fontsize=8, loc="best")
+    if title:
+        ax.set_title(title)
+    fig.savefig(path, dpi=100)
