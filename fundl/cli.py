@@ -1,6 +1,7 @@
 """The ``fundl`` command line: run a bundled example (or an example file) as an experiment.
 
     fundl run NAME [--seed N] [--set key=value ...] [--out DIR] [--quiet]
+    fundl sample RUN_DIR [--prompt TEXT] [--temperature T] [--length N] [--seed N]
     fundl list
 """
 
@@ -23,6 +24,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="the run directory (default: runs/<name>-<timestamp>)")
     run.add_argument("--quiet", action="store_true", help="no progress bar or per-evaluation lines")
 
+    sample = commands.add_parser("sample", help="generate from a finished run of a generative example (charlm)")
+    sample.add_argument("run_dir", help="the run directory")
+    sample.add_argument("--prompt", default="", help="the text to continue")
+    sample.add_argument("--temperature", type=float, default=1.0, help="below 1: safer choices; above 1: more surprising")
+    sample.add_argument("--length", type=int, default=200, help="how many characters to generate")
+    sample.add_argument("--seed", type=int, default=0, help="the sampling seed")
+
     commands.add_parser("list", help="list the bundled examples")
     return parser
 
@@ -37,6 +45,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             for name in runs.bundled_examples():
                 module = runs.load_example(name)
                 print(f"{name:<16} {(module.__doc__ or '').strip().splitlines()[0]}")
+            return 0
+        if args.command == "sample":
+            text = runs.sample(args.run_dir, args.prompt, temperature=args.temperature, length=args.length, seed=args.seed)
+            print(args.prompt + text)
             return 0
         settings = runs.parse_settings(args.settings)
         if args.seed is not None:

@@ -5,10 +5,14 @@ download, no scikit-learn needed); ``mnist(path)`` loads MNIST from IDX files
 that you have downloaded into a local folder. Both return
 ``{"train": {"image": ..., "label": ...}, "test": {...}}`` with float32 images
 scaled to [0, 1] and int32 labels. ``read_idx`` and ``write_idx`` read and
-write single IDX files, the format MNIST is distributed in.
+write single IDX files, the format MNIST is distributed in. For character-level language
+models, ``numbers_text()`` generates a corpus (numbers written out in English words),
+``read_text(path)`` reads one, ``Vocabulary`` maps characters to ids and ``sequences``
+cuts next-character training windows.
 """
 
 from fundl.datasets._digits import digits
 from fundl.datasets._idx import mnist, read_idx, write_idx
+from fundl.datasets._text import Vocabulary, number_words, numbers_text, read_text, sequences
 
-__all__ = ["digits", "mnist", "read_idx", "write_idx"]
+__all__ = ["digits", "mnist", "read_idx", "write_idx", "Vocabulary", "number_words", "numbers_text", "read_text", "sequences"]

@@ -11,6 +11,7 @@ from fundl.train._hooks import (
     BestParams as BestParams,
     Event as Event,
     Hook as Hook,
+    derived_metric as derived_metric,
     early_stopping as early_stopping,
     log_learning_rate as log_learning_rate,
     stop_on_nonfinite as stop_on_nonfinite,

@@ -128,3 +128,21 @@ def log_learning_rate(schedule: Callable[[Any], Any]) -> Hook:
             event.record["learning_rate"] = float(np.asarray(schedule(max(event.record["step"] - 1, 0))))
 
     return hook
+
+
+def derived_metric(name: str, fn: Callable[[dict[str, Any]], float]) -> Hook:
+    """Adds ``name = fn(record)`` to every log and evaluation record.
+
+    For metrics that are not means over examples: computing them from the exact split
+    means keeps them exact, e.g. perplexity from the mean cross-entropy (averaging per-batch
+    perplexities would not give the split's perplexity).
+
+    Example:
+      >>> derived_metric("perplexity", lambda record: math.exp(record["loss"]))
+    """
+
+    def hook(event: Event) -> None:
+        if event.kind in ("log", "eval"):
+            event.record[name] = float(fn(event.record))
+
+    return hook
