@@ -1,0 +1,26 @@
+"""Experiments: configs with checked overrides, run directories, saved train states.
+
+``run(example, settings)`` is what ``fundl run`` does; ``load_run(directory)`` brings a
+finished run back (config, model, data, params) to evaluate, sample or continue from it.
+"""
+
+from fundl.runs._checkpoint import restore_train_state as restore_train_state, save_train_state as save_train_state
+from fundl.runs._config import (
+    DEFAULTS as DEFAULTS,
+    Config as Config,
+    ConfigError as ConfigError,
+    override as override,
+    parse_settings as parse_settings,
+)
+from fundl.runs._experiment import (
+    Experiment as Experiment,
+    Run as Run,
+    bundled_examples as bundled_examples,
+    initial_train_state as initial_train_state,
+    load_example as load_example,
+    load_run as load_run,
+    resolve_config as resolve_config,
+    run as run,
+    sample as sample,
+)
+from fundl.runs._optimizers import OPTIMIZERS as OPTIMIZERS, make_optimizer as make_optimizer
