@@ -6,3 +6,17 @@ Every builder returns an ordinary :class:`fundl.Layer`, trained by the same
 
 from fundl.models._cnn import lenet as lenet
 from fundl.models._mlp import mlp as mlp
+from fundl.models._vae import (
+    LIKELIHOODS as LIKELIHOODS,
+    VAE as VAE,
+    conv_vae as conv_vae,
+    decode as decode,
+    encode as encode,
+    kl_standard_normal as kl_standard_normal,
+    mlp_vae as mlp_vae,
+    neg_elbo_loss as neg_elbo_loss,
+    reconstruction_nll as reconstruction_nll,
+    reparameterize as reparameterize,
+    sample_prior as sample_prior,
+    vae as vae,
+)
