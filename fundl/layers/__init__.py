@@ -22,4 +22,5 @@ from fundl.layers._dropout import dropout as dropout
 from fundl.layers._flax import from_flax as from_flax
 from fundl.layers._norm import batch_norm as batch_norm, layer_norm as layer_norm
 from fundl.layers._pool import avg_pool as avg_pool, global_avg_pool as global_avg_pool, max_pool as max_pool
+from fundl.layers._recurrent import bidirectional as bidirectional, gru as gru, lstm as lstm, simple_rnn as simple_rnn
 from fundl.layers._reshape import flatten as flatten, reshape as reshape
