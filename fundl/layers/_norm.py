@@ -31,7 +31,7 @@ def _affine_params(features: int, use_scale: bool, use_bias: bool) -> dict:
 
 
 def batch_norm(
-    *, momentum: float = 0.99, epsilon: float = 1e-5, use_scale: bool = True, use_bias: bool = True
+    *, momentum: float = 0.9, epsilon: float = 1e-5, use_scale: bool = True, use_bias: bool = True
 ) -> Layer:
     """Normalises each feature (last axis) over the batch and all other axes.
 
@@ -42,6 +42,9 @@ def batch_norm(
 
     Shapes: ``x (batch, ..., features) -> y (same)``; params ``scale, bias (features,)``;
     state ``mean, var (features,)`` starting at 0 and 1.
+
+    The default momentum, 0.9 (PyTorch's; flax and Keras use 0.99), lets the running
+    statistics settle within a few dozen steps, which suits the small data sets of a course.
     """
     if not 0.0 <= momentum < 1.0:
         raise LayerError(f"batch_norm: `momentum` must be in [0, 1), got {momentum!r}")

@@ -6,6 +6,7 @@ Every builder returns an ordinary :class:`fundl.Layer`, trained by the same
 
 from fundl.models._cnn import lenet as lenet
 from fundl.models._mlp import mlp as mlp
+from fundl.models._rnn import CharLM as CharLM, char_lm as char_lm, generate as generate, rnn_classifier as rnn_classifier
 from fundl.models._vae import (
     LIKELIHOODS as LIKELIHOODS,
     VAE as VAE,

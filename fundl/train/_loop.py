@@ -101,7 +101,8 @@ def fit(
     for name, split in eval_data.items():
         if name == "train":
             raise ValueError('eval split name "train" is taken by the training metrics; name it e.g. "train_eval"')
-        check_batch_size(eval_batch_size, num_examples(split, f"eval split {name!r}"), f"eval split {name!r}")
+        num_examples(split, f"eval split {name!r}")  # a larger batch size is fine: one batch holds the split
+    check_batch_size(eval_batch_size, eval_batch_size, "evaluation")
     eval_every = _interval("eval_every", eval_every, per_epoch)
     log_every = _interval("log_every", log_every, per_epoch)
     hooks = [*([stop_on_nonfinite()] if stop_on_nan else []), *hooks]
