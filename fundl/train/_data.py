@@ -32,10 +32,11 @@ def num_examples(data: Any, name: str = "data") -> int:
     return size
 
 
-def check_batch_size(batch_size: Any, size: int, name: str) -> None:
+def check_batch_size(batch_size: Any, size: int | None, name: str) -> None:
+    """Raises ValueError unless ``batch_size`` is a positive int, at most ``size`` if one is given."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
         raise ValueError(f"batch size for {name} must be a positive integer, got {batch_size!r}")
-    if batch_size > size:
+    if size is not None and batch_size > size:
         raise ValueError(
             f"batch size {batch_size} is larger than {name}, which has {size} examples: "
             f"use a batch size of at most {size}"

@@ -102,7 +102,7 @@ def fit(
         if name == "train":
             raise ValueError('eval split name "train" is taken by the training metrics; name it e.g. "train_eval"')
         num_examples(split, f"eval split {name!r}")  # a larger batch size is fine: one batch holds the split
-    check_batch_size(eval_batch_size, eval_batch_size, "evaluation")
+    check_batch_size(eval_batch_size, None, "evaluation")
     eval_every = _interval("eval_every", eval_every, per_epoch)
     log_every = _interval("log_every", log_every, per_epoch)
     hooks = [*([stop_on_nonfinite()] if stop_on_nan else []), *hooks]
@@ -258,11 +258,9 @@ def _steps_per_call(option, train_step, train_state, batch, train, eval_every, l
         return option, f"{option} steps per call (set by steps_per_call)"
     if jax.default_backend() == "cpu" and uses_convolution(train_step, train_state, batch):
         return 1, "1 step per call (auto: convolutions run ~12x slower inside lax.scan on XLA:CPU)"
-    batch_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(batch))
-    longest = min(train.steps_per_epoch, eval_every, log_every, max(1, _MAX_FUSED_BYTES // batch_bytes))
-    span = min(train.steps_per_epoch, eval_every, log_every)
-    calls = math.ceil(span / longest)
-    per_call = math.ceil(span / calls)
+    span = min(train.steps_per_epoch, eval_every, log_every)  # a call never crosses an epoch end, log or eval
+    cap = max(1, _MAX_FUSED_BYTES // sum(leaf.nbytes for leaf in jax.tree.leaves(batch)))
+    per_call = math.ceil(span / math.ceil(span / cap))  # the span in equal calls of at most `cap` steps
     return per_call, f"{per_call} steps per call (auto: one lax.scan per {per_call} steps)"
 
 
