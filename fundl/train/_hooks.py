@@ -7,7 +7,6 @@ of ``"log"`` and ``"eval"`` events are kept in the history (and in ``metrics.jso
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -38,16 +37,35 @@ class Event(NamedTuple):
 Hook = Callable[[Event], "str | None"]
 
 
+def first_nonfinite(metrics: dict[str, np.ndarray], first_step: int) -> str | None:
+    """Why to stop, if any of the steps ``first_step + 1, ...`` has a NaN or infinite metric.
+
+    Args:
+      metrics: each metric's values for consecutive steps, ``(n,)`` arrays.
+      first_step: the number of steps done before the first of them.
+    """
+    found = [
+        (int(np.flatnonzero(~np.isfinite(values))[0]), order, name)
+        for order, (name, values) in enumerate(metrics.items())
+        if not np.all(np.isfinite(values))
+    ]
+    if not found:
+        return None
+    index, _, name = min(found)  # the earliest step; the loss first among equals
+    return f"{name} became {metrics[name][index]} at step {first_step + index + 1}"
+
+
 def stop_on_nonfinite() -> Hook:
-    """Stops training at the first step whose loss or metrics are NaN or infinite."""
+    """Stops training at the first step whose loss or metrics are NaN or infinite.
+
+    ``fit`` does this itself unless ``stop_on_nan=False``; the hook is for loops of your own.
+    """
 
     def hook(event: Event) -> str | None:
         if event.kind != "step":
             return None
-        for name, value in event.record.items():
-            if name not in ("step", "epoch", "split") and not math.isfinite(value):
-                return f"{name} became {value} at step {event.record['step']}"
-        return None
+        metrics = {k: np.array([v]) for k, v in event.record.items() if k not in ("step", "epoch", "split")}
+        return first_nonfinite(metrics, event.record["step"] - 1)
 
     return hook
 

@@ -14,7 +14,7 @@ import numpy as np
 import optax
 
 from fundl.train._data import Shuffled, check_batch_size, in_order, num_examples
-from fundl.train._hooks import Event, Hook, stop_on_nonfinite
+from fundl.train._hooks import Event, Hook, first_nonfinite
 from fundl.train._progress import CompileTimer, ProgressReport
 from fundl.train._retrace import TraceGuard
 from fundl.train._state import TrainState
@@ -80,8 +80,9 @@ def fit(
       stop_on_nan: stop at the first non-finite loss or metric, naming step and metric.
       data_seed: seed of the data order.
       steps_per_call: training steps per compiled call: an int, or ``"auto"`` (one
-        ``lax.scan`` over many steps, except for convolutions on the CPU, which run
-        ~12x slower inside a scan there). Results are identical either way.
+        ``lax.scan`` over many steps, except for convolutions on the CPU, which run 4-12x
+        slower inside a scan there). The params are bit-identical either way, except for
+        convolutions on XLA:CPU, whose gradients round differently inside a scan (~1e-7).
       max_in_flight: calls dispatched ahead of the results read back.
       quiet: no progress bar and no printed lines.
       strict: an unexpected recompilation is an error instead of a warning.
@@ -105,7 +106,7 @@ def fit(
     check_batch_size(eval_batch_size, None, "evaluation")
     eval_every = _interval("eval_every", eval_every, per_epoch)
     log_every = _interval("log_every", log_every, per_epoch)
-    hooks = [*([stop_on_nonfinite()] if stop_on_nan else []), *hooks]
+    hooks = list(hooks)
     if max_in_flight < 1:
         raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
 
@@ -124,6 +125,8 @@ def fit(
     fused_call = jax.jit(guards["fused_steps"].wrap(fused_steps_fn(train_step)), donate_argnums=0)
     eval_call = jax.jit(guards["eval_step"].wrap(eval_fn)) if eval_fn else None
 
+    on_cpu = jax.default_backend() == "cpu"
+
     def is_boundary(step: int) -> bool:
         return step == total or step % per_epoch == 0 or step % eval_every == 0 or step % log_every == 0
 
@@ -131,48 +134,52 @@ def fit(
         return min(total, *(step + every - step % every for every in (per_epoch, eval_every, log_every))) - step
 
     def load(step: int) -> tuple[int, Any]:
-        """The next call's size and its batches, already sent to the device."""
+        """The next call's size and its batches, sent ahead to an accelerator (on the CPU,
+        the compiled call reads NumPy arrays directly, faster than an explicit copy)."""
         n = fused if fused > 1 and steps_to_boundary(step) >= fused else 1
         epoch, index = divmod(step, per_epoch)
         host = train.batches(epoch, index, n) if n > 1 else train.batch(epoch, index)
-        return n, jax.device_put(host)
+        return n, host if on_cpu else jax.device_put(host)
 
     # The compiled steps reuse (donate) the train state's buffers: work on a copy, so that
     # the caller's arrays stay valid.
     train_state = jax.tree.map(jnp.array, train_state)
     step = start = int(train_state.step)
     records: list[dict[str, Any]] = []
-    since_log: list[dict[str, float]] = []
+    since_log: list[dict[str, np.ndarray]] = []  # the metrics of each call since the last log
     pending: deque = deque()
     stop_reason: str | None = None
     progress = ProgressReport(total, math.ceil(total / per_epoch), quiet)
     progress.print(f"training {total - start} steps from step {start}; {how}")
 
     def emit(kind: str, record: dict[str, Any], state: TrainState | None) -> None:
-        nonlocal stop_reason
         for hook in hooks:
-            reason = hook(Event(kind, record, state))
-            if reason and stop_reason is None:
-                stop_reason = reason
-                progress.print(f"stopping: {reason}")
+            stop(hook(Event(kind, record, state)))
+
+    def stop(reason: str | None) -> None:
+        nonlocal stop_reason
+        if reason and stop_reason is None:
+            stop_reason = reason
+            progress.print(f"stopping: {reason}")
 
     def drain(keep: int) -> None:
         """Reads back finished calls until at most ``keep`` are in flight; runs the step hooks."""
         while len(pending) > keep:
             first, n, metrics = pending.popleft()
-            metrics = jax.device_get(metrics)
-            for i in range(n):
-                values = {name: float(v[i] if n > 1 else v) for name, v in metrics.items()}
-                since_log.append(values)
+            metrics = {name: np.reshape(v, (n,)) for name, v in jax.device_get(metrics).items()}
+            since_log.append(metrics)
+            if stop_on_nan:
+                stop(first_nonfinite(metrics, first))
+            for i in range(n) if hooks else ():
                 s = first + i + 1
-                emit("step", {"step": s, "epoch": s / per_epoch, "split": "train", **values}, None)
+                emit("step", {"step": s, "epoch": s / per_epoch, "split": "train", **{k: float(v[i]) for k, v in metrics.items()}}, None)
             done = first + n - start
             speed = done * batch_size / max(time.perf_counter() - clock - timer.seconds, 1e-9)
-            progress.update(first + n, (first + n - 1) // per_epoch, since_log[-1]["loss"], speed)
+            progress.update(first + n, (first + n - 1) // per_epoch, float(metrics["loss"][-1]), speed)
 
     def log_and_evaluate(step: int) -> None:
         if since_log and (step % log_every == 0 or step == total or stop_reason):
-            means = {name: float(np.mean([v[name] for v in since_log])) for name in since_log[0]}
+            means = {name: float(np.mean(np.concatenate([m[name] for m in since_log]), dtype=np.float64)) for name in since_log[0]}
             since_log.clear()
             record = {"step": step, "epoch": step / per_epoch, "split": "train", **means}
             emit("log", record, train_state)
@@ -257,7 +264,7 @@ def _steps_per_call(option, train_step, train_state, batch, train, eval_every, l
             raise ValueError(f'steps_per_call must be a positive integer or "auto", got {option!r}')
         return option, f"{option} steps per call (set by steps_per_call)"
     if jax.default_backend() == "cpu" and uses_convolution(train_step, train_state, batch):
-        return 1, "1 step per call (auto: convolutions run ~12x slower inside lax.scan on XLA:CPU)"
+        return 1, "1 step per call (auto: convolutions run 4-12x slower inside lax.scan on XLA:CPU)"
     span = min(train.steps_per_epoch, eval_every, log_every)  # a call never crosses an epoch end, log or eval
     cap = max(1, _MAX_FUSED_BYTES // sum(leaf.nbytes for leaf in jax.tree.leaves(batch)))
     per_call = math.ceil(span / math.ceil(span / cap))  # the span in equal calls of at most `cap` steps
