@@ -169,3 +169,10 @@ def test_sampling_an_example_that_cannot_sample_is_an_error(tmp_path, capsys):
     quiet_run("mlp_digits", [("train.steps", 1)], tmp_path / "run")
     assert main(["sample", str(tmp_path / "run")]) == 2
     assert "example 'mlp_digits' cannot sample" in capsys.readouterr().err
+
+
+def test_images_with_the_wrong_channel_count_name_the_first_conv_layer():
+    model = lenet(10)
+    _, params, state = model.init(jax.random.key(0), (2, 8, 8, 1))
+    with pytest.raises(fl.LayerError, match=r"conv2d_0: conv2d expects inputs with 1 channels, got 3: input shape \(2, 8, 8, 3\)"):
+        model.apply(params, state, jnp.zeros((2, 8, 8, 3)))
