@@ -24,8 +24,8 @@ Run::
 Measured here (2 vCPU, nothing else running, jax 0.10.2 CPU, 2026-11-27; medians of 3),
 fused speed / per-step speed:
 
-    digits MLP, 100 epochs:  fit 8.25x (122k -> 1,006k ex/s), bare jit 1.68x; bit-identical
-    digits CNN, 10 epochs:   fit 0.25x (42.3k -> 10.5k ex/s), bare jit 0.25x (4x slower);
+    digits MLP, 100 epochs:  fit 5.16x (202k -> 997k ex/s), bare jit 1.67x; bit-identical
+    digits CNN, 10 epochs:   fit 0.26x (41.0k -> 10.8k ex/s), bare jit 0.25x (4x slower);
                              NOT bit-identical: params differ by up to 2e-7
 
 The MLP gain through ``fit`` is mostly ``fit``'s own per-step cost (the bare step gains
