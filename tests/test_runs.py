@@ -121,6 +121,8 @@ def test_cli_errors_exit_with_a_message_and_leave_no_run_directory(tmp_path, cap
     assert "unknown optimizer 'adamx'" in capsys.readouterr().err
     assert main(["run", "mlp_digits", "--set", "model=relu3"]) == 2
     assert "unknown model 'relu3' (key 'model'); available: tanh, relu2" in capsys.readouterr().err
+    assert main(["run", "mlp_digits", "--set", "train.batch_size=5000"]) == 2
+    assert "batch size 5000 is larger than train data, which has 1527 examples" in capsys.readouterr().err
     assert main(["run", "mlp_digit"]) == 2
     assert re.search(r"unknown example 'mlp_digit'; bundled examples: .*mlp_digits", capsys.readouterr().err)
     assert main(["run", "missing.py"]) == 2

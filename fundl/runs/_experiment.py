@@ -35,7 +35,17 @@ from fundl.runs._checkpoint import restore_train_state, save_train_state
 from fundl.runs._config import DEFAULTS, Config, merge, override
 from fundl.runs._files import read_json, write_json
 from fundl.runs._optimizers import make_optimizer
-from fundl.train import Event, EvalFn, Hook, LossFn, TrainState, fit, log_learning_rate, params_fingerprint
+from fundl.train import (
+    EvalFn,
+    Event,
+    Hook,
+    LossFn,
+    TrainState,
+    fit,
+    log_learning_rate,
+    params_fingerprint,
+)
+from fundl.train._data import check_batch_size, num_examples
 
 TRAIN_STATE_FILE = "train_state.msgpack"
 
@@ -115,8 +125,11 @@ def _budget(config: Config) -> dict[str, int]:
 
 
 def _total_steps(config: Config, experiment: Experiment) -> int:
-    n = len(jax.tree.leaves(experiment.train_data)[0])
-    return _budget(config).get("steps") or config["train"]["epochs"] * (n // config["train"]["batch_size"])
+    """The run's length in steps (for learning-rate schedules); checks the batch size first."""
+    n, batch_size = num_examples(experiment.train_data, "train data"), config["train"]["batch_size"]
+    check_batch_size(batch_size, n, "train data")
+    budget = _budget(config)
+    return budget["steps"] if "steps" in budget else budget["epochs"] * (n // batch_size)
 
 
 def initial_train_state(config: Config, experiment: Experiment, optimizer) -> TrainState:
