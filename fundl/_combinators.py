@@ -108,7 +108,7 @@ def apply_child(
         raise error.within(name)
 
 
-def _check_entries(kind: str, tree: Any, what: str, names: list[str]) -> None:
+def check_entries(kind: str, tree: Any, what: str, names: list[str]) -> None:
     """Raises LayerError if ``tree`` (params or state) has entries no child owns."""
     if not isinstance(tree, dict):
         raise LayerError(f"{kind} expects {what} to be a dict keyed by child name, got {type(tree).__name__}")
@@ -117,7 +117,8 @@ def _check_entries(kind: str, tree: Any, what: str, names: list[str]) -> None:
         raise LayerError(f"{kind} {what} have unexpected entries {extra}; its children are {names}")
 
 
-def _keep_nonempty(trees: dict[str, Any]) -> dict[str, Any]:
+def keep_nonempty(trees: dict[str, Any]) -> dict[str, Any]:
+    """The entries with params (or state): children without any are left out of the trees."""
     return {name: tree for name, tree in trees.items() if tree}
 
 
@@ -134,15 +135,15 @@ def serial(*layers: Layer) -> Layer:
         shape, params, state = input_shape, {}, {}
         for name, layer in children:
             shape, params[name], state[name] = init_child(name, layer, key, shape)
-        return shape, _keep_nonempty(params), _keep_nonempty(state)
+        return shape, keep_nonempty(params), keep_nonempty(state)
 
     def apply(params, state, x, *, key=None, train=False):
-        _check_entries("serial", params, "params", names)
-        _check_entries("serial", state, "state", names)
+        check_entries("serial", params, "params", names)
+        check_entries("serial", state, "state", names)
         new_state = {}
         for name, layer in children:
             x, new_state[name] = apply_child(name, layer, params, state, x, key, train)
-        return x, _keep_nonempty(new_state)
+        return x, keep_nonempty(new_state)
 
     return Layer(init, apply, "serial")
 
@@ -164,16 +165,16 @@ def _side_by_side(kind: str, layers: Sequence[Layer], split_input: bool) -> Laye
         for (name, layer), shape in zip(children, inputs_for(input_shape, lambda s: isinstance(s, (tuple, list)), tuple)):
             out, params[name], state[name] = init_child(name, layer, key, shape)
             shapes.append(out)
-        return tuple(shapes), _keep_nonempty(params), _keep_nonempty(state)
+        return tuple(shapes), keep_nonempty(params), keep_nonempty(state)
 
     def apply(params, state, x, *, key=None, train=False):
-        _check_entries(kind, params, "params", names)
-        _check_entries(kind, state, "state", names)
+        check_entries(kind, params, "params", names)
+        check_entries(kind, state, "state", names)
         ys, new_state = [], {}
         for (name, layer), xi in zip(children, inputs_for(x, lambda v: not isinstance(v, (tuple, list)), lambda v: jax.tree.map(jnp.shape, v))):
             y, new_state[name] = apply_child(name, layer, params, state, xi, key, train)
             ys.append(y)
-        return tuple(ys), _keep_nonempty(new_state)
+        return tuple(ys), keep_nonempty(new_state)
 
     return Layer(init, apply, kind)
 
@@ -222,7 +223,7 @@ def fan_out(n: int) -> Layer:
     return stateless("fan_out", lambda x: (x,) * n, lambda shape: (shape,) * n)
 
 
-def _same_shapes(kind: str, shapes: Shape) -> None:
+def _check_tuple_of_shapes(kind: str, shapes: Shape) -> None:
     if not isinstance(shapes, (tuple, list)) or not all(isinstance(s, (tuple, list)) for s in shapes):
         raise LayerError(f"{kind} expects a tuple of inputs, got a single input of shape {shapes}")
 
@@ -231,7 +232,7 @@ def fan_in_sum() -> Layer:
     """Sums a tuple of same-shaped inputs."""
 
     def shape_fn(shapes):
-        _same_shapes("fan_in_sum", shapes)
+        _check_tuple_of_shapes("fan_in_sum", shapes)
         if len({tuple(s) for s in shapes}) != 1:
             raise LayerError(f"fan_in_sum expects inputs of one shape, got {[tuple(s) for s in shapes]}")
         return tuple(shapes[0])
@@ -243,7 +244,7 @@ def fan_in_concat(axis: int = -1) -> Layer:
     """Concatenates a tuple of inputs along ``axis`` (default: the feature axis)."""
 
     def shape_fn(shapes):
-        _same_shapes("fan_in_concat", shapes)
+        _check_tuple_of_shapes("fan_in_concat", shapes)
         rank = len(shapes[0])
         ax = axis % rank
         rest = {tuple(d for i, d in enumerate(s) if i != ax) for s in shapes}

@@ -325,7 +325,9 @@ def test_bidirectional_errors():
         layer.apply(params, {}, x, initial_state=(h, jnp.zeros((B, 4))))
     with raises("forward: simple_rnn expects a mask of shape (batch, time) = (3, 6), got (6,)"):
         layer.apply(params, {}, x, mask=MASK[0])
-    with raises("bidirectional expects params with entries ['backward', 'forward'], got ['forward']"):
+    with raises("backward: simple_rnn params do not match the layer: expected entries ['b', 'u', 'w'], missing ['w', 'u', 'b']"):
         layer.apply({"forward": params["forward"]}, {}, x)
+    with raises("bidirectional params have unexpected entries ['sideways']; its children are ['forward', 'backward']"):
+        layer.apply({**params, "sideways": params["forward"]}, {}, x)
     with raises("bidirectional_0/forward: simple_rnn expects inputs of shape (batch, time, features)"):
         serial(layer).init(jax.random.key(0), (32, 64))

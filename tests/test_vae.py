@@ -194,6 +194,16 @@ def test_vae_checks_what_its_encoder_and_decoder_output():
         conv_vae((8, 8, 1), (4,), 2).model.init(jax.random.key(0), (2, 16, 16, 1))  # images it was not built for
 
 
+def test_params_that_do_not_match_the_vae_name_the_entry():
+    v = mlp_vae((8, 8), (16,), 2)
+    _, params, state = v.model.init(jax.random.key(0), (4, 8, 8))
+    x = jnp.zeros((4, 8, 8))
+    with pytest.raises(fl.LayerError, match=r"vae params have unexpected entries \['extra'\]; its children are \['encoder', 'decoder'\]"):
+        v.model.apply({**params, "extra": {}}, state, x)
+    with pytest.raises(fl.LayerError, match=r"decoder: serial params have unexpected entries"):
+        v.model.apply({**params, "decoder": {"stray": {}}}, state, x)
+
+
 def test_fundl_run_vae_digits_tiny_lowers_the_held_out_neg_elbo_and_writes_its_pictures(tmp_path):
     out = tmp_path / "run"
     settings = ["train.steps=80", "train.eval_every=4", "train.eval_batch_size=270"]

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.nn import initializers
 
-from fundl._combinators import init_child
+from fundl._combinators import check_entries, init_child
 from fundl._core import Array, Initializer, Key, Layer, LayerError, Params, Shape
 from fundl._core import check_float, check_positive, check_rank, expect_params
 
@@ -115,7 +115,8 @@ def _build(config: _Config) -> Layer:
         output_shape(tuple(jnp.shape(x)))
         check_float(kind, x)
         batch, time, features = jnp.shape(x)
-        n_in = jnp.shape(params["w"])[0] if isinstance(params, dict) and jnp.ndim(params.get("w")) == 2 else features
+        w = params.get("w") if isinstance(params, dict) else None
+        n_in = jnp.shape(w)[0] if w is not None and jnp.ndim(w) == 2 else features
         if n_in != features:
             raise LayerError(f"{kind} expects inputs with {n_in} features, got {features}: input shape {jnp.shape(x)}")
         n = cell.gates * hidden
@@ -324,9 +325,7 @@ def bidirectional(layer: Layer) -> Layer:
         return (*lead, 2 * hidden), params, {}
 
     def apply(params, state, x, *, key=None, train=False, mask=None, initial_state=None):
-        if not isinstance(params, dict) or sorted(params) != ["backward", "forward"]:
-            got = sorted(params) if isinstance(params, dict) else type(params).__name__
-            raise LayerError(f"bidirectional expects params with entries ['backward', 'forward'], got {got}")
+        check_entries("bidirectional", params, "params", list(names))
         starts = (None, None) if initial_state is None else initial_state
         if not (isinstance(starts, (tuple, list)) and len(starts) == 2):
             pair = "a pair (forward carry, backward carry)"
@@ -336,7 +335,7 @@ def bidirectional(layer: Layer) -> Layer:
         for name, start in zip(names, starts):
             backward = name == "backward"
             try:
-                y, _ = layer.apply(params[name], {}, flip(x) if backward else x,
+                y, _ = layer.apply(params.get(name, {}), {}, flip(x) if backward else x,
                                    mask=flip(mask) if backward else mask, initial_state=start)
             except LayerError as error:
                 raise error.within(name)

@@ -28,11 +28,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fundl._combinators import apply_child, branch, child_key, init_child, named, serial
+from fundl._combinators import apply_child, branch, check_entries, child_key, init_child, keep_nonempty, named, serial
 from fundl._core import Array, Key, Layer, LayerError, Params, Shape, State, check_positive
 from fundl.layers import conv2d, conv2d_transpose, dense, flatten, relu, reshape
 from fundl.train import LossFn
 
+PARTS = ["encoder", "decoder"]
 LIKELIHOODS = ("bernoulli", "gaussian")
 """``"bernoulli"``: the decoder outputs logits, ``p(x|z) = Bernoulli(sigmoid(logits))``;
 ``"gaussian"``: the decoder outputs means, ``p(x|z) = N(mean, sigma^2 I)`` with a fixed sigma."""
@@ -151,7 +152,6 @@ def vae(encoder: Layer, decoder: Layer, *, latent: int, likelihood: str = "berno
     for arg, layer in (("encoder", encoder), ("decoder", decoder)):
         if not isinstance(layer, Layer):
             raise LayerError(f"vae: `{arg}` must be a Layer, got {type(layer).__name__}")
-    parts = {"encoder": encoder, "decoder": decoder}
 
     def init(key: Key, input_shape: Shape) -> tuple[Shape, Params, State]:
         z_shapes, enc_params, enc_state = init_child("encoder", encoder, key, input_shape)
@@ -161,20 +161,17 @@ def vae(encoder: Layer, decoder: Layer, *, latent: int, likelihood: str = "berno
         out_shape, dec_params, dec_state = init_child("decoder", decoder, key, z_shapes[0])
         if tuple(out_shape) != tuple(input_shape):
             raise LayerError(_DECODER_OUTPUT.format(z=z_shapes[0], out=out_shape, x=tuple(input_shape), image=tuple(input_shape[1:])))
-        params = {name: p for name, p in (("encoder", enc_params), ("decoder", dec_params)) if p}
-        state = {name: s for name, s in (("encoder", enc_state), ("decoder", dec_state)) if s}
+        params = keep_nonempty({"encoder": enc_params, "decoder": dec_params})
+        state = keep_nonempty({"encoder": enc_state, "decoder": dec_state})
         return (tuple(out_shape), *z_shapes), params, state
 
     def apply(params, state, x, *, key=None, train=False):
-        for what, tree in (("params", params), ("state", state)):
-            extra = [name for name in tree if name not in parts] if isinstance(tree, dict) else None
-            if extra is None or extra:
-                got = f"unexpected entries {extra}" if extra else f"a {type(tree).__name__}"
-                raise LayerError(f"vae expects {what} to be a dict with entries 'encoder' and 'decoder', got {got}")
+        check_entries("vae", params, "params", PARTS)
+        check_entries("vae", state, "state", PARTS)
         (mean, log_var), enc_state = apply_child("encoder", encoder, params, state, x, key, train)
         z = mean if key is None else reparameterize(child_key(key, "z"), mean, log_var)
         out, dec_state = apply_child("decoder", decoder, params, state, z, key, train)
-        new_state = {name: s for name, s in (("encoder", enc_state), ("decoder", dec_state)) if s}
+        new_state = keep_nonempty({"encoder": enc_state, "decoder": dec_state})
         return (out, mean, log_var), new_state
 
     return VAE(Layer(init, apply, "vae"), encoder, decoder, latent, likelihood)

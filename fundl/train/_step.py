@@ -40,12 +40,8 @@ def _describe(tree: Any) -> str:
     return str(jax.tree.map(lambda leaf: f"{leaf.dtype}{list(leaf.shape)}", tree))
 
 
-def check_loss_output(loss_fn: LossFn, train_state: TrainState, batch: Batch) -> Metrics:
-    """Traces ``loss_fn`` abstractly once; raises a clear error if its output has the wrong form.
-
-    Returns:
-      The abstract metrics dict (shapes and dtypes), for the names of the metrics.
-    """
+def check_loss_output(loss_fn: LossFn, train_state: TrainState, batch: Batch) -> None:
+    """Traces ``loss_fn`` abstractly once; raises a clear error if its output has the wrong form."""
     out = jax.eval_shape(loss_fn, train_state.params, train_state.state, batch, train_state.key)
     if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], tuple) and len(out[1]) == 2):
         raise ValueError(f"{_LOSS_FORM}; it returned {_describe(out)}")
@@ -65,7 +61,6 @@ def check_loss_output(loss_fn: LossFn, train_state: TrainState, batch: Batch) ->
         )
     if not isinstance(metrics, dict) or any(getattr(m, "shape", None) != () for m in metrics.values()):
         raise ValueError(f"{_LOSS_FORM} where metrics is a dict of scalars; got {_describe(metrics)}")
-    return {"loss": loss, **metrics}
 
 
 def default_eval_fn(loss_fn: LossFn) -> EvalFn:
