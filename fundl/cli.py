@@ -1,6 +1,7 @@
 """The ``fundl`` command line: run a bundled example (or an example file) as an experiment.
 
     fundl run NAME [--seed N] [--set key=value ...] [--out DIR] [--quiet]
+              [--devices N] [--cpu-devices N] [--distributed [--coordinator HOST:PORT --num-processes N --process-id I]]
     fundl sample RUN_DIR [--prompt TEXT] [--temperature T] [--length N] [--seed N]
     fundl list
 """
@@ -23,6 +24,16 @@ def _parser() -> argparse.ArgumentParser:
                      help="override a config value by its dotted key, e.g. --set train.epochs=3 (repeatable)")
     run.add_argument("--out", help="the run directory (default: runs/<name>-<timestamp>)")
     run.add_argument("--quiet", action="store_true", help="no progress bar or per-evaluation lines")
+    run.add_argument("--devices", type=int, metavar="N",
+                     help="train data-parallel on N devices (default: all; 1 turns it off); shorthand for --set train.devices=N")
+    run.add_argument("--cpu-devices", type=int, metavar="N",
+                     help="run on the CPU as N devices (fake devices for laptops and CI); must come before JAX starts")
+    run.add_argument("--distributed", action="store_true",
+                     help="join a multi-process run (on a TPU pod slice: nothing else to give; elsewhere also "
+                          "--coordinator, --num-processes and --process-id)")
+    run.add_argument("--coordinator", metavar="HOST:PORT", help="with --distributed: process 0's address")
+    run.add_argument("--num-processes", type=int, metavar="N", help="with --distributed: how many processes")
+    run.add_argument("--process-id", type=int, metavar="I", help="with --distributed: this process's index, 0 to N-1")
 
     sample = commands.add_parser("sample", help="generate from a finished run of a generative example (charlm)")
     sample.add_argument("run_dir", help="the run directory")
@@ -38,6 +49,12 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fundl`` console script; returns the exit status."""
     args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            _start_jax(args)
+    except (ValueError, RuntimeError) as error:
+        print(f"fundl: error: {error}", file=sys.stderr)
+        return 2
     from fundl import runs  # imported here so that `fundl --help` answers at once
 
     try:
@@ -53,6 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = runs.parse_settings(args.settings)
         if args.seed is not None:
             settings.append(("seed", args.seed))
+        if args.devices is not None:
+            settings.append(("train.devices", args.devices))
         result = runs.run(args.example, settings, out=args.out, quiet=args.quiet)
     except (ValueError, FileNotFoundError, FileExistsError) as error:
         print(f"fundl: error: {error}", file=sys.stderr)
@@ -60,6 +79,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if result.summary["stop_reason"]:
         print(f"stopped early: {result.summary['stop_reason']}", file=sys.stderr)
     return 0
+
+
+def _start_jax(args: argparse.Namespace) -> None:
+    """What must happen before JAX starts: fake CPU devices, joining a multi-process run."""
+    from fundl import distributed
+
+    if args.cpu_devices is not None:
+        distributed.use_cpu_devices(args.cpu_devices)
+    multi = (args.coordinator, args.num_processes, args.process_id)
+    if not args.distributed and any(value is not None for value in multi):
+        raise ValueError("--coordinator, --num-processes and --process-id go with --distributed")
+    if args.distributed:
+        distributed.initialize(*multi)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,11 @@ from fundl._core import check_indices
 Array = jax.Array
 
 
+def _float32(x: Array) -> Array:
+    """``x`` in at least float32: losses are reduced in float32 even when the model computes in bfloat16."""
+    return jnp.asarray(x).astype(jnp.promote_types(jnp.result_type(x), jnp.float32))
+
+
 def _mean(values: Array, where: Array | None) -> Array:
     if where is None:
         return jnp.mean(values)
@@ -58,25 +63,25 @@ def softmax_cross_entropy(logits: Array, labels: Array, *, where: Array | None =
       where: optional ``(...)`` boolean mask of the entries to average.
     """
     _check_class_labels("softmax_cross_entropy", logits, labels)
-    return _mean(optax.losses.softmax_cross_entropy_with_integer_labels(logits, labels), where)
+    return _mean(optax.losses.softmax_cross_entropy_with_integer_labels(_float32(logits), labels), where)
 
 
 def binary_cross_entropy(logits: Array, targets: Array, *, where: Array | None = None) -> Array:
     """Mean cross-entropy of ``targets`` in [0, 1] under ``sigmoid(logits)``, same shapes."""
     _check_same_shape("binary_cross_entropy", logits, targets)
-    return _mean(optax.losses.sigmoid_binary_cross_entropy(logits, targets), where)
+    return _mean(optax.losses.sigmoid_binary_cross_entropy(_float32(logits), _float32(targets)), where)
 
 
 def mse(predictions: Array, targets: Array, *, where: Array | None = None) -> Array:
     """Mean squared error ``mean((predictions - targets) ** 2)``, same shapes."""
     _check_same_shape("mse", predictions, targets)
-    return _mean(optax.losses.squared_error(predictions, targets), where)
+    return _mean(optax.losses.squared_error(_float32(predictions), _float32(targets)), where)
 
 
 def mae(predictions: Array, targets: Array, *, where: Array | None = None) -> Array:
     """Mean absolute error ``mean(|predictions - targets|)``, same shapes."""
     _check_same_shape("mae", predictions, targets)
-    return _mean(jnp.abs(predictions - targets), where)
+    return _mean(jnp.abs(_float32(predictions) - _float32(targets)), where)
 
 
 def accuracy(logits: Array, labels: Array, *, where: Array | None = None) -> Array:

@@ -13,12 +13,22 @@ _MISSING_KEY = (
 )
 
 
+def _like(x) -> dict:
+    """Draw the mask with the input's sharding on a mesh with ``Explicit`` axes (where an
+    unsharded mask is a type error); threefry gives the same bits however they are cut."""
+    sharding = getattr(jax.typeof(x), "sharding", None) if hasattr(jax, "typeof") else None
+    explicit = sharding is not None and getattr(sharding.mesh, "explicit_axes", ())
+    return {"out_sharding": sharding} if explicit else {}
+
+
 def dropout(rate: float) -> Layer:
     """Zeroes each input element with probability ``rate`` while training.
 
     Kept elements are scaled by ``1 / (1 - rate)`` so the expected output equals the input;
     with ``train=False`` the layer is the identity and needs no key. The mask is a pure
-    function of ``key``: the same key drops the same elements.
+    function of ``key``: the same key drops the same elements, on one device or with the
+    batch cut over a mesh (per-device code under ``shard_map`` must give each device its
+    own key, e.g. ``fold_in(key, lax.axis_index("data"))``).
 
     Args:
       rate: probability of *dropping* an element, in ``[0, 1)``.
@@ -35,7 +45,7 @@ def dropout(rate: float) -> Layer:
             return x, state
         if key is None:
             raise LayerError(_MISSING_KEY)
-        keep = jax.random.bernoulli(key, 1.0 - rate, jnp.shape(x))
+        keep = jax.random.bernoulli(key, 1.0 - rate, jnp.shape(x), **_like(x))
         return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x)), state
 
     return Layer(init, apply, "dropout")

@@ -30,8 +30,17 @@ def _affine_params(features: int, use_scale: bool, use_bias: bool) -> dict:
     return {name: (jnp.ones if name == "scale" else jnp.zeros)(shape, jnp.float32) for name, shape in shapes.items()}
 
 
+def _float32(x):
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
 def batch_norm(
-    *, momentum: float = 0.9, epsilon: float = 1e-5, use_scale: bool = True, use_bias: bool = True
+    *,
+    momentum: float = 0.9,
+    epsilon: float = 1e-5,
+    use_scale: bool = True,
+    use_bias: bool = True,
+    axis_name: str | None = None,
 ) -> Layer:
     """Normalises each feature (last axis) over the batch and all other axes.
 
@@ -45,6 +54,11 @@ def batch_norm(
 
     The default momentum, 0.9 (PyTorch's; flax and Keras use 0.99), lets the running
     statistics settle within a few dozen steps, which suits the small data sets of a course.
+
+    On a device mesh under ``jit`` (what ``fit`` does) the statistics are over the global
+    batch without further ado. Per-device code under ``shard_map`` sees only its own
+    slice: give ``axis_name`` (e.g. ``"data"``) to average the statistics over that mesh
+    axis. Statistics are computed in float32 whatever the input's dtype.
     """
     if not 0.0 <= momentum < 1.0:
         raise LayerError(f"batch_norm: `momentum` must be in [0, 1), got {momentum!r}")
@@ -65,10 +79,15 @@ def batch_norm(
         _check_features("batch_norm", x, features)
         expect_params("batch_norm", params, _affine_shapes(features, use_scale, use_bias))
         expect_params("batch_norm state", state, {"mean": (features,), "var": (features,)})
+        dtype, x = x.dtype, _float32(x)  # statistics in float32 under a bfloat16 policy too
         if train:
             axes = tuple(range(jnp.ndim(x) - 1))
             mean = jnp.mean(x, axis=axes)
+            if axis_name is not None:  # per-device code (shard_map): statistics over the global batch
+                mean = lax.pmean(mean, axis_name)
             var = jnp.mean(jnp.square(x - mean), axis=axes)
+            if axis_name is not None:
+                var = lax.pmean(var, axis_name)
             state = {
                 "mean": momentum * state["mean"] + (1.0 - momentum) * lax.stop_gradient(mean),
                 "var": momentum * state["var"] + (1.0 - momentum) * lax.stop_gradient(var),
@@ -76,7 +95,7 @@ def batch_norm(
         else:
             mean, var = state["mean"], state["var"]
         y = (x - mean) * lax.rsqrt(var + epsilon)
-        return _scale_and_shift(y, params, use_scale, use_bias), state
+        return _scale_and_shift(y, params, use_scale, use_bias).astype(dtype), state
 
     return Layer(init, apply, "batch_norm")
 
@@ -99,9 +118,10 @@ def layer_norm(*, epsilon: float = 1e-5, use_scale: bool = True, use_bias: bool 
         if isinstance(params, dict) and params:
             _check_features("layer_norm", x, jnp.shape(next(iter(params.values())))[-1])
         expect_params("layer_norm", params, _affine_shapes(jnp.shape(x)[-1], use_scale, use_bias))
+        dtype, x = x.dtype, _float32(x)
         mean = jnp.mean(x, axis=-1, keepdims=True)
         var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
         y = (x - mean) * lax.rsqrt(var + epsilon)
-        return _scale_and_shift(y, params, use_scale, use_bias), state
+        return _scale_and_shift(y, params, use_scale, use_bias).astype(dtype), state
 
     return Layer(init, apply, "layer_norm")

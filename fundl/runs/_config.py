@@ -25,6 +25,10 @@ DEFAULTS: Config = {
         "eval_every": None,  # steps; default: once per epoch
         "log_every": None,  # steps; default: once per epoch
         "steps_per_call": "auto",
+        "devices": None,  # data-parallel over this many devices; default: every visible device
+        "fsdp": 1,  # > 1: shard params and optimizer state over a second mesh axis of this size
+        "precision": "float32",  # or "bfloat16": compute in bfloat16, params and optimizer in float32
+        "accumulate": 1,  # micro-batches per update (gradient accumulation); counts stay in updates
     },
     "optimizer": {
         "name": "sgd",
@@ -79,6 +83,7 @@ TYPES: dict[str, tuple[type, ...]] = {
     "train.eval_every": (int,),
     "train.log_every": (int,),
     "train.steps_per_call": (str, int),
+    "train.devices": (int,),
     "optimizer.momentum": (float,),
     "optimizer.weight_decay": (float,),
     "optimizer.clip_norm": (float,),

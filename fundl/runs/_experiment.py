@@ -18,6 +18,7 @@ import importlib
 import importlib.metadata
 import importlib.util
 import json
+import os
 import pkgutil
 import platform
 import sys
@@ -28,14 +29,19 @@ from types import ModuleType
 from typing import Any, NamedTuple
 
 import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
 
 from fundl._core import Layer, Shape
+from fundl.distributed import Placement, data_mesh, describe_mesh
 from fundl.plots import plot_curves
 from fundl.runs._checkpoint import restore_train_state, save_train_state
 from fundl.runs._config import DEFAULTS, Config, merge, override
 from fundl.runs._files import read_json, write_json
 from fundl.runs._optimizers import make_optimizer
 from fundl.train import (
+    PRECISION_POLICIES,
     EvalFn,
     Event,
     Hook,
@@ -44,6 +50,7 @@ from fundl.train import (
     fit,
     log_learning_rate,
     params_fingerprint,
+    with_precision,
 )
 from fundl.train._data import check_batch_size, num_examples
 
@@ -139,7 +146,32 @@ def initial_train_state(config: Config, experiment: Experiment, optimizer) -> Tr
     return TrainState.create(params, state, optimizer, train_key)
 
 
-def _environment(example: str) -> dict[str, Any]:
+def run_mesh(config: Config) -> Mesh | None:
+    """The devices a run trains on (``train.devices``, ``train.fsdp``); ``None`` for one device."""
+    train = config["train"]
+    try:
+        mesh = data_mesh(train["devices"], fsdp=train["fsdp"])
+    except ValueError as error:
+        raise ConfigError(f"train.devices={train['devices']}, train.fsdp={train['fsdp']}: {error}") from None
+    return mesh if mesh.size > 1 else None
+
+
+def _check_training(config: Config, mesh: Mesh | None) -> None:
+    """The config checks ``fit`` would make, made before a run directory exists."""
+    train = config["train"]
+    if train["precision"] not in PRECISION_POLICIES:
+        raise ConfigError(f"unknown train.precision {train['precision']!r}; available: {', '.join(PRECISION_POLICIES)}")
+    if train["accumulate"] < 1 or train["batch_size"] % train["accumulate"]:
+        raise ConfigError(
+            f"train.accumulate must be a positive divisor of train.batch_size={train['batch_size']}, got {train['accumulate']}"
+        )
+    try:
+        Placement(mesh).check_batch_size(train["batch_size"], "training")
+    except ValueError as error:
+        raise ConfigError(f"train.batch_size: {error}") from None
+
+
+def _environment(example: str, config: Config, mesh: Mesh | None) -> dict[str, Any]:
     return {
         "example": str(Path(example).resolve()) if Path(example).suffix == ".py" else example,
         "command": sys.argv,
@@ -152,7 +184,29 @@ def _environment(example: str) -> dict[str, Any]:
         "backend": jax.default_backend(),
         "devices": [str(d) for d in jax.devices()],
         "process_count": jax.process_count(),
+        "mesh": describe_mesh(mesh),
+        "precision": config["train"]["precision"],
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
     }
+
+
+def _on_every_process(create: Callable[[], Path]) -> Path:
+    """Runs ``create`` on process 0 only; every process learns whether it worked, so that
+    a failure there stops them all instead of leaving the others waiting in a collective."""
+    if jax.process_count() == 1:
+        return create()
+    error = None
+    if jax.process_index() == 0:
+        try:
+            directory = create()
+        except (OSError, ValueError) as caught:
+            error = caught
+    ok = multihost_utils.broadcast_one_to_all(np.int32(error is None))
+    if error is not None:
+        raise error
+    if not int(ok):
+        raise FileExistsError("process 0 could not create the run directory (its error says why)")
+    return directory if jax.process_index() == 0 else None
 
 
 def new_run_directory(name: str, out: str | None = None) -> Path:
@@ -200,14 +254,19 @@ def run(
     name = Path(example).stem
     experiment = module.experiment(config)
     optimizer, schedule = make_optimizer(config, _total_steps(config, experiment))
-    directory = new_run_directory(name, out)  # only once the config is known to be good
-    echo(f"run directory: {directory}")
-    write_json(directory / "config.json", config)
-    write_json(directory / "environment.json", _environment(example))
+    mesh = run_mesh(config)
+    _check_training(config, mesh)
+    writer = jax.process_index() == 0  # in a multi-process run, process 0 alone writes
+    directory = _on_every_process(lambda: new_run_directory(name, out))  # only once the config is known to be good
+    if writer:
+        echo(f"run directory: {directory}")
+        write_json(directory / "config.json", config)
+        write_json(directory / "environment.json", _environment(example, config, mesh))
 
     train = config["train"]
+    hooks = [*experiment.hooks, log_learning_rate(schedule)]
     train_state, history = fit(
-        experiment.loss_fn,
+        with_precision(experiment.loss_fn, train["precision"]),
         optimizer,
         initial_train_state(config, experiment, optimizer),
         experiment.train_data,
@@ -218,22 +277,36 @@ def run(
         eval_batch_size=train["eval_batch_size"],
         eval_every=train["eval_every"],
         log_every=train["log_every"],
-        hooks=[*experiment.hooks, log_learning_rate(schedule), _metrics_writer(directory / "metrics.jsonl")],
+        hooks=[*hooks, _metrics_writer(directory / "metrics.jsonl")] if writer else hooks,
         data_seed=config["seed"],
         steps_per_call=train["steps_per_call"],
-        quiet=quiet,
+        mesh=mesh if mesh is not None else 1,
+        accumulate=train["accumulate"],
+        quiet=quiet or not writer,
     )
-    save_train_state(directory / TRAIN_STATE_FILE, train_state)
+    if jax.process_count() > 1:  # every process takes part in gathering the state; process 0 writes it
+        train_state = _gather(train_state)
     summary = _summary(history, train_state)
-    write_json(directory / "summary.json", summary)
-    plot_curves(history["records"], directory / "curves.png", title=name)
     finished = Run(directory, config, experiment, train_state, history, summary)
-    if experiment.report is not None:
-        experiment.report(finished)
-    for split, metrics in summary["metrics"].items():
-        echo(f"{split}: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-    echo(f"run directory: {directory}")
+    if writer:
+        save_train_state(directory / TRAIN_STATE_FILE, train_state)
+        write_json(directory / "summary.json", summary)
+        plot_curves(history["records"], directory / "curves.png", title=name)
+        if experiment.report is not None:
+            experiment.report(finished)
+        for split, metrics in summary["metrics"].items():
+            echo(f"{split}: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        echo(f"run directory: {directory}")
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("fundl run finished")  # no process leaves before process 0 has written
     return finished
+
+
+def _gather(train_state: TrainState) -> TrainState:
+    """The whole train state as host arrays on every process (a collective: all must call it)."""
+    raw = train_state._replace(key=jax.random.key_data(train_state.key))
+    host = jax.tree.map(np.asarray, multihost_utils.process_allgather(raw, tiled=True))
+    return host._replace(key=jax.random.wrap_key_data(host.key, impl=jax.random.key_impl(train_state.key)))
 
 
 def _summary(history: dict[str, Any], train_state: TrainState) -> dict[str, Any]:

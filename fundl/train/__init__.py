@@ -17,7 +17,9 @@ from fundl.train._hooks import (
     stop_on_nonfinite as stop_on_nonfinite,
 )
 from fundl.train._loop import fit as fit
+from fundl.train._precision import POLICIES as PRECISION_POLICIES, with_precision as with_precision
 from fundl.train._retrace import RetraceError as RetraceError, RetraceWarning as RetraceWarning
+from fundl.train._shard_map import shard_map_step as shard_map_step
 from fundl.train._state import TrainState as TrainState, params_fingerprint as params_fingerprint
 from fundl.train._step import EvalFn as EvalFn, LossFn as LossFn, train_step_fn as train_step_fn
 from fundl.train._tasks import classification_loss as classification_loss

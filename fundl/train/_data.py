@@ -64,15 +64,19 @@ class Shuffled:
             self._order = (epoch, np.random.default_rng([self.seed, epoch]).permutation(self.size))
         return self._order[1]
 
-    def batches(self, epoch: int, first: int, count: int) -> Batch:
-        """Batches ``first .. first + count - 1`` of ``epoch``, stacked: leaves ``(count, batch, ...)``."""
-        rows = self.order(epoch)[first * self.batch_size : (first + count) * self.batch_size]
-        return jax.tree.map(lambda a: a[rows].reshape(count, self.batch_size, *a.shape[1:]), self.data)
+    def batches(self, epoch: int, first: int, count: int, rows: slice = slice(None)) -> Batch:
+        """Batches ``first .. first + count - 1`` of ``epoch``, stacked: leaves ``(count, batch, ...)``.
 
-    def batch(self, epoch: int, index: int) -> Batch:
-        """Batch ``index`` of ``epoch``: leaves ``(batch, ...)``."""
-        rows = self.order(epoch)[index * self.batch_size : (index + 1) * self.batch_size]
-        return jax.tree.map(lambda a: a[rows], self.data)
+        ``rows`` selects the same rows of every batch (a process's share of a global batch).
+        """
+        order = self.order(epoch)[first * self.batch_size : (first + count) * self.batch_size]
+        order = order.reshape(count, self.batch_size)[:, rows]
+        return jax.tree.map(lambda a: a[order], self.data)
+
+    def batch(self, epoch: int, index: int, rows: slice = slice(None)) -> Batch:
+        """Batch ``index`` of ``epoch``: leaves ``(batch, ...)``; ``rows`` as in :meth:`batches`."""
+        order = self.order(epoch)[index * self.batch_size : (index + 1) * self.batch_size][rows]
+        return jax.tree.map(lambda a: a[order], self.data)
 
 
 def in_order(data: Any, batch_size: int) -> Iterator[tuple[Batch, int]]:

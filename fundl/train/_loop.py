@@ -5,15 +5,16 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
-from fundl.train._data import Shuffled, check_batch_size, in_order, num_examples
+from fundl.distributed._mesh import MeshSpec, describe_mesh, resolve_mesh
+from fundl.distributed._placement import Placement
+from fundl.train._data import Shuffled, check_batch_size, num_examples
 from fundl.train._hooks import Event, Hook, first_nonfinite
 from fundl.train._progress import CompileTimer, ProgressReport
 from fundl.train._retrace import TraceGuard
@@ -50,6 +51,9 @@ def fit(
     data_seed: int = 0,
     steps_per_call: int | str = "auto",
     max_in_flight: int = 2,
+    mesh: MeshSpec = None,
+    accumulate: int = 1,
+    step_fn: Callable[[TrainState, Any], tuple[TrainState, dict[str, Any]]] | None = None,
     quiet: bool = False,
     strict: bool = False,
 ) -> tuple[TrainState, dict[str, Any]]:
@@ -83,7 +87,23 @@ def fit(
         ``lax.scan`` over many steps, except for convolutions on the CPU, which run 4-12x
         slower inside a scan there). The params are bit-identical either way, except for
         convolutions on XLA:CPU, whose gradients round differently inside a scan (~1e-7).
-      max_in_flight: calls dispatched ahead of the results read back.
+      max_in_flight: calls dispatched ahead of the results read back. Keep it small
+        with many fake CPU devices: XLA:CPU can deadlock with many collective calls queued.
+      mesh: the devices to train on, data-parallel: ``None`` (the default) means every
+        visible device, an int the first that many (``1``: one device, no mesh), or a
+        ``jax.sharding.Mesh`` with a ``"data"`` axis and optionally an ``"fsdp"`` axis
+        (see :func:`fundl.distributed.data_mesh`). Each global batch (the same rows as on
+        one device) is cut along its example axis over the mesh, the train state is
+        replicated (or cut over ``"fsdp"``), and in a multi-process run each process
+        feeds only its own rows. The batch size must divide by the number of devices.
+      accumulate: cut each batch into this many micro-batches and average their
+        gradients before the one optimizer update (gradient accumulation): ``batch_size``
+        is the batch of one update, and steps, budgets, logs and evaluations all count
+        optimizer updates.
+      step_fn: the pure step ``(train_state, batch) -> (train_state, metrics)`` to use
+        instead of ``train_step_fn(loss_fn, optimizer, accumulate)``, e.g. the per-device
+        step of :func:`fundl.distributed.shard_map_step`; ``loss_fn`` still checks the
+        batches and evaluates.
       quiet: no progress bar and no printed lines.
       strict: an unexpected recompilation is an error instead of a warning.
 
@@ -91,10 +111,16 @@ def fit(
       The final train state, and the history as plain data: ``records`` (one dict per
       log and evaluation), ``stop_reason`` (``None`` if the budget was used up),
       ``steps``, ``epochs``, ``wall_s``, ``compile_s``, ``steps_per_call`` and how it was
-      chosen, and the number of ``traces`` of each compiled function.
+      chosen, the ``mesh`` (axes, devices, processes), and the number of ``traces`` of
+      each compiled function.
     """
-    # --- Set up: data, budget, schedule of logs and evaluations ------------------------
+    # --- Set up: devices, data, budget, schedule of logs and evaluations ----------------
+    placement = Placement(resolve_mesh(mesh))
     train = Shuffled(train_data, batch_size, seed=data_seed)
+    placement.check_batch_size(batch_size, "training")
+    if isinstance(accumulate, bool) or not isinstance(accumulate, int) or accumulate < 1 or batch_size % accumulate:
+        raise ValueError(f"accumulate must be a positive integer that divides the batch size {batch_size}, got {accumulate!r}")
+    rows = placement.local_rows(batch_size)  # this process's share of every global batch
     per_epoch = train.steps_per_epoch
     total = _budget(epochs, steps, per_epoch)
     eval_data = dict(eval_data or {})
@@ -114,18 +140,19 @@ def fit(
     first_batch = train.batch(0, 0)
     check_loss_output(loss_fn, train_state, first_batch)
     eval_fn = eval_fn or (default_eval_fn(loss_fn) if eval_data else None)
-    train_step = train_step_fn(loss_fn, optimizer)
+    train_step = step_fn or train_step_fn(loss_fn, optimizer, accumulate)
     fused, how = _steps_per_call(steps_per_call, train_step, train_state, first_batch, train, eval_every, log_every)
     guards = {
         "train_step": TraceGuard("train_step", ("train_state", "batch"), strict=strict),
         "fused_steps": TraceGuard("fused_steps", ("train_state", "batches"), strict=strict),
-        "eval_step": TraceGuard("eval_step", ("params", "state", "batch"), _eval_shapes(eval_data, eval_batch_size), strict),
+        "eval_step": TraceGuard("eval_step", ("params", "state", "batch"), _eval_shapes(eval_data, eval_batch_size, placement.shards), strict),
     }
-    single_call = jax.jit(guards["train_step"].wrap(train_step), donate_argnums=0)
-    fused_call = jax.jit(guards["fused_steps"].wrap(fused_steps_fn(train_step)), donate_argnums=0)
-    eval_call = jax.jit(guards["eval_step"].wrap(eval_fn)) if eval_fn else None
-
-    on_cpu = jax.default_backend() == "cpu"
+    # On a mesh, the train state keeps its layout and metrics come back replicated.
+    layout = {} if placement.mesh is None else {"out_shardings": (placement.state_shardings(train_state), placement.replicated)}
+    single_call = jax.jit(guards["train_step"].wrap(train_step), donate_argnums=0, **layout)
+    fused_call = jax.jit(guards["fused_steps"].wrap(fused_steps_fn(train_step)), donate_argnums=0, **layout)
+    replicated = {} if placement.mesh is None else {"out_shardings": placement.replicated}
+    eval_call = jax.jit(guards["eval_step"].wrap(eval_fn), **replicated) if eval_fn else None
 
     def is_boundary(step: int) -> bool:
         return step == total or step % per_epoch == 0 or step % eval_every == 0 or step % log_every == 0
@@ -134,23 +161,24 @@ def fit(
         return min(total, *(step + every - step % every for every in (per_epoch, eval_every, log_every))) - step
 
     def load(step: int) -> tuple[int, Any]:
-        """The next call's size and its batches, sent ahead to an accelerator (on the CPU,
-        the compiled call reads NumPy arrays directly, faster than an explicit copy)."""
+        """The next call's size and its batches (this process's rows, placed on the devices)."""
         n = fused if fused > 1 and steps_to_boundary(step) >= fused else 1
         epoch, index = divmod(step, per_epoch)
-        host = train.batches(epoch, index, n) if n > 1 else train.batch(epoch, index)
-        return n, host if on_cpu else jax.device_put(host)
+        if n > 1:
+            return n, placement.batch(train.batches(epoch, index, n, rows), batch_size, stacked=True)
+        return n, placement.batch(train.batch(epoch, index, rows), batch_size)
 
     # The compiled steps reuse (donate) the train state's buffers: work on a copy, so that
     # the caller's arrays stay valid.
-    train_state = jax.tree.map(jnp.array, train_state)
+    train_state = placement.place_state(train_state)
     step = start = int(train_state.step)
     records: list[dict[str, Any]] = []
     since_log: list[dict[str, np.ndarray]] = []  # the metrics of each call since the last log
     pending: deque = deque()
     stop_reason: str | None = None
     progress = ProgressReport(total, math.ceil(total / per_epoch), quiet)
-    progress.print(f"training {total - start} steps from step {start}; {how}")
+    where = "" if placement.mesh is None else f" on {placement.shards} devices {describe_mesh(placement.mesh)['axes']}"
+    progress.print(f"training {total - start} steps from step {start}{where}; {how}")
 
     def emit(kind: str, record: dict[str, Any], state: TrainState | None) -> None:
         for hook in hooks:
@@ -187,14 +215,14 @@ def fit(
             progress.record_line(record)
         if eval_call and (step % eval_every == 0 or step == total or stop_reason):
             for name, split in eval_data.items():
-                record = {"step": step, "epoch": step / per_epoch, "split": name, **_evaluate(eval_call, train_state, split, eval_batch_size)}
+                record = {"step": step, "epoch": step / per_epoch, "split": name, **_evaluate(eval_call, train_state, placement.eval_batches(split, eval_batch_size))}
                 emit("eval", record, train_state)
                 records.append(record)
                 progress.record_line(record)
 
     # --- The loop: dispatch a call, prepare the next batches, read back old results -----
     clock = time.perf_counter()
-    with CompileTimer() as timer:
+    with CompileTimer() as timer, placement.context():
         try:
             progress.start(step)
             upcoming = load(step) if step < total else None
@@ -225,6 +253,7 @@ def fit(
         "compile_s": timer.seconds,
         "steps_per_call": fused,
         "steps_per_call_reason": how,
+        "mesh": describe_mesh(placement.mesh),
         "traces": {name: guard.traces for name, guard in guards.items()},
     }
     progress.print(f"done: {step} steps in {wall:.1f} s ({timer.seconds:.1f} s compiling)" + (f"; stopped: {stop_reason}" if stop_reason else ""))
@@ -248,12 +277,14 @@ def _interval(name: str, value: int | None, per_epoch: int) -> int:
     return value
 
 
-def _eval_shapes(eval_data: Mapping[str, Any], batch_size: int) -> int:
-    """How many batch shapes evaluation compiles for: full batches and each split's remainder."""
+def _eval_shapes(eval_data: Mapping[str, Any], batch_size: int, shards: int) -> int:
+    """How many batch shapes evaluation compiles for: full batches, each split's last
+    batch, and the few examples left over when the last batch does not cut evenly."""
     sizes = set()
     for split in eval_data.values():
         n = num_examples(split)
-        sizes |= {min(batch_size, n), n % batch_size or min(batch_size, n)}
+        for size in {min(batch_size, n), n % batch_size or min(batch_size, n)}:
+            sizes |= {s for s in (size - size % shards, size % shards) if s}
     return max(len(sizes), 1)
 
 
@@ -271,9 +302,9 @@ def _steps_per_call(option, train_step, train_state, batch, train, eval_every, l
     return per_call, f"{per_call} steps per call (auto: one lax.scan per {per_call} steps)"
 
 
-def _evaluate(eval_call, train_state: TrainState, split: Any, batch_size: int) -> dict[str, float]:
+def _evaluate(eval_call, train_state: TrainState, batches) -> dict[str, float]:
     """Exact means over a split: each batch's metrics weighted by its true size."""
-    results = [(eval_call(train_state.params, train_state.state, batch), n) for batch, n in in_order(split, batch_size)]
+    results = [(eval_call(train_state.params, train_state.state, batch), n) for batch, n in batches]
     results = jax.device_get(results)
     total = sum(n for _, n in results)
     return {name: float(sum(float(m[name]) * n for m, n in results) / total) for name in results[0][0]}

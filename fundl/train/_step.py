@@ -79,16 +79,49 @@ def default_eval_fn(loss_fn: LossFn) -> EvalFn:
     return eval_fn
 
 
-def train_step_fn(loss_fn: LossFn, optimizer: optax.GradientTransformation):
-    """The pure training step ``(train_state, batch) -> (train_state, metrics)``."""
+def train_step_fn(loss_fn: LossFn, optimizer: optax.GradientTransformation, accumulate: int = 1):
+    """The pure training step ``(train_state, batch) -> (train_state, metrics)``.
+
+    Args:
+      loss_fn: ``(params, state, batch, key) -> (loss, (new_state, metrics))``.
+      optimizer: the optax optimizer; one update per step.
+      accumulate: cut each batch into this many micro-batches, run them one after the
+        other (``lax.scan``, so only one micro-batch's activations are alive at a time)
+        and average their gradients and metrics before the one update: the same update
+        as the whole batch at once, up to float rounding. Micro-batch ``i`` holds rows
+        ``i, i + accumulate, ...`` (each device keeps its own rows) and draws its
+        randomness from ``fold_in(step_key, i)``.
+    """
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def gradients(train_state: TrainState, batch: Batch, key: Key):
+        if accumulate == 1:
+            (loss, (state, metrics)), grads = grad_fn(train_state.params, train_state.state, batch, key)
+            return grads, state, {"loss": loss, **metrics}
+
+        def micro_step(carry, micro):
+            state, total = carry
+            index, micro_batch = micro
+            (loss, (state, metrics)), grads = grad_fn(train_state.params, state, micro_batch, jax.random.fold_in(key, index))
+            return (state, jax.tree.map(jnp.add, total, (grads, {"loss": loss, **metrics}))), None
+
+        micro_batches = jax.tree.map(lambda a: jnp.swapaxes(a.reshape(-1, accumulate, *a.shape[1:]), 0, 1), batch)
+        zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(lambda: gradients_like(train_state, micro_batches)))
+        (state, total), _ = lax.scan(micro_step, (train_state.state, zeros), (jnp.arange(accumulate), micro_batches))
+        grads, metrics = jax.tree.map(lambda t: t / accumulate, total)
+        return grads, state, metrics
+
+    def gradients_like(train_state, micro_batches):
+        first = jax.tree.map(lambda a: a[0], micro_batches)
+        (loss, (_, metrics)), grads = grad_fn(train_state.params, train_state.state, first, train_state.key)
+        return grads, {"loss": loss, **metrics}
 
     def train_step(train_state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
         key = jax.random.fold_in(train_state.key, train_state.step)
-        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-        (loss, (state, metrics)), grads = grad_fn(train_state.params, train_state.state, batch, key)
+        grads, state, metrics = gradients(train_state, batch, key)
         updates, opt_state = optimizer.update(grads, train_state.opt_state, train_state.params)
         params = optax.apply_updates(train_state.params, updates)
-        return TrainState(train_state.step + 1, params, state, opt_state, train_state.key), {"loss": loss, **metrics}
+        return TrainState(train_state.step + 1, params, state, opt_state, train_state.key), metrics
 
     return train_step
 

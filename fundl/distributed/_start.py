@@ -1,0 +1,70 @@
+"""Multi-host start-up: ``jax.distributed.initialize`` with a timeout and a clear error."""
+
+from __future__ import annotations
+
+import jax
+
+
+def initialize(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    *,
+    timeout_s: int = 300,
+) -> None:
+    """Joins this process to a multi-process JAX run; call it before anything else uses JAX.
+
+    On Cloud TPU pods (and SLURM and other clusters JAX knows) every argument can be left
+    out: JAX finds them. On other machines give all three; process 0 runs the coordinator
+    at ``coordinator_address`` (``host:port``) and every process must arrive within
+    ``timeout_s`` seconds.
+
+    Raises:
+      RuntimeError: JAX has already started on this process, or the processes did not
+        all arrive in time (the message names this process and the coordinator).
+
+    Example:
+      >>> fundl.distributed.initialize("127.0.0.1:12345", num_processes=2, process_id=0)
+    """
+    given = [coordinator_address is None, num_processes is None, process_id is None]
+    if any(given) and not all(given):
+        raise ValueError(
+            "give all of coordinator_address, num_processes and process_id, or none of them (on a TPU pod "
+            f"JAX finds them itself); got coordinator_address={coordinator_address!r}, "
+            f"num_processes={num_processes!r}, process_id={process_id!r}"
+        )
+    if num_processes is not None and not 0 <= process_id < num_processes:
+        raise ValueError(f"process_id must be in [0, {num_processes}), got {process_id}")
+    if jax.distributed.is_initialized():
+        raise RuntimeError("this process has already joined a multi-process run (jax.distributed.initialize was called)")
+    try:
+        jax.distributed.initialize(coordinator_address, num_processes, process_id, initialization_timeout=timeout_s)
+    except Exception as error:  # JAX raises RuntimeError or XlaRuntimeError, with gRPC detail
+        if "before any JAX" in str(error):
+            raise RuntimeError(
+                "fundl.distributed.initialize must be called before JAX starts (before any array is made or device listed)"
+            ) from None
+        who = "this process" if process_id is None else f"process {process_id} of {num_processes}"
+        where = coordinator_address or "the address JAX detected for this cluster"
+        raise RuntimeError(
+            f"{who} could not join the multi-process run at {where} within {timeout_s} s: is every worker "
+            f"started with the same coordinator and process count, and is process 0 reachable? ({error})"
+        ) from None
+
+
+def use_cpu_devices(count: int) -> None:
+    """Makes JAX run on the CPU as ``count`` devices (fake devices, for laptops and CI).
+
+    Call it before JAX starts. Fake devices share the same cores: use them to check
+    multi-device code, never to measure speed.
+    """
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"the number of CPU devices must be a positive integer, got {count!r}")
+    try:
+        jax.config.update("jax_num_cpu_devices", count)  # raises once JAX has started
+        jax.config.update("jax_platforms", "cpu")
+    except RuntimeError:
+        raise RuntimeError(
+            f"cannot make {count} CPU devices: JAX has already started in this process (set them before any array "
+            "is made or device listed, or start Python with XLA_FLAGS=--xla_force_host_platform_device_count=N)"
+        ) from None
