@@ -37,7 +37,7 @@ from fundl._core import Layer, Shape
 from fundl.distributed import Placement, data_mesh, describe_mesh
 from fundl.plots import plot_curves
 from fundl.runs._checkpoint import restore_train_state, save_train_state
-from fundl.runs._config import DEFAULTS, Config, merge, override
+from fundl.runs._config import DEFAULTS, Config, ConfigError, merge, override
 from fundl.runs._files import read_json, write_json
 from fundl.runs._optimizers import make_optimizer
 from fundl.train import (
@@ -298,6 +298,7 @@ def run(
             echo(f"{split}: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         echo(f"run directory: {directory}")
     if jax.process_count() > 1:
+        echo(f"process {jax.process_index()}: params {summary['params_fingerprint']}")
         multihost_utils.sync_global_devices("fundl run finished")  # no process leaves before process 0 has written
     return finished
 
