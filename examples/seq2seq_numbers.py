@@ -69,20 +69,20 @@ def experiment(config: dict) -> Experiment:
     s2s = seq2seq(len(data.source), len(data.target), embed=m["embed"], hidden=m["hidden"], attention=m["attention"])
     if not 1 <= beam_width <= len(data.target):
         raise ConfigError(f"decode.beam_width must be between 1 and {len(data.target)} (the target vocabulary), got {beam_width}")
-    length = data.train["targets"].shape[1]
+    target_length = data.train["targets"].shape[1]
     loss_fn = loss_function(s2s.model)
 
     def eval_fn(params, state, batch):
         loss, (_, metrics) = loss_fn(params, state, batch, None, train=False)
-        greedy, _ = greedy_decode(s2s, params, batch["source"], length)
-        beam, _ = beam_decode(s2s, params, batch["source"], length, beam_width)
+        greedy, _ = greedy_decode(s2s, params, batch["source"], target_length)
+        beam, _ = beam_decode(s2s, params, batch["source"], target_length, beam_width)
         return {"loss": loss, **metrics, "exact_match": jnp.mean(exact_match(greedy, batch["targets"])),
                 "beam_exact_match": jnp.mean(exact_match(beam, batch["targets"]))}
 
     def report(run: Run) -> None:
         params, test = run.train_state.params, data.test
-        greedy = np.asarray(greedy_decode(s2s, params, test["source"], length)[0])
-        beam = np.asarray(beam_decode(s2s, params, test["source"], length, beam_width)[0])
+        greedy = np.asarray(greedy_decode(s2s, params, test["source"], target_length)[0])
+        beam = np.asarray(beam_decode(s2s, params, test["source"], target_length, beam_width)[0])
         samples = [
             {"source": data.source.decode(test["source"][i]), "target": data.target.decode(test["targets"][i]),
              "greedy": data.target.decode(greedy[i]), "beam": data.target.decode(beam[i])}
@@ -99,13 +99,13 @@ def experiment(config: dict) -> Experiment:
     def sample(run: Run, prompt: str, *, temperature: float, length: int, seed: int) -> str:
         del temperature, length, seed  # beam search is deterministic
         source = data.source.encode_text(prompt, data.train["source"].shape[1], where=f"prompt ({d['direction']})")
-        out, _ = beam_decode(s2s, run.train_state.params, jnp.asarray(source), length, beam_width)
+        out, _ = beam_decode(s2s, run.train_state.params, jnp.asarray(source), target_length, beam_width)
         return data.target.decode(np.asarray(out[0]))
 
     return Experiment(
         model=s2s.model,
         input_shape=((config["train"]["batch_size"], data.train["source"].shape[1]),
-                     (config["train"]["batch_size"], length)),
+                     (config["train"]["batch_size"], target_length)),
         loss_fn=loss_fn,
         train_data=data.train,
         eval_data={"validation": data.validation, "test": data.test},
