@@ -293,3 +293,35 @@ def test_accumulating_k_micro_batches_is_one_batch_of_k_times_b():
     assert [r["loss"] for r in h4["records"]] == pytest.approx([r["loss"] for r in h1["records"]], rel=1e-5)
     with pytest.raises(ValueError, match="accumulate must be a positive integer that divides the batch size 32, got 5"):
         fit(classification_loss(model), optimizer, start, data, batch_size=32, steps=1, accumulate=5, quiet=True)
+
+
+# --- the README's multi-device section, executed --------------------------------------------
+
+
+def _readme_section(title: str) -> str:
+    text = (ROOT / "README.md").read_text()
+    start = text.index(f"## {title}")
+    return text[start : text.index("\n## ", start + 1)]
+
+
+def _blocks(section: str, language: str) -> list[str]:
+    parts = section.split(f"```{language}\n")[1:]
+    return [part.split("```")[0] for part in parts]
+
+
+def test_readme_scale_section_python_runs_on_8_devices():
+    (code,) = _blocks(_readme_section("Scale"), "python")
+    stdout = on_devices(8, code)
+    assert stdout.strip() == "{'data': 4, 'fsdp': 2} P(None, 'fsdp')"  # (64, 128): 128 is the largest
+
+
+def test_readme_scale_section_commands_run(tmp_path):
+    (block,) = _blocks(_readme_section("Scale"), "bash")
+    commands = [line.split("#")[0].split() for line in block.splitlines() if line.strip()]
+    assert len(commands) == 5 and all(c[:2] == ["fundl", "run"] for c in commands)
+    for i, command in enumerate(commands):
+        short = [sys.executable, "-m", "fundl.cli", *command[1:], "--set", "train.steps=4", "--quiet", "--out", str(tmp_path / str(i))]
+        done = subprocess.run(short, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        assert done.returncode == 0, (command, done.stderr)
+        summary = json.loads((tmp_path / str(i) / "summary.json").read_text())
+        assert summary["steps"] == 4
