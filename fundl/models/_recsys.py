@@ -104,23 +104,33 @@ def dot_recommender(
 
 
 def deep_recommender(
-    num_users: int, num_items: int, features: int, hidden: Sequence[int] = (64, 32), *, offset: float = 0.0, dropout_rate: float = 0.0
+    num_users: int,
+    num_items: int,
+    features: int,
+    hidden: Sequence[int] = (64, 32),
+    *,
+    offset: float = 0.0,
+    init_std: float = 0.1,
+    dropout_rate: float = 0.0,
 ) -> Layer:
     """The user and item embeddings concatenated, then an MLP to one score, plus ``offset``.
 
     Shapes: ``(users (batch,), items (batch,)) int -> scores (batch,)``. Params:
     ``embeddings/{user,item}/table`` and ``mlp/dense_0 ...``. The embeddings start as
-    ``N(0, 1)`` (fundl's default), the MLP as fundl's dense layers.
+    ``N(0, init_std^2)``, the MLP as fundl's dense layers.
 
     Args:
       num_users, num_items: the id ranges.
       features: the size of each embedding (the MLP sees ``2 * features``).
       hidden: the MLP's hidden widths (ReLU).
       offset: a constant added to every score.
+      init_std: the standard deviation of the initial embeddings.
       dropout_rate: dropout between the MLP's hidden layers.
     """
     check_positive("deep_recommender", num_users=num_users, num_items=num_items, features=features)
-    embeddings = named("embeddings", parallel(named("user", embedding(num_users, features)), named("item", embedding(num_items, features))))
+    table_init = initializers.normal(init_std)
+    user, item = (embedding(count, features, table_init=table_init) for count in (num_users, num_items))
+    embeddings = named("embeddings", parallel(named("user", user), named("item", item)))
     head = stateless("score", lambda y: offset + y[..., 0], lambda shape: tuple(shape[:-1]))
     return _with_pair_check("deep_recommender", serial(embeddings, fan_in_concat(), named("mlp", mlp([*hidden, 1], dropout_rate=dropout_rate)), head))
 
