@@ -4,6 +4,11 @@
               [--devices N] [--cpu-devices N] [--distributed [--coordinator HOST:PORT --num-processes N --process-id I]]
     fundl sample RUN_DIR [--prompt TEXT] [--temperature T] [--length N] [--seed N]
     fundl list
+    fundl ls [DIR]
+    fundl show RUN_DIR
+    fundl compare RUN_DIR RUN_DIR [RUN_DIR ...]
+    fundl plot RUN_DIR [RUN_DIR ...] [--metric SPLIT/METRIC] [-o FILE.png]
+    fundl --version
 """
 
 from __future__ import annotations
@@ -14,7 +19,10 @@ from collections.abc import Sequence
 
 
 def _parser() -> argparse.ArgumentParser:
+    import fundl
+
     parser = argparse.ArgumentParser(prog="fundl", description="Functional deep learning in JAX: run experiments.")
+    parser.add_argument("--version", action="version", version=f"fundl {fundl.__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="train an example and record the run in a run directory")
@@ -43,7 +51,37 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, default=0, help="the sampling seed")
 
     commands.add_parser("list", help="list the bundled examples")
+
+    ls = commands.add_parser("ls", help="list the run directories under DIR: example, status, steps, a metric, fingerprint")
+    ls.add_argument("directory", nargs="?", default="runs", metavar="DIR", help="where the runs are (default: runs)")
+    show = commands.add_parser("show", help="a run's config, environment and final metrics")
+    show.add_argument("run_dir", help="the run directory")
+    compare = commands.add_parser("compare", help="runs side by side: final metrics, differing config, fingerprints")
+    compare.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="two or more run directories")
+    plot = commands.add_parser("plot", help="one metric of several runs against the step, into a PNG")
+    plot.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="one or more run directories")
+    plot.add_argument("--metric", metavar="SPLIT/METRIC",
+                      help="what to draw, e.g. test/loss (default: test/accuracy if logged, else train/loss)")
+    plot.add_argument("-o", "--output", default="plot.png", metavar="FILE.png", help="the PNG to write (default: plot.png)")
     return parser
+
+
+_RUN_TOOLS = ("ls", "show", "compare", "plot")
+
+
+def _run_tool(args: argparse.Namespace) -> str:
+    """``fundl ls/show/compare/plot``: they read run files only, so they skip loading the examples."""
+    from fundl.runs import _tools
+
+    if args.command == "ls":
+        found = _tools.list_runs(args.directory)
+        return _tools.format_runs(found) if found else f"no run directories in {args.directory}"
+    if args.command == "show":
+        return _tools.show_run(args.run_dir)
+    if args.command == "compare":
+        return _tools.compare_runs(args.run_dirs)
+    path, metric = _tools.plot_runs(args.run_dirs, args.metric, args.output)
+    return f"wrote {path}: {metric} of {len(args.run_dirs)} run(s)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -55,6 +93,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, RuntimeError) as error:
         print(f"fundl: error: {error}", file=sys.stderr)
         return 2
+    if args.command in _RUN_TOOLS:
+        try:
+            text = _run_tool(args)
+        except (ValueError, OSError) as error:
+            print(f"fundl: error: {error}", file=sys.stderr)
+            return 2
+        print(text)
+        return 0
     from fundl import runs  # imported here so that `fundl --help` answers at once
 
     try:

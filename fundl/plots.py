@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import matplotlib
@@ -74,4 +74,26 @@ def scatter_2d(points: np.ndarray, labels: np.ndarray, path: str | os.PathLike, 
     ax.legend(markerscale=2, fontsize=8, loc="best")
     if title:
         ax.set_title(title)
+    fig.savefig(path, dpi=100)
+
+
+def plot_runs_metric(series: Mapping[str, Sequence[tuple[float, float]]], path: str | os.PathLike, *, metric: str) -> None:
+    """One metric of several runs against the training step, one labelled line per run.
+
+    Args:
+      series: ``{run name: [(step, value), ...]}``.
+      path: the PNG file to write.
+      metric: the ``split/metric`` drawn, for the title and the y axis.
+    """
+    fig = Figure(figsize=(6.5, 4), layout="constrained")
+    ax = fig.add_subplot()
+    for label, points in series.items():
+        if points:
+            steps, values = zip(*points)
+            ax.plot(steps, values, marker="o" if len(points) < 30 else None, markersize=3, label=label)
+    ax.set_title(metric)
+    ax.set_xlabel("step")
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     fig.savefig(path, dpi=100)

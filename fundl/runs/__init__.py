@@ -24,3 +24,10 @@ from fundl.runs._experiment import (
     sample as sample,
 )
 from fundl.runs._optimizers import OPTIMIZERS as OPTIMIZERS, make_optimizer as make_optimizer
+from fundl.runs._tools import (
+    compare_runs as compare_runs,
+    format_runs as format_runs,
+    list_runs as list_runs,
+    plot_runs as plot_runs,
+    show_run as show_run,
+)
