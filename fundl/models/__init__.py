@@ -5,6 +5,7 @@ Every builder returns an ordinary :class:`fundl.Layer`, trained by the same
 """
 
 from fundl.models._cnn import lenet as lenet
+from fundl.models._gan import GAN as GAN, gan as gan, gan_loss as gan_loss, gan_optimizer as gan_optimizer, gan_samples as gan_samples, mlp_gan as mlp_gan, sample_quality as sample_quality
 from fundl.models._mlp import mlp as mlp
 from fundl.models._rnn import CharLM as CharLM, char_lm as char_lm, generate as generate, rnn_classifier as rnn_classifier
 from fundl.models._recsys import RATING_LOSSES as RATING_LOSSES, deep_recommender as deep_recommender, dot_recommender as dot_recommender, mean_user_auc as mean_user_auc, per_user_auc as per_user_auc, rating_loss as rating_loss, score_matrix as score_matrix, triplet_loss as triplet_loss, triplet_margin as triplet_margin
