@@ -1,12 +1,13 @@
 """Translating numbers between English words and digits with an encoder-decoder GRU and attention.
 
 Command: fundl run seq2seq_numbers
-Expected: about 90 s on a laptop CPU; exact-match test accuracy (whole sequences right)
-about 0.97 greedy and 0.97 with beam search, token accuracy about 0.99.
+Expected: 50-90 s on 2 CPU cores; exact-match test accuracy (whole sequences right) 0.997-0.9995
+greedy and the same with beam search (seeds 0, 1, 2), token accuracy 0.9998.
 Without attention: fundl run seq2seq_numbers --set model.attention=false
-(about 70 s; exact match about 0.6, the course's simple model reaches 0.37).
+(about 45 s; exact match 0.980-0.991 greedy, 0.986-0.992 beam; the course's simple model: 0.37).
 Other way round: fundl run seq2seq_numbers --set data.direction=to_words
 Then: fundl sample RUN_DIR --prompt "three hundred and twelve thousand and five"
+(prints ``three hundred and twelve thousand and five -> 312005``).
 
 The data needs no download: distinct random numbers from 1 to 999,999 (``data.seed``), split
 by number into train, validation and test sets (``data.train`` / ``data.validation`` /
@@ -18,7 +19,8 @@ padding masked. Each evaluation also decodes the split, greedily and with beam s
 right (``exact_match``, ``beam_exact_match``). The run directory gets ``decode.json``: both
 exact matches on the test split and a few sample translations.
 
-``fundl sample`` translates the prompt with beam search (``decode.beam_width``); it is
+``fundl sample`` translates the prompt with beam search (``decode.beam_width``) and returns
+``" -> "`` and the translation (the command prints the prompt before it). Beam search is
 deterministic, so ``--temperature``, ``--length`` and ``--seed`` are ignored.
 """
 
@@ -37,7 +39,7 @@ CONFIG = {
     "data": {"direction": "to_digits", "train": 20000, "validation": 1000, "test": 2000, "seed": 0},
     "model": {"attention": True, "embed": 32, "hidden": 128},
     "decode": {"beam_width": 4, "samples": 10},
-    "train": {"epochs": 5, "batch_size": 64, "eval_batch_size": 1000},
+    "train": {"epochs": 3, "batch_size": 64, "eval_batch_size": 1000},
     "optimizer": {"name": "adam", "learning_rate": 0.003, "schedule": "cosine", "clip_norm": 1.0},
 }
 
@@ -100,7 +102,7 @@ def experiment(config: dict) -> Experiment:
         del temperature, length, seed  # beam search is deterministic
         source = data.source.encode_text(prompt, data.train["source"].shape[1], where=f"prompt ({d['direction']})")
         out, _ = beam_decode(s2s, run.train_state.params, jnp.asarray(source), target_length, beam_width)
-        return data.target.decode(np.asarray(out[0]))
+        return " -> " + data.target.decode(np.asarray(out[0]))
 
     return Experiment(
         model=s2s.model,

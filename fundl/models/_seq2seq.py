@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from fundl._combinators import apply_child, check_entries, init_child
+from fundl._combinators import check_entries, init_child
 from fundl._core import Array, Layer, LayerError, Params
 from fundl.layers import dense, embedding, gru
 
@@ -63,9 +63,9 @@ def _layers(source_size: int, target_size: int, embed: int, hidden: int, attenti
 
 
 def _check_pair(shape: Any) -> tuple[tuple[int, int], tuple[int, int]]:
-    if not (isinstance(shape, (tuple, list)) and len(shape) == 2 and all(
-        isinstance(s, (tuple, list)) and len(s) == 2 for s in shape
-    )):
+    """Raises LayerError unless ``shape`` is ``((batch, S), (batch, T))``."""
+    is_pair = lambda s: isinstance(s, (tuple, list)) and len(s) == 2  # noqa: E731
+    if not (is_pair(shape) and all(is_pair(s) for s in shape)):
         raise LayerError(f"seq2seq expects a pair (source (batch, S), inputs (batch, T)) of int ids, got shapes {shape}")
     (b1, _), (b2, _) = shape
     if b1 != b2:
