@@ -192,7 +192,13 @@ def gan_optimizer(
     if alternate:
         generator = optax.transforms.conditionally_mask(generator, lambda step: step % 2 == 1)
         discriminator = optax.transforms.conditionally_mask(discriminator, lambda step: step % 2 == 0)
-    labels = lambda params: {name: jax.tree.map(lambda _: name, tree) for name, tree in params.items()}  # noqa: E731
+
+    def labels(params):
+        if not isinstance(params, dict) or not set(params) <= set(PLAYERS):
+            got = sorted(params) if isinstance(params, dict) else type(params).__name__
+            raise ValueError(f"gan_optimizer expects params with the top-level keys {PLAYERS} (a GAN model's), got {got}")
+        return {name: jax.tree.map(lambda _: name, tree) for name, tree in params.items()}
+
     return optax.multi_transform({"generator": generator, "discriminator": discriminator}, labels)
 
 
