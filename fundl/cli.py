@@ -2,6 +2,8 @@
 
     fundl run NAME [--seed N] [--set key=value ...] [--out DIR] [--quiet]
               [--devices N] [--cpu-devices N] [--distributed [--coordinator HOST:PORT --num-processes N --process-id I]]
+              [--stop-after-steps N]
+    fundl resume RUN_DIR [--quiet]
     fundl sample RUN_DIR [--prompt TEXT] [--temperature T] [--length N] [--seed N]
     fundl list
     fundl ls [DIR]
@@ -9,6 +11,12 @@
     fundl compare RUN_DIR RUN_DIR [RUN_DIR ...]
     fundl plot RUN_DIR [RUN_DIR ...] [--metric SPLIT/METRIC] [-o FILE.png]
     fundl --version
+
+Exit status of ``run`` and ``resume``: 0 finished (the budget, or a hook such as early
+stopping, ended it); 2 a usage, config or file error (nothing was trained); 3 stopped by
+a NaN or infinite loss (the last good checkpoint is kept); 75 interrupted by SIGTERM,
+Ctrl-C or --stop-after-steps, with a checkpoint to resume from; 130 aborted by a second
+Ctrl-C (the latest complete checkpoint is kept).
 """
 
 from __future__ import annotations
@@ -16,6 +24,8 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+
+EXIT_USAGE, EXIT_NONFINITE, EXIT_INTERRUPTED, EXIT_ABORTED = 2, 3, 75, 130
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -42,6 +52,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--coordinator", metavar="HOST:PORT", help="with --distributed: process 0's address")
     run.add_argument("--num-processes", type=int, metavar="N", help="with --distributed: how many processes")
     run.add_argument("--process-id", type=int, metavar="I", help="with --distributed: this process's index, 0 to N-1")
+    run.add_argument("--stop-after-steps", type=int, metavar="N",
+                     help="stop at step N as if preempted: save a checkpoint and exit (status 75); continue with fundl resume")
+
+    resume = commands.add_parser("resume", help="continue an interrupted run from its latest checkpoint, exactly")
+    resume.add_argument("run_dir", help="the run directory")
+    resume.add_argument("--quiet", action="store_true", help="no progress bar or per-evaluation lines")
 
     sample = commands.add_parser("sample", help="generate from a finished run of a generative example (charlm)")
     sample.add_argument("run_dir", help="the run directory")
@@ -92,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _start_jax(args)
     except (ValueError, RuntimeError) as error:
         print(f"fundl: error: {error}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     if args.command in _RUN_TOOLS:
         try:
             text = _run_tool(args)
@@ -113,17 +129,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             text = runs.sample(args.run_dir, args.prompt, temperature=args.temperature, length=args.length, seed=args.seed)
             print(args.prompt + text)
             return 0
-        settings = runs.parse_settings(args.settings)
-        if args.seed is not None:
-            settings.append(("seed", args.seed))
-        if args.devices is not None:
-            settings.append(("train.devices", args.devices))
-        result = runs.run(args.example, settings, out=args.out, quiet=args.quiet)
-    except (ValueError, FileNotFoundError, FileExistsError) as error:
+        if args.command == "resume":
+            result = runs.resume(args.run_dir, quiet=args.quiet)
+        else:
+            settings = runs.parse_settings(args.settings)
+            if args.seed is not None:
+                settings.append(("seed", args.seed))
+            if args.devices is not None:
+                settings.append(("train.devices", args.devices))
+            result = runs.run(args.example, settings, out=args.out, quiet=args.quiet, stop_after_steps=args.stop_after_steps)
+    except (ValueError, OSError) as error:
         print(f"fundl: error: {error}", file=sys.stderr)
-        return 2
-    if result.summary["stop_reason"]:
-        print(f"stopped early: {result.summary['stop_reason']}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("fundl: aborted by a second Ctrl-C; the latest complete checkpoint is kept", file=sys.stderr)
+        return EXIT_ABORTED
+    history = result.history
+    if history["nonfinite"]:
+        return EXIT_NONFINITE
+    if history["interrupted"]:
+        return EXIT_INTERRUPTED
+    if history["stop_reason"]:
+        print(f"stopped early: {history['stop_reason']}", file=sys.stderr)
     return 0
 
 

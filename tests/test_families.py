@@ -24,7 +24,10 @@ def files(directory):
     return {p.name for p in directory.iterdir()}
 
 
-RUN_FILES = {"config.json", "environment.json", "metrics.jsonl", "summary.json", "train_state.msgpack", "curves.png"}
+RUN_FILES = {
+    "config.json", "environment.json", "metrics.jsonl", "summary.json", "train_state.msgpack", "curves.png",
+    "status.json", "example.py", "checkpoints",
+}
 
 
 # --- builders ----------------------------------------------------------------------------

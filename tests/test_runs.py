@@ -31,8 +31,11 @@ def test_a_run_directory_records_config_metrics_summary_and_train_state(tmp_path
     directory = tmp_path / "run"
     done = runs.run("mlp_digits", [("train.epochs", 2), ("seed", 4)], out=str(directory), quiet=True, echo=lambda _: None)
     assert {p.name for p in directory.iterdir()} == {
-        "config.json", "environment.json", "metrics.jsonl", "summary.json", "train_state.msgpack", "curves.png"
+        "config.json", "environment.json", "metrics.jsonl", "summary.json", "train_state.msgpack", "curves.png",
+        "status.json", "example.py", "checkpoints",
     }
+    assert json.loads((directory / "status.json").read_text())["status"] == "finished"
+    assert sorted(p.name for p in (directory / "checkpoints").iterdir()) == ["47", "94"]
     config = json.loads((directory / "config.json").read_text())
     assert config["seed"] == 4 and config["train"]["epochs"] == 2 and config["optimizer"]["name"] == "sgd"
     assert config == done.config and set(DEFAULTS) <= set(config)
@@ -133,10 +136,10 @@ def test_cli_errors_exit_with_a_message_and_leave_no_run_directory(tmp_path, cap
 def test_an_existing_run_is_never_overwritten(tmp_path, capsys):
     directory = tmp_path / "run"
     runs.run("mlp_digits", [("train.epochs", 1)], out=str(directory), quiet=True, echo=lambda _: None)
-    before = {p.name: p.read_bytes() for p in directory.iterdir()}
+    before = {p: p.read_bytes() for p in directory.rglob("*") if p.is_file()}
     assert main(["run", "mlp_digits", "--out", str(directory), "--quiet"]) == 2
-    assert "already holds a run" in capsys.readouterr().err
-    assert {p.name: p.read_bytes() for p in directory.iterdir()} == before
+    assert f"--out {directory} is not empty" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in directory.rglob("*") if p.is_file()} == before
 
 
 def test_cli_runs_an_example_file_by_path(tmp_path, capsys):

@@ -1,7 +1,8 @@
-"""Experiments: configs with checked overrides, run directories, saved train states.
+"""Experiments: configs with checked overrides, run directories, checkpoints, resume.
 
-``run(example, settings)`` is what ``fundl run`` does; ``load_run(directory)`` brings a
-finished run back (config, model, data, params) to evaluate, sample or continue from it.
+``run(example, settings)`` is what ``fundl run`` does; ``resume(directory)`` continues an
+interrupted run exactly; ``load_run(directory)`` brings a finished run back (config,
+model, data, params), verified, to evaluate, sample or continue from it.
 """
 
 from fundl.runs._checkpoint import restore_train_state as restore_train_state, save_train_state as save_train_state
@@ -18,11 +19,10 @@ from fundl.runs._experiment import (
     bundled_examples as bundled_examples,
     initial_train_state as initial_train_state,
     load_example as load_example,
-    load_run as load_run,
     resolve_config as resolve_config,
-    run as run,
-    sample as sample,
 )
+from fundl.runs._checkpoints import Checkpoints as Checkpoints
+from fundl.runs._run import load_run as load_run, resume as resume, run as run, sample as sample
 from fundl.runs._optimizers import OPTIMIZERS as OPTIMIZERS, make_optimizer as make_optimizer
 from fundl.runs._tools import (
     compare_runs as compare_runs,

@@ -30,6 +30,14 @@ DEFAULTS: Config = {
         "precision": "float32",  # or "bfloat16": compute in bfloat16, params and optimizer in float32
         "accumulate": 1,  # micro-batches per update (gradient accumulation); counts stay in updates
     },
+    "checkpoint": {
+        "every_epochs": 1,  # save the whole train state every this many epochs (None: only at the end)
+        "every_steps": None,  # ... or every this many steps (the more frequent wins)
+        "keep": 3,  # the latest checkpoints kept
+        "best": None,  # also keep the best checkpoint by this "split/metric", e.g. "test/accuracy"
+        "best_mode": "max",  # or "min"
+    },
+    "log": {"tensorboard": False},  # also write the logged scalars as TensorBoard event files
     "optimizer": {
         "name": "sgd",
         "learning_rate": 0.1,
@@ -84,6 +92,9 @@ TYPES: dict[str, tuple[type, ...]] = {
     "train.log_every": (int,),
     "train.steps_per_call": (str, int),
     "train.devices": (int,),
+    "checkpoint.every_epochs": (int,),
+    "checkpoint.every_steps": (int,),
+    "checkpoint.best": (str,),
     "optimizer.momentum": (float,),
     "optimizer.weight_decay": (float,),
     "optimizer.clip_norm": (float,),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -30,9 +31,20 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
         os.close(dir_fd)
 
 
+def strict_json(value: Any) -> Any:
+    """``value`` with every NaN or infinite float replaced by ``None``, so that it is valid JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value
+
+
 def write_json(path: str | os.PathLike, value: Any) -> None:
-    """Writes ``value`` as indented JSON, atomically."""
-    write_atomic(path, (json.dumps(value, indent=2, sort_keys=False) + "\n").encode())
+    """Writes ``value`` as indented, strictly valid JSON (a NaN becomes ``null``), atomically."""
+    write_atomic(path, (json.dumps(strict_json(value), indent=2, allow_nan=False) + "\n").encode())
 
 
 def read_json(path: str | os.PathLike) -> Any:

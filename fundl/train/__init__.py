@@ -9,6 +9,7 @@ Example:
 
 from fundl.train._hooks import (
     BestParams as BestParams,
+    EarlyStopping as EarlyStopping,
     Event as Event,
     Hook as Hook,
     derived_metric as derived_metric,
@@ -16,7 +17,7 @@ from fundl.train._hooks import (
     log_learning_rate as log_learning_rate,
     stop_on_nonfinite as stop_on_nonfinite,
 )
-from fundl.train._loop import fit as fit
+from fundl.train._loop import Checkpointer as Checkpointer, check_options as check_options, fit as fit
 from fundl.train._precision import POLICIES as PRECISION_POLICIES, with_precision as with_precision
 from fundl.train._retrace import RetraceError as RetraceError, RetraceWarning as RetraceWarning
 from fundl.train._shard_map import shard_map_step as shard_map_step

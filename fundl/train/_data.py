@@ -34,7 +34,7 @@ def num_examples(data: Any, name: str = "data") -> int:
 
 def check_batch_size(batch_size: Any, size: int | None, name: str) -> None:
     """Raises ValueError unless ``batch_size`` is a positive int, at most ``size`` if one is given."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+    if isinstance(batch_size, (bool, np.bool_)) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
         raise ValueError(f"batch size for {name} must be a positive integer, got {batch_size!r}")
     if size is not None and batch_size > size:
         raise ValueError(
@@ -54,7 +54,7 @@ class Shuffled:
         self.data = jax.tree.map(np.asarray, data)
         self.size = num_examples(self.data, name)
         check_batch_size(batch_size, self.size, name)
-        self.batch_size = batch_size
+        self.batch_size = int(batch_size)
         self.seed = seed
         self.steps_per_epoch = self.size // batch_size
         self._order: tuple[int, np.ndarray] | None = None

@@ -87,30 +87,48 @@ def _watched(event: Event, split: str, metric: str) -> float | None:
     return event.record[metric]
 
 
-def early_stopping(split: str, metric: str, *, mode: str = "min", patience: int = 5, min_delta: float = 0.0) -> Hook:
+class EarlyStopping:
     """Stops when ``split``'s ``metric`` has not improved for ``patience`` evaluations.
+
+    Made by :func:`early_stopping`. Its counters are its state: ``state_dict()`` and
+    ``load_state_dict()`` let a checkpoint carry them, so a resumed run stops where the
+    uninterrupted one would.
+    """
+
+    def __init__(self, split: str, metric: str, *, mode: str = "min", patience: int = 5, min_delta: float = 0.0):
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
+            raise ValueError(f"early_stopping: patience must be a positive integer, got {patience!r}")
+        self.split, self.metric, self.patience = split, metric, patience
+        self._better = _better(mode, min_delta)
+        self.best: float | None = None
+        self.waited = 0
+
+    def __call__(self, event: Event) -> str | None:
+        value = _watched(event, self.split, self.metric)
+        if value is None:
+            return None
+        if self._better(value, self.best):
+            self.best, self.waited = value, 0
+            return None
+        self.waited += 1
+        if self.waited >= self.patience:
+            return f"early stopping: {self.split} {self.metric} has not improved on {self.best:.6g} for {self.patience} evaluations"
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "waited": self.waited}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.waited = state["best"], int(state["waited"])
+
+
+def early_stopping(split: str, metric: str, *, mode: str = "min", patience: int = 5, min_delta: float = 0.0) -> EarlyStopping:
+    """Stops when ``split``'s ``metric`` has not improved by more than ``min_delta`` for ``patience`` evaluations.
 
     Example:
       >>> fit(..., hooks=[early_stopping("test", "loss", patience=3)])
     """
-    better = _better(mode, min_delta)
-    best: float | None = None
-    waited = 0
-
-    def hook(event: Event) -> str | None:
-        nonlocal best, waited
-        value = _watched(event, split, metric)
-        if value is None:
-            return None
-        if better(value, best):
-            best, waited = value, 0
-            return None
-        waited += 1
-        if waited >= patience:
-            return f"early stopping: {split} {metric} has not improved on {best:.6g} for {patience} evaluations"
-        return None
-
-    return hook
+    return EarlyStopping(split, metric, mode=mode, patience=patience, min_delta=min_delta)
 
 
 class BestParams:
@@ -136,6 +154,13 @@ class BestParams:
             self.value, self.step = value, event.record["step"]
             self.params = jax.device_get(event.train_state.params)
             self.state = jax.device_get(event.train_state.state)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The best so far, for checkpoints (the arrays as NumPy arrays)."""
+        return {"value": self.value, "step": self.step, "params": self.params, "state": self.state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.value, self.step, self.params, self.state = state["value"], state["step"], state["params"], state["state"]
 
 
 def log_learning_rate(schedule: Callable[[Any], Any]) -> Hook:

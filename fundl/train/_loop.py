@@ -6,7 +6,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import jax
 import numpy as np
@@ -32,6 +32,22 @@ from fundl.train._step import (
 _MAX_FUSED_BYTES = 64 * 2**20  # the most batch data one fused call takes to the device
 
 
+class Checkpointer(Protocol):
+    """What ``fit`` asks of a checkpointer: when to save, saving, and whether to stop now."""
+
+    def next_step(self, step: int) -> int | None:
+        """The first step after ``step`` at which a checkpoint is due, if any."""
+
+    def save(self, step: int, train_state: TrainState, hook_states: list[Any], metrics: dict[str, float]) -> None:
+        """Saves the train state after ``step`` steps and the ``state_dict()`` of each hook
+        (``None`` for hooks without one); ``metrics`` are the latest evaluations, by
+        ``"split/metric"``. Must not keep references to ``train_state``'s buffers, which
+        the next step reuses."""
+
+    def interrupted(self, step: int) -> str | None:
+        """A reason to stop training now (a signal arrived, a step limit was reached), or ``None``."""
+
+
 def fit(
     loss_fn: LossFn,
     optimizer: optax.GradientTransformation,
@@ -54,6 +70,7 @@ def fit(
     mesh: MeshSpec = None,
     accumulate: int = 1,
     step_fn: Callable[[TrainState, Any], tuple[TrainState, dict[str, Any]]] | None = None,
+    checkpoint: Checkpointer | None = None,
     quiet: bool = False,
     strict: bool = False,
 ) -> tuple[TrainState, dict[str, Any]]:
@@ -104,6 +121,12 @@ def fit(
         instead of ``train_step_fn(loss_fn, optimizer, accumulate)``, e.g. the per-device
         step of :func:`fundl.distributed.shard_map_step`; ``loss_fn`` still checks the
         batches and evaluates.
+      checkpoint: where and when to save the train state and the hooks' state during
+        training (see :class:`Checkpointer`; ``fundl.runs`` gives one backed by
+        orbax-checkpoint). It may also ask ``fit`` to stop early, as if preempted: the
+        run then logs the training metrics, skips the evaluation, saves a checkpoint and
+        returns with ``history["interrupted"]`` set. Never saved: a state with a
+        non-finite loss (the last good checkpoint is kept).
       quiet: no progress bar and no printed lines.
       strict: an unexpected recompilation is an error instead of a warning.
 
@@ -111,14 +134,17 @@ def fit(
       The final train state, and the history as plain data: ``records`` (one dict per
       log and evaluation), ``stop_reason`` (``None`` if the budget was used up),
       ``steps``, ``epochs``, ``wall_s``, ``compile_s``, ``steps_per_call`` and how it was
-      chosen, the ``mesh`` (axes, devices, processes), and the number of ``traces`` of
-      each compiled function.
+      chosen, the ``mesh`` (axes, devices, processes), the number of ``traces`` of each
+      compiled function, ``nonfinite`` (a NaN or infinity stopped training) and
+      ``interrupted`` (the checkpointer asked to stop).
     """
     # --- Set up: devices, data, budget, schedule of logs and evaluations ----------------
+    check_options(epochs=epochs, steps=steps, eval_batch_size=eval_batch_size, eval_every=eval_every, log_every=log_every,
+                  steps_per_call=steps_per_call, max_in_flight=max_in_flight, accumulate=accumulate)
     placement = Placement(resolve_mesh(mesh))
     train = Shuffled(train_data, batch_size, seed=data_seed)
     placement.check_batch_size(batch_size, "training")
-    if isinstance(accumulate, bool) or not isinstance(accumulate, int) or accumulate < 1 or batch_size % accumulate:
+    if batch_size % accumulate:
         raise ValueError(f"accumulate must be a positive integer that divides the batch size {batch_size}, got {accumulate!r}")
     rows = placement.local_rows(batch_size)  # this process's share of every global batch
     per_epoch = train.steps_per_epoch
@@ -129,12 +155,9 @@ def fit(
         if name == "train":
             raise ValueError('eval split name "train" is taken by the training metrics; name it e.g. "train_eval"')
         num_examples(split, f"eval split {name!r}")  # a larger batch size is fine: one batch holds the split
-    check_batch_size(eval_batch_size, None, "evaluation")
     eval_every = _interval("eval_every", eval_every, per_epoch)
     log_every = _interval("log_every", log_every, per_epoch)
     hooks = list(hooks)
-    if max_in_flight < 1:
-        raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
 
     # --- The compiled functions, checked before they are compiled ------------------------
     first_batch = train.batch(0, 0)
@@ -154,11 +177,15 @@ def fit(
     replicated = {} if placement.mesh is None else {"out_shardings": placement.replicated}
     eval_call = jax.jit(guards["eval_step"].wrap(eval_fn), **replicated) if eval_fn else None
 
+    def next_checkpoint(step: int) -> int:
+        due = checkpoint.next_step(step) if checkpoint else None
+        return total if due is None else min(due, total)
+
     def is_boundary(step: int) -> bool:
-        return step == total or step % per_epoch == 0 or step % eval_every == 0 or step % log_every == 0
+        return step == total or step == next_checkpoint(step - 1) or any(step % every == 0 for every in (per_epoch, eval_every, log_every))
 
     def steps_to_boundary(step: int) -> int:
-        return min(total, *(step + every - step % every for every in (per_epoch, eval_every, log_every))) - step
+        return min(next_checkpoint(step), *(step + every - step % every for every in (per_epoch, eval_every, log_every))) - step
 
     def load(step: int) -> tuple[int, Any]:
         """The next call's size and its batches (this process's rows, placed on the devices)."""
@@ -176,6 +203,8 @@ def fit(
     since_log: list[dict[str, np.ndarray]] = []  # the metrics of each call since the last log
     pending: deque = deque()
     stop_reason: str | None = None
+    nonfinite = interrupted = False
+    saved_at: int | None = None
     progress = ProgressReport(total, math.ceil(total / per_epoch), quiet)
     where = "" if placement.mesh is None else f" on {placement.shards} devices {describe_mesh(placement.mesh)['axes']}"
     progress.print(f"training {total - start} steps from step {start}{where}; {how}")
@@ -190,14 +219,24 @@ def fit(
             stop_reason = reason
             progress.print(f"stopping: {reason}")
 
+    def save(step: int) -> None:
+        nonlocal saved_at
+        if checkpoint is None or nonfinite or saved_at == step:
+            return
+        latest = {f"{r['split']}/{k}": v for r in records for k, v in r.items() if k not in ("step", "epoch", "split")}
+        checkpoint.save(step, train_state, [getattr(h, "state_dict", lambda: None)() for h in hooks], latest)
+        saved_at = step
+
     def drain(keep: int) -> None:
         """Reads back finished calls until at most ``keep`` are in flight; runs the step hooks."""
+        nonlocal nonfinite
         while len(pending) > keep:
             first, n, metrics = pending.popleft()
             metrics = {name: np.reshape(v, (n,)) for name, v in jax.device_get(metrics).items()}
             since_log.append(metrics)
-            if stop_on_nan:
-                stop(first_nonfinite(metrics, first))
+            if stop_on_nan and (reason := first_nonfinite(metrics, first)):
+                nonfinite = True  # this state is never saved
+                stop(reason)
             for i in range(n) if hooks else ():
                 s = first + i + 1
                 emit("step", {"step": s, "epoch": s / per_epoch, "split": "train", **{k: float(v[i]) for k, v in metrics.items()}}, None)
@@ -213,7 +252,8 @@ def fit(
             emit("log", record, train_state)
             records.append(record)
             progress.record_line(record)
-        if eval_call and (step % eval_every == 0 or step == total or stop_reason):
+        # An interruption evaluates only where the schedule says so: a resumed run must see the same evaluations.
+        if eval_call and (step % eval_every == 0 or step == total or (stop_reason and not interrupted)):
             for name, split in eval_data.items():
                 record = {"step": step, "epoch": step / per_epoch, "split": name, **_evaluate(eval_call, train_state, placement.eval_batches(split, eval_batch_size))}
                 emit("eval", record, train_state)
@@ -231,16 +271,22 @@ def fit(
                 train_state, metrics = (fused_call if n > 1 else single_call)(train_state, batches)
                 pending.append((step, n, metrics))
                 step += n
-                upcoming = load(step) if step < total else None  # overlaps with the running call
+                if checkpoint and (reason := checkpoint.interrupted(step)):
+                    interrupted = True
+                    stop(reason)
+                upcoming = load(step) if step < total and stop_reason is None else None  # overlaps with the running call
                 drain(keep=max_in_flight)
                 if is_boundary(step) or stop_reason:
                     drain(keep=0)
                     log_and_evaluate(step)
                     if step % per_epoch == 0:
                         emit("epoch_end", {"step": step, "epoch": step / per_epoch}, train_state)
+                    if step == next_checkpoint(step - 1) or interrupted:
+                        save(step)
             drain(keep=0)
             if not records or records[-1]["step"] != step:
                 log_and_evaluate(step)
+            save(step)
         finally:
             progress.close()
     wall = time.perf_counter() - clock
@@ -255,26 +301,61 @@ def fit(
         "steps_per_call_reason": how,
         "mesh": describe_mesh(placement.mesh),
         "traces": {name: guard.traces for name, guard in guards.items()},
+        "nonfinite": nonfinite,
+        "interrupted": interrupted,
     }
     progress.print(f"done: {step} steps in {wall:.1f} s ({timer.seconds:.1f} s compiling)" + (f"; stopped: {stop_reason}" if stop_reason else ""))
     return train_state, history
+
+
+def _is_count(value: Any, least: int) -> bool:
+    """An integer (Python or NumPy, not a bool) of at least ``least``."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)) and value >= least
+
+
+def check_options(
+    *,
+    epochs: int | None = None,
+    steps: int | None = None,
+    eval_batch_size: int | None = None,
+    eval_every: int | None = None,
+    log_every: int | None = None,
+    steps_per_call: int | str = "auto",
+    max_in_flight: int = 2,
+    accumulate: int = 1,
+) -> None:
+    """Checks the options of :func:`fit` that need no data; a ``ValueError`` names the first bad one.
+
+    ``fit`` calls it first; ``fundl run`` calls it before it creates a run directory.
+    """
+    _budget(epochs, steps, 1)
+    if eval_batch_size is not None and not _is_count(eval_batch_size, 1):
+        raise ValueError(f"eval_batch_size must be a positive integer (or None for the training batch size), got {eval_batch_size!r}")
+    _interval("eval_every", eval_every, 1)
+    _interval("log_every", log_every, 1)
+    if steps_per_call != "auto" and not _is_count(steps_per_call, 1):
+        raise ValueError(f'steps_per_call must be a positive integer or "auto", got {steps_per_call!r}')
+    if not _is_count(max_in_flight, 1):
+        raise ValueError(f"max_in_flight must be a positive integer, got {max_in_flight!r}")
+    if not _is_count(accumulate, 1):
+        raise ValueError(f"accumulate must be a positive integer that divides the batch size, got {accumulate!r}")
 
 
 def _budget(epochs: int | None, steps: int | None, per_epoch: int) -> int:
     if (epochs is None) == (steps is None):
         raise ValueError(f"give exactly one training budget, epochs or steps; got epochs={epochs}, steps={steps}")
     value, name = (epochs, "epochs") if steps is None else (steps, "steps")
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    if not _is_count(value, 0):
         raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
-    return value * per_epoch if name == "epochs" else value
+    return int(value) * per_epoch if name == "epochs" else int(value)
 
 
 def _interval(name: str, value: int | None, per_epoch: int) -> int:
     if value is None:
         return per_epoch
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if not _is_count(value, 1):
         raise ValueError(f"{name} must be a positive number of steps, got {value!r}")
-    return value
+    return int(value)
 
 
 def _eval_shapes(eval_data: Mapping[str, Any], batch_size: int, shards: int) -> int:
@@ -291,9 +372,7 @@ def _eval_shapes(eval_data: Mapping[str, Any], batch_size: int, shards: int) -> 
 def _steps_per_call(option, train_step, train_state, batch, train, eval_every, log_every) -> tuple[int, str]:
     """How many steps each compiled call runs, and why."""
     if option != "auto":
-        if isinstance(option, bool) or not isinstance(option, int) or option < 1:
-            raise ValueError(f'steps_per_call must be a positive integer or "auto", got {option!r}')
-        return option, f"{option} steps per call (set by steps_per_call)"
+        return int(option), f"{option} steps per call (set by steps_per_call)"
     if jax.default_backend() == "cpu" and uses_convolution(train_step, train_state, batch):
         return 1, "1 step per call (auto: convolutions run 4-12x slower inside lax.scan on XLA:CPU)"
     span = min(train.steps_per_epoch, eval_every, log_every)  # a call never crosses an epoch end, log or eval
