@@ -32,6 +32,20 @@ def _raw(train_state: TrainState) -> TrainState:
     return train_state._replace(key=jax.random.key_data(train_state.key))
 
 
+def checksum(tree: Any) -> jax.Array:
+    """A uint32 sum of every byte of every leaf, weighted by position: any flipped bit changes it.
+
+    Computed on the device (no transfer), saved with the checkpoint, and compared after a
+    restore, because the storage format itself does not verify what it reads back.
+    """
+    total = jnp.uint32(0)
+    for leaf in jax.tree.leaves(tree):
+        data = jax.lax.bitcast_convert_type(jnp.ravel(leaf), jnp.uint8).ravel().astype(jnp.uint32)
+        weights = jnp.arange(data.size, dtype=jnp.uint32) % 65521 + 1
+        total = total * jnp.uint32(31) + jnp.sum(data * weights, dtype=jnp.uint32)
+    return total
+
+
 class Checkpoints:
     """When and where a run saves checkpoints: a :class:`fundl.train.Checkpointer` for ``fit``.
 
@@ -44,6 +58,8 @@ class Checkpoints:
       best: also keep the checkpoint with the best value of this metric, e.g.
         ``"test/accuracy"``, and ``best_mode`` says whether ``"max"`` or ``"min"`` is best.
       stop_after_steps: stop training at this step, as if preempted.
+      run_id: saved with every checkpoint and checked on restore, so that a checkpoint
+        copied from another run is refused.
     """
 
     def __init__(
@@ -57,6 +73,7 @@ class Checkpoints:
         best: str | None = None,
         best_mode: str = "max",
         stop_after_steps: int | None = None,
+        run_id: str = "",
     ):
         import orbax.checkpoint as ocp  # imported here: it takes a second, and only checkpointing runs need it
 
@@ -82,6 +99,7 @@ class Checkpoints:
             ),
         )
         self._best = best
+        self.run_id = run_id
 
     # --- the Checkpointer protocol of fit -----------------------------------------------------
 
@@ -90,11 +108,12 @@ class Checkpoints:
         return min(due) if due else None
 
     def save(self, step: int, train_state: TrainState, hook_states: list[Any], metrics: dict[str, float]) -> None:
-        # A device-side copy: the next step reuses (donates) the train state's buffers while
-        # the copy is written in the background.
-        state = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))(_raw(train_state))
-        hooks = np.frombuffer(flax.serialization.msgpack_serialize(hook_states), np.uint8)
-        args = self._ocp.args.Composite(train_state=self._ocp.args.StandardSave(state), hooks=self._ocp.args.StandardSave({"msgpack": hooks}))
+        state, check = _copy_and_checksum(_raw(train_state))
+        extras = flax.serialization.msgpack_serialize({"run_id": self.run_id, "hooks": hook_states})
+        args = self._ocp.args.Composite(
+            train_state=self._ocp.args.StandardSave(state),
+            extras=self._ocp.args.StandardSave({"msgpack": np.frombuffer(extras, np.uint8), "checksum": check}),
+        )
         self._manager.save(step, args=args, metrics=({self._best: metrics[self._best]} if self._best in metrics else None))
 
     def interrupted(self, step: int) -> str | None:
@@ -134,15 +153,18 @@ class Checkpoints:
         _check_saved_structure(where, target)
         try:
             restored = self._manager.restore(step, args=self._ocp.args.Composite(
-                train_state=self._ocp.args.StandardRestore(target), hooks=self._ocp.args.StandardRestore()
+                train_state=self._ocp.args.StandardRestore(target), extras=self._ocp.args.StandardRestore()
             ))
-        except Exception as error:  # orbax and tensorstore raise many kinds for a broken checkpoint
+            extras = flax.serialization.msgpack_restore(np.asarray(restored["extras"]["msgpack"]).tobytes())
+        except Exception as error:  # orbax, tensorstore and msgpack raise many kinds for a broken checkpoint
             raise ValueError(f"the checkpoint {where} cannot be read: {type(error).__name__}: {error}") from None
         raw = restored["train_state"]
+        if int(checksum(raw)) != int(restored["extras"]["checksum"]):
+            raise ValueError(f"the checkpoint {where} is corrupted: its arrays do not match the checksum saved with them")
+        if extras["run_id"] != self.run_id:
+            raise ValueError(f"the checkpoint {where} was written by another run ({extras['run_id']}), not by {self.run_id}")
         impl = jax.random.key_impl(like.key) if isinstance(like.key, jax.Array) else None  # None: JAX's default
-        train_state = raw._replace(key=jax.random.wrap_key_data(raw.key, impl=impl))
-        hooks = flax.serialization.msgpack_restore(np.asarray(restored["hooks"]["msgpack"]).tobytes())
-        return step, train_state, hooks
+        return step, raw._replace(key=jax.random.wrap_key_data(raw.key, impl=impl)), extras["hooks"]
 
     def wait(self) -> None:
         """Blocks until every save has been written."""
@@ -150,6 +172,13 @@ class Checkpoints:
 
     def close(self) -> None:
         self._manager.close()
+
+
+@jax.jit
+def _copy_and_checksum(tree: Any) -> tuple[Any, jax.Array]:
+    """A device-side copy (the next step reuses the original buffers while the copy is
+    written in the background) and its checksum, in one dispatch."""
+    return jax.tree.map(jnp.copy, tree), checksum(tree)
 
 
 def remove_unfinished(directory: Path) -> list[Path]:

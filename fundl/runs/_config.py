@@ -37,6 +37,12 @@ DEFAULTS: Config = {
         "best": None,  # also keep the best checkpoint by this "split/metric", e.g. "test/accuracy"
         "best_mode": "max",  # or "min"
     },
+    "early_stopping": {  # stop when an evaluated metric stops improving
+        "metric": None,  # a "split/metric", e.g. "test/loss"; None: no early stopping
+        "mode": "min",  # or "max"
+        "patience": 5,  # evaluations without improvement
+        "min_delta": 0.0,  # the least change that counts as an improvement
+    },
     "log": {"tensorboard": False},  # also write the logged scalars as TensorBoard event files
     "optimizer": {
         "name": "sgd",
@@ -95,6 +101,7 @@ TYPES: dict[str, tuple[type, ...]] = {
     "checkpoint.every_epochs": (int,),
     "checkpoint.every_steps": (int,),
     "checkpoint.best": (str,),
+    "early_stopping.metric": (str,),
     "optimizer.momentum": (float,),
     "optimizer.weight_decay": (float,),
     "optimizer.clip_norm": (float,),

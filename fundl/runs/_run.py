@@ -9,6 +9,7 @@ never stopped. ``load_run`` brings a finished run back, verified.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import ModuleType
@@ -39,7 +40,17 @@ from fundl.runs._rundir import (
     truncate_metrics,
     write_status,
 )
-from fundl.train import PRECISION_POLICIES, Hook, TrainState, check_options, fit, log_learning_rate, params_fingerprint, with_precision
+from fundl.train import (
+    PRECISION_POLICIES,
+    Hook,
+    TrainState,
+    check_options,
+    early_stopping,
+    fit,
+    log_learning_rate,
+    params_fingerprint,
+    with_precision,
+)
 from fundl.train._data import num_examples
 
 TRAIN_STATE_FILE = "train_state.msgpack"
@@ -80,6 +91,7 @@ def prepare(module: ModuleType, config: Config) -> Prepared:
     except ValueError as error:
         raise ConfigError(f"train.devices={train['devices']}, train.fsdp={train['fsdp']}, train.batch_size={train['batch_size']}: {error}") from None
     _check_checkpoint_config(config["checkpoint"])
+    _check_early_stopping_config(config["early_stopping"], experiment)
     per_epoch = num_examples(experiment.train_data) // train["batch_size"]
     return Prepared(config, experiment, optimizer, schedule, mesh if mesh.size > 1 else None, per_epoch)
 
@@ -95,9 +107,26 @@ def _check_checkpoint_config(checkpoint: dict[str, Any]) -> None:
         raise ConfigError(f"checkpoint.best names a 'split/metric', e.g. 'test/accuracy'; got {checkpoint['best']!r}")
 
 
+def _check_early_stopping_config(stopping: dict[str, Any], experiment: Experiment) -> None:
+    if stopping["metric"] is None:
+        return
+    split = stopping["metric"].partition("/")[0]
+    splits = sorted(experiment.eval_data or {})
+    if "/" not in stopping["metric"] or split not in splits:
+        raise ConfigError(f"early_stopping.metric names an evaluated 'split/metric' (splits: {', '.join(splits)}), got {stopping['metric']!r}")
+    try:
+        early_stopping(split, "x", mode=stopping["mode"], patience=stopping["patience"], min_delta=stopping["min_delta"])
+    except ValueError as error:
+        raise ConfigError(f"early_stopping: {error}") from None
+
+
 def _hooks(prepared: Prepared, directory: Path | None) -> list[Hook]:
     """The run's hooks, always in this order: a checkpoint stores their states by position."""
     hooks = [*prepared.experiment.hooks, log_learning_rate(prepared.schedule)]
+    stopping = prepared.config["early_stopping"]
+    if stopping["metric"]:
+        split, metric = stopping["metric"].split("/", 1)
+        hooks.append(early_stopping(split, metric, mode=stopping["mode"], patience=stopping["patience"], min_delta=stopping["min_delta"]))
     if prepared.config["log"]["tensorboard"]:
         from fundl.runs._tensorboard import tensorboard_writer
 
@@ -105,10 +134,10 @@ def _hooks(prepared: Prepared, directory: Path | None) -> list[Hook]:
     return [*hooks, metrics_writer(directory / METRICS_FILE)] if directory else hooks
 
 
-def _checkpoints(prepared: Prepared, directory: Path, stop_after_steps: int | None) -> Checkpoints:
+def _checkpoints(prepared: Prepared, directory: Path, run_id: str, stop_after_steps: int | None) -> Checkpoints:
     c = prepared.config["checkpoint"]
     return Checkpoints(directory, steps_per_epoch=prepared.steps_per_epoch, every_steps=c["every_steps"], every_epochs=c["every_epochs"],
-                       keep=c["keep"], best=c["best"], best_mode=c["best_mode"], stop_after_steps=stop_after_steps)
+                       keep=c["keep"], best=c["best"], best_mode=c["best_mode"], stop_after_steps=stop_after_steps, run_id=run_id)
 
 
 def run(
@@ -140,15 +169,16 @@ def run(
         raise ValueError(f"stop_after_steps must be a positive integer, got {stop_after_steps!r}")
     prepared = prepare(module, config)
     writer = jax.process_index() == 0  # in a multi-process run, process 0 alone writes
-    directory = _on_every_process(lambda: create_run_directory(Path(example).stem, out))
+    directory, run_id = _on_every_process(lambda: create_run_directory(Path(example).stem, out))
     if writer:
         echo(f"run directory: {directory}")
         write_json(directory / "config.json", config)
         sha = copy_example(module, directory)
-        write_json(directory / "environment.json", manifest(example, sha, config["train"]["precision"], describe_mesh(prepared.mesh)))
+        write_json(directory / "environment.json",
+                   {"run_id": run_id, **manifest(example, sha, config["train"]["precision"], describe_mesh(prepared.mesh))})
     train_state = initial_train_state(config, prepared.experiment, prepared.optimizer)
-    return _train(prepared, Path(directory) if writer else None, _directory_for_checkpoints(directory, out), train_state,
-                  _hooks(prepared, directory if writer else None), quiet, echo, stop_after_steps)
+    checkpoints = _checkpoints(prepared, _directory_for_checkpoints(directory, out), run_id, stop_after_steps)
+    return _train(prepared, directory if writer else None, checkpoints, train_state, _hooks(prepared, directory if writer else None), quiet, echo)
 
 
 def _directory_for_checkpoints(directory: Path | None, out: str | None) -> Path:
@@ -178,7 +208,7 @@ def resume(directory: str, *, quiet: bool = False, echo: Callable[[str], None] =
         raise ValueError(f"{directory} has {status['status'].replace('_', ' ')} at step {status['step']}: there is nothing to resume")
     module, config = _verified_example(directory)
     prepared = prepare(module, config)
-    checkpoints = _checkpoints(prepared, directory, None)
+    checkpoints = _checkpoints(prepared, directory, read_json(directory / "environment.json").get("run_id", ""), None)
     like = jax.eval_shape(lambda: initial_train_state(config, prepared.experiment, prepared.optimizer))
     try:
         step, train_state, hook_states = checkpoints.restore(like)
@@ -197,15 +227,14 @@ def resume(directory: str, *, quiet: bool = False, echo: Callable[[str], None] =
     if writer:
         truncate_metrics(directory / METRICS_FILE, step)
         echo(f"resuming {directory} from step {step}")
-    return _train(prepared, directory if writer else None, directory, train_state, hooks, quiet, echo, None, checkpoints)
+    return _train(prepared, directory if writer else None, checkpoints, train_state, hooks, quiet, echo)
 
 
-def _train(prepared: Prepared, directory: Path | None, checkpoint_dir: Path, train_state: TrainState, hooks: list[Hook],
-           quiet: bool, echo: Callable[[str], None], stop_after_steps: int | None, checkpoints: Checkpoints | None = None) -> Run:
+def _train(prepared: Prepared, directory: Path | None, checkpoints: Checkpoints, train_state: TrainState, hooks: list[Hook],
+           quiet: bool, echo: Callable[[str], None]) -> Run:
     """Trains with checkpoints and preemption signals; records the outcome (``directory``: process 0 only)."""
     config, experiment = prepared.config, prepared.experiment
     train = config["train"]
-    checkpoints = checkpoints or _checkpoints(prepared, checkpoint_dir, stop_after_steps)
     if directory:
         write_status(directory, "running", int(train_state.step))
     try:
@@ -286,23 +315,26 @@ def _all_records(directory: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
-def _on_every_process(create: Callable[[], Path]) -> Path | None:
-    """Runs ``create`` on process 0 only; every process learns whether it worked, so that
-    a failure there stops them all instead of leaving the others waiting in a collective."""
+def _on_every_process(create: Callable[[], Path]) -> tuple[Path | None, str]:
+    """Runs ``create`` on process 0 only and draws the run's id there; every process learns
+    the id and whether it worked, so that a failure there stops them all instead of leaving
+    the others waiting in a collective."""
+    run_id = uuid.uuid4().hex[:16]
     if jax.process_count() == 1:
-        return create()
+        return create(), run_id
     error = directory = None
     if jax.process_index() == 0:
         try:
             directory = create()
         except (OSError, ValueError) as caught:
             error = caught
-    ok = multihost_utils.broadcast_one_to_all(np.int32(error is None))
+    message = np.frombuffer(f"{int(error is None)}{run_id}".encode(), np.uint8)
+    message = bytes(np.asarray(multihost_utils.broadcast_one_to_all(message), np.uint8)).decode()
     if error is not None:
         raise error
-    if not int(ok):
+    if message[0] != "1":
         raise FileExistsError("process 0 could not create the run directory (its error says why)")
-    return directory
+    return directory, message[1:]
 
 
 def _gather(train_state: TrainState) -> TrainState:

@@ -164,7 +164,9 @@ def fit(
     check_loss_output(loss_fn, train_state, first_batch)
     eval_fn = eval_fn or (default_eval_fn(loss_fn) if eval_data else None)
     train_step = step_fn or train_step_fn(loss_fn, optimizer, accumulate)
-    fused, how = _steps_per_call(steps_per_call, train_step, train_state, first_batch, train, eval_every, log_every)
+    first_checkpoint = checkpoint.next_step(0) if checkpoint else None
+    intervals = [every for every in (eval_every, log_every, first_checkpoint) if every]
+    fused, how = _steps_per_call(steps_per_call, train_step, train_state, first_batch, train, *intervals)
     guards = {
         "train_step": TraceGuard("train_step", ("train_state", "batch"), strict=strict),
         "fused_steps": TraceGuard("fused_steps", ("train_state", "batches"), strict=strict),
@@ -369,13 +371,13 @@ def _eval_shapes(eval_data: Mapping[str, Any], batch_size: int, shards: int) -> 
     return max(len(sizes), 1)
 
 
-def _steps_per_call(option, train_step, train_state, batch, train, eval_every, log_every) -> tuple[int, str]:
+def _steps_per_call(option, train_step, train_state, batch, train, *intervals: int) -> tuple[int, str]:
     """How many steps each compiled call runs, and why."""
     if option != "auto":
         return int(option), f"{option} steps per call (set by steps_per_call)"
     if jax.default_backend() == "cpu" and uses_convolution(train_step, train_state, batch):
         return 1, "1 step per call (auto: convolutions run 4-12x slower inside lax.scan on XLA:CPU)"
-    span = min(train.steps_per_epoch, eval_every, log_every)  # a call never crosses an epoch end, log or eval
+    span = min(train.steps_per_epoch, *intervals)  # a call never crosses an epoch end, log, eval or checkpoint
     cap = max(1, _MAX_FUSED_BYTES // sum(leaf.nbytes for leaf in jax.tree.leaves(batch)))
     per_call = math.ceil(span / math.ceil(span / cap))  # the span in equal calls of at most `cap` steps
     return per_call, f"{per_call} steps per call (auto: one lax.scan per {per_call} steps)"
