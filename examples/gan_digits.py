@@ -54,7 +54,7 @@ import numpy as np
 import fundl as fl
 from fundl.models import GAN, gan_loss, gan_samples, mlp_gan, sample_quality
 from fundl.runs import Experiment, Run, run as run_example
-from fundl.train import Event, Hook
+from fundl.train import Event
 
 CONFIG = {
     "seed": 0,
@@ -74,15 +74,25 @@ CONFIG = {
 PROGRESS_SAMPLES = 10  # images per epoch in samples_by_epoch
 
 
-def progress_hook(g: GAN, key: jax.Array, frames: list[np.ndarray]) -> Hook:
-    """At every epoch end, appends the images generated from a fixed noise, ``(10, *image)``, to ``frames``."""
-    sample = jax.jit(lambda params, state: gan_samples(g, params, key, PROGRESS_SAMPLES, state=state))
+class EpochSamples:
+    """Hook: at every epoch end, keeps the images generated from one fixed noise, ``(10, 8, 8)``.
 
-    def hook(event: Event) -> None:
+    Its ``frames`` are its state (``state_dict``), so a resumed run keeps the epochs it had.
+    """
+
+    def __init__(self, g: GAN, key: jax.Array):
+        self._sample = jax.jit(lambda params, state: gan_samples(g, params, key, PROGRESS_SAMPLES, state=state))
+        self.frames: list[np.ndarray] = []
+
+    def __call__(self, event: Event) -> None:
         if event.kind == "epoch_end":
-            frames.append(np.asarray(sample(event.train_state.params, event.train_state.state)))
+            self.frames.append(np.asarray(self._sample(event.train_state.params, event.train_state.state)))
 
-    return hook
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return {"frames": np.stack(self.frames) if self.frames else np.zeros((0, PROGRESS_SAMPLES, 8, 8), np.float32)}
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        self.frames = list(np.asarray(state["frames"]))
 
 
 def draw_mosaic(images: np.ndarray, path: Path, *, title: str, row_labels: list[str] | None = None,
@@ -140,8 +150,11 @@ def judge(run: Run, g: GAN) -> dict:
         classifier_test_accuracy=classifier.summary["metrics"]["test"]["accuracy"],
         passed=quality["mean_max_prob"] >= j["min_mean_max_prob"] and quality["class_entropy"] >= j["min_class_entropy"],
     )
+    shown = np.asarray(images[:100])
+    rows = -(-len(shown) // 10)
+    grid = np.concatenate([shown, np.zeros((rows * 10 - len(shown), 8, 8), shown.dtype)])  # blank cells fill the last row
     labels = [f"{c} {p:.2f}" for c, p in zip(probs.argmax(1)[:100], probs.max(1)[:100])]
-    draw_mosaic(np.asarray(images[:100]).reshape(10, 10, 8, 8), run.directory / "samples.png", cell_labels=labels,
+    draw_mosaic(grid.reshape(rows, 10, 8, 8), run.directory / "samples.png", cell_labels=labels,
                 title="generated digits, each with the classifier's class and probability")
     return quality
 
@@ -150,10 +163,10 @@ def experiment(config: dict) -> Experiment:
     m = config["model"]
     g = mlp_gan((8, 8), m["latent"], generator_hidden=m["generator_hidden"], discriminator_hidden=m["discriminator_hidden"])
     data = fl.datasets.digits()
-    frames: list[np.ndarray] = []  # filled by the hook during training, drawn by the report
+    progress = EpochSamples(g, jax.random.fold_in(jax.random.key(config["seed"]), 1))
 
     def report(run: Run) -> None:
-        draw_progress(frames, run)
+        draw_progress(progress.frames, run)
         quality = judge(run, g)
         (run.directory / "gan_quality.json").write_text(json.dumps(quality, indent=2) + "\n")
         print(f"gan quality: mean max-probability {quality['mean_max_prob']:.3f}, class entropy "
@@ -165,6 +178,6 @@ def experiment(config: dict) -> Experiment:
         loss_fn=gan_loss(g),
         train_data={"image": data["train"]["image"]},
         eval_data={"test": {"image": data["test"]["image"]}},
-        hooks=[progress_hook(g, jax.random.fold_in(jax.random.key(config["seed"]), 1), frames)],
+        hooks=[progress],
         report=report,
     )

@@ -142,14 +142,14 @@ def test_sample_quality_hand_made():
 
 
 def test_gan_example_runs(tmp_path):
-    settings = [("train.epochs", 2), ("judge.epochs", 0), ("judge.samples", 100)]  # an untrained judge: files only
+    settings = [("train.epochs", 2), ("judge.epochs", 0), ("judge.samples", 95)]  # an untrained judge: files only
     done = quiet_run("gan_digits", settings, tmp_path / "run")
     directory = done.directory
     for name in ("samples.png", "samples_by_epoch.png", "gan_quality.json", "classifier/summary.json"):
         assert (directory / name).stat().st_size > 0, name
     assert np.load(directory / "samples_by_epoch.npy").shape == (2, 10, 8, 8)
     quality = json.loads((directory / "gan_quality.json").read_text())
-    assert sum(quality["class_counts"]) == 100 and 0 < quality["mean_max_prob"] <= 1
+    assert sum(quality["class_counts"]) == 95 and 0 < quality["mean_max_prob"] <= 1
     assert 0 <= quality["class_entropy"] <= math.log(10) + 1e-9
     test = done.summary["metrics"]["test"]
     assert all(math.isfinite(v) for v in test.values())
