@@ -1,0 +1,351 @@
+"""Training throughput of ``fundl.train.fit`` against hand-written JAX loops and peer libraries.
+
+Six workloads on synthetic data (float32, Adam 1e-3; ``--only`` picks some):
+
+| name             | model                                           | batch |
+|------------------|-------------------------------------------------|------:|
+| mlp_digits       | MLP 64-128-128-10 relu                          |    32 |
+| mlp_digits_b256  | the same                                        |   256 |
+| mlp_mnist        | MLP 784-512-512-10 relu                         |   128 |
+| cnn_mnist        | 28x28x1 conv32-pool-conv64-pool-128-10          |   128 |
+| lstm             | LSTM T=50, 32 -> 128, last h -> dense 10        |    64 |
+| vae              | VAE 784-512-(20)-512-784, Bernoulli, -ELBO      |   128 |
+
+Contenders (``--frameworks`` picks some):
+
+* ``fundl``: ``fit(..., quiet=True)`` on host NumPy data (its defaults: ``steps_per_call="auto"``);
+* ``floor``: a hand-written ``jax.jit`` step (the same fundl model and loss, an optax update)
+  called once per step over pre-made device batches: the cost of the model and optimizer alone;
+* ``floor_donated``: the same step with the train-state buffers donated;
+* ``scan_epoch``: one hand-written ``lax.scan`` over an epoch of stacked device batches per call;
+* peers, when importable (``pip install -e .[bench]``), each as its users write it, fed the
+  same pre-sliced host NumPy batches: ``flax_nnx`` (``nnx.jit`` + ``nnx.Optimizer``),
+  ``flax_linen`` (``TrainState`` + ``jax.jit``), ``equinox`` (``eqx.filter_jit``), ``keras``
+  (Keras 3 on JAX, ``model.fit``). See ``peers.py``.
+
+Method: one process; every contender warms up (compiles) once, then all are timed back to back
+in each of ``--rounds`` interleaved rounds of the same number of epochs; reported are medians
+over the rounds. ``ratio_vs_floor`` is paired: examples/s over the floor's examples/s *of the
+same round*, then the median. Examples/s never include compilation: ``fit`` compiles on every
+call, so its speed is ``steps * batch / (wall_s - compile_s)`` as it reports them (compile_s
+from ``jax.monitoring`` duration events); the hand-written steps are compiled ahead with
+``lower().compile()`` (that time is their compile_s); peers compile during their warm-up epoch,
+timed with the same ``jax.monitoring`` events.
+
+Run::
+
+    python benchmarks/bench.py                       # full run, ~10 min on 2 vCPUs
+    python benchmarks/bench.py --quick               # < 2 min
+    python benchmarks/bench.py --only lstm,vae --frameworks fundl,floor --json out.json
+
+``--json PATH`` writes a list of rows ``{workload, framework, examples_per_s, compile_s,
+ratio_vs_floor}``. The machine's speed drifts and other jobs skew timings: the first and last
+lines say how many CPUs other jobs kept busy; compare ratios within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+
+import fundl as fl
+from fundl import train as T
+from fundl.models import mlp_vae, neg_elbo_loss
+
+Run = Callable[[int], tuple[float, float]]  # run(epochs) -> (seconds without compilation, compile seconds)
+HAND_WRITTEN = ("floor", "floor_donated", "scan_epoch")
+PEERS = ("flax_nnx", "flax_linen", "equinox", "keras")
+FRAMEWORKS = ("fundl", *HAND_WRITTEN, *PEERS)
+LR = 1e-3
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A model family, its sizes, batch size and synthetic data; peers build the same model from it."""
+
+    name: str
+    kind: str  # "mlp", "cnn", "lstm" or "vae"
+    batch: int
+    input_shape: tuple[int, ...]  # one example's shape
+    hidden: tuple[int, ...]  # mlp: widths; cnn: (conv1, conv2, dense); lstm: (hidden,); vae: (hidden, latent)
+    steps: tuple[int, int]  # steps per epoch (the synthetic data's size) with --quick, and without
+    classes: int = 10
+
+    def data(self, steps_per_epoch: int, seed: int = 0) -> dict[str, np.ndarray]:
+        """``steps_per_epoch * batch`` synthetic examples: ``image`` and (not for the VAE) ``label``."""
+        rng = np.random.default_rng(seed)
+        n = steps_per_epoch * self.batch
+        if self.kind == "vae":  # pixel intensities in [0, 1], as the Bernoulli likelihood reads them
+            return {"image": rng.random((n, *self.input_shape), dtype=np.float32)}
+        return {"image": rng.standard_normal((n, *self.input_shape), dtype=np.float32),
+                "label": rng.integers(0, self.classes, n, dtype=np.int32)}
+
+    def fundl_model(self) -> tuple[fl.Layer, T.LossFn]:
+        """The fundl model and its loss function."""
+        if self.kind == "vae":
+            hidden, latent = self.hidden
+            v = mlp_vae(self.input_shape, hidden=(hidden,), latent=latent)
+            return v.model, neg_elbo_loss(v)
+        if self.kind == "mlp":
+            layers = [layer for h in self.hidden for layer in (fl.dense(h), fl.relu())]
+        elif self.kind == "cnn":
+            c1, c2, d = self.hidden
+            layers = [fl.conv2d(c1, (3, 3)), fl.relu(), fl.max_pool((2, 2)),
+                      fl.conv2d(c2, (3, 3)), fl.relu(), fl.max_pool((2, 2)),
+                      fl.flatten(), fl.dense(d), fl.relu()]
+        else:
+            layers = [fl.lstm(self.hidden[0])]
+        model = fl.serial(*layers, fl.dense(self.classes))
+        return model, T.classification_loss(model)
+
+
+WORKLOADS = {w.name: w for w in [
+    Workload("mlp_digits", "mlp", 32, (64,), (128, 128), (5, 50)),
+    Workload("mlp_digits_b256", "mlp", 256, (64,), (128, 128), (5, 50)),
+    Workload("mlp_mnist", "mlp", 128, (784,), (512, 512), (5, 50)),
+    Workload("cnn_mnist", "cnn", 128, (28, 28, 1), (32, 64, 128), (2, 10)),  # ~0.1 s per step
+    Workload("lstm", "lstm", 64, (50, 32), (128,), (3, 20)),
+    Workload("vae", "vae", 128, (784,), (512, 20), (5, 50)),
+]}
+
+
+def fundl_run(w: Workload, data: dict[str, np.ndarray]) -> Run:
+    """``fit`` from the same initial train state every time; it compiles on every call."""
+    model, loss_fn = w.fundl_model()
+    optimizer = optax.adam(LR)
+    _, params, state = model.init(jax.random.key(0), (w.batch, *w.input_shape))
+
+    def run(epochs: int) -> tuple[float, float]:
+        train_state = T.TrainState.create(params, state, optimizer, jax.random.key(1))
+        _, hist = T.fit(loss_fn, optimizer, train_state, data, batch_size=w.batch, epochs=epochs, quiet=True)
+        return hist["wall_s"] - hist["compile_s"], hist["compile_s"]
+
+    return run
+
+
+def hand_written_run(w: Workload, data: dict[str, np.ndarray], variant: str) -> Run:
+    """The floor (``"floor"``, ``"floor_donated"``) or one ``lax.scan`` per epoch (``"scan_epoch"``).
+
+    The train state is ``(params, model_state, opt_state, key, step)``; each step's key is
+    ``fold_in(key, step)``. Batches are made on the device once, before any timing.
+    """
+    model, loss_fn = w.fundl_model()
+    optimizer = optax.adam(LR)
+    _, params, state = model.init(jax.random.key(0), (w.batch, *w.input_shape))
+    start = (params, state, optimizer.init(params), jax.random.PRNGKey(1), jnp.zeros((), jnp.int32))
+
+    def step(ts, batch):
+        params, state, opt_state, key, i = ts
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        (loss, (state, _)), grads = grad_fn(params, state, batch, jax.random.fold_in(key, i))
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), state, opt_state, key, i + 1), loss
+
+    steps = len(next(iter(data.values()))) // w.batch
+    epoch = jax.device_put({k: v.reshape(steps, w.batch, *v.shape[1:]) for k, v in data.items()})
+    batches = [jax.tree.map(lambda a, i=i: a[i], epoch) for i in range(steps)]
+    donate = (0,) if variant != "floor" else ()
+    if variant == "scan_epoch":
+        fn, example = jax.jit(lambda ts, epoch: lax.scan(step, ts, epoch), donate_argnums=donate), epoch
+    else:
+        fn, example = jax.jit(step, donate_argnums=donate), batches[0]
+    t0 = time.perf_counter()
+    compiled = fn.lower(start, example).compile()
+    compile_s = time.perf_counter() - t0
+
+    def run(epochs: int) -> tuple[float, float]:
+        ts = jax.tree.map(jnp.copy, start) if donate else start  # donation consumes its input
+        jax.block_until_ready(ts)
+        t0 = time.perf_counter()
+        for _ in range(epochs):
+            if variant == "scan_epoch":
+                ts, _ = compiled(ts, epoch)
+            else:
+                for batch in batches:
+                    ts, _ = compiled(ts, batch)
+        jax.block_until_ready(ts)
+        return time.perf_counter() - t0, compile_s
+
+    return run
+
+
+class CompileTimer:
+    """Seconds JAX spends tracing, lowering and compiling while active (``jax.monitoring`` events)."""
+
+    EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
+              "/jax/core/compile/backend_compile_duration")
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def _listen(self, event: str, duration: float, **_: Any) -> None:
+        self.seconds += duration if event in self.EVENTS else 0.0
+
+    def __enter__(self) -> CompileTimer:
+        jax.monitoring.register_event_duration_secs_listener(self._listen)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        jax.monitoring.unregister_event_duration_listener(self._listen)
+
+
+def timed(epoch_fn: Callable[[int], None]) -> Run:
+    """A peer's ``run``: ``epoch_fn(epochs)`` trains and blocks; the first call's compile time is kept."""
+    first: list[float] = []
+
+    def run(epochs: int) -> tuple[float, float]:
+        with CompileTimer() as timer:
+            t0 = time.perf_counter()
+            epoch_fn(epochs)
+            wall = time.perf_counter() - t0
+        first.append(timer.seconds)
+        return wall - timer.seconds, first[0]
+
+    return run
+
+
+def contenders(w: Workload, data: dict[str, np.ndarray], names: list[str]) -> tuple[dict[str, Run], list[str]]:
+    """The runs to time for ``w``, and notes on the peers skipped."""
+    runs: dict[str, Run] = {}
+    notes: list[str] = []
+    for name in names:
+        if name == "fundl":
+            runs[name] = fundl_run(w, data)
+        elif name in HAND_WRITTEN:
+            runs[name] = hand_written_run(w, data, name)
+        else:
+            from peers import peer_run  # next to this file; imports its library lazily
+
+            made = peer_run(name, w, data, LR)
+            if isinstance(made, str):
+                notes.append(f"{w.name}: {name} skipped: {made}")
+            else:
+                runs[name] = timed(made)
+    return runs, notes
+
+
+def measure(w: Workload, names: list[str], rounds: int, target_s: float, quick: bool) -> tuple[list[dict], list[str]]:
+    """Warm-up, then ``rounds`` interleaved rounds; one row per contender (medians, paired ratios)."""
+    steps_per_epoch = w.steps[0 if quick else 1]
+    data = w.data(steps_per_epoch)
+    notes = []
+    if quick and w.kind == "cnn" and "scan_epoch" in names:  # ~10 s per scanned epoch here
+        names = [n for n in names if n != "scan_epoch"]
+        notes.append(f"{w.name}: scan_epoch skipped with --quick (convolutions inside lax.scan are 4-12x slower on XLA:CPU)")
+    runs, skipped = contenders(w, data, names)
+    notes += skipped
+    compile_s: dict[str, list[float]] = {name: [] for name in runs}
+    epoch_s = {}
+    for name, run in runs.items():
+        epoch_s[name], compiled = run(1)  # warm-up: compiles, fills caches
+        compile_s[name].append(compiled)
+    epochs = max(1, min(1000, math.ceil(target_s / max(epoch_s["floor"], 1e-9))))
+    speeds: dict[str, list[float]] = {name: [] for name in runs}
+    ratios: dict[str, list[float]] = {name: [] for name in runs}
+    examples = epochs * steps_per_epoch * w.batch
+    for _ in range(rounds):
+        this_round = {}
+        for name, run in runs.items():
+            seconds, compiled = run(epochs)
+            this_round[name] = examples / seconds
+            if name == "fundl":
+                compile_s[name].append(compiled)
+        for name, speed in this_round.items():
+            speeds[name].append(speed)
+            if "floor" in this_round:
+                ratios[name].append(speed / this_round["floor"])
+    rows = [{"workload": w.name, "framework": name, "examples_per_s": statistics.median(speeds[name]),
+             "compile_s": statistics.median(compile_s[name]),
+             "ratio_vs_floor": statistics.median(ratios[name]) if ratios[name] else None} for name in runs]
+    notes.append(f"{w.name}: {epochs} epochs of {steps_per_epoch} steps per round")
+    return rows, notes
+
+
+def busy_cpus(seconds: float = 1.0) -> float:
+    """How many CPUs other jobs keep busy, from /proc/stat while this process sleeps (Linux; 0 elsewhere)."""
+    try:
+        def sample() -> tuple[int, int]:
+            with open("/proc/stat") as stat:
+                ticks = [int(t) for t in stat.readline().split()[1:]]
+            return sum(ticks), ticks[3] + ticks[4]  # all, idle + iowait
+
+        total0, idle0 = sample()
+        time.sleep(seconds)
+        total1, idle1 = sample()
+    except OSError:
+        return 0.0
+    return (1 - (idle1 - idle0) / max(total1 - total0, 1)) * (os.cpu_count() or 1)
+
+
+def load_line(when: str) -> str:
+    busy = busy_cpus()
+    warn = " -- WARNING: other jobs are running, timings are noisy" if busy > 0.25 else ""
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return f"{when}: {busy:.2f} of {os.cpu_count()} CPUs busy with other jobs, load average {load:.2f}{warn}"
+
+
+def table(rows: list[dict]) -> str:
+    lines = [f"{'workload':<16} {'framework':<14} {'examples/s':>12} {'vs floor':>9} {'compile s':>9}"]
+    for r in rows:
+        ratio = "" if r["ratio_vs_floor"] is None else f"{r['ratio_vs_floor']:.2f}x"
+        lines.append(f"{r['workload']:<16} {r['framework']:<14} {r['examples_per_s']:>12,.0f} {ratio:>9} "
+                     f"{r['compile_s']:>9.2f}")
+    return "\n".join(lines)
+
+
+def pick(text: str | None, allowed: tuple[str, ...], what: str) -> list[str]:
+    """The comma-separated names in ``text`` (all of ``allowed`` if None), checked."""
+    names = list(allowed) if text is None else [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in allowed]
+    if unknown:
+        raise SystemExit(f"bench.py: unknown {what} {', '.join(unknown)}; expected some of {', '.join(allowed)}")
+    return names
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer steps and rounds: under 2 minutes")
+    parser.add_argument("--rounds", type=int, help="interleaved timing rounds (default 5; 2 with --quick)")
+    parser.add_argument("--only", help=f"comma-separated workloads, of: {', '.join(WORKLOADS)}")
+    parser.add_argument("--frameworks", help=f"comma-separated contenders, of: {', '.join(FRAMEWORKS)}")
+    parser.add_argument("--json", metavar="PATH", help="write the rows as a JSON list here")
+    args = parser.parse_args(argv)
+    workloads = pick(args.only, tuple(WORKLOADS), "workload")
+    names = pick(args.frameworks, FRAMEWORKS, "framework")
+    if "floor" not in names:
+        names.insert(0, "floor")  # every ratio is against it
+    rounds = args.rounds or (2 if args.quick else 5)
+    target_s = 0.1 if args.quick else 1.0
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    print(f"jax {jax.__version__} {jax.default_backend()}, fundl {fl.__version__ if hasattr(fl, '__version__') else ''}; "
+          f"medians of {rounds} rounds, ratios paired per round, compilation excluded")
+    print(load_line("before"), flush=True)
+    rows, notes = [], []
+    for name in workloads:
+        got, said = measure(WORKLOADS[name], names, rounds, target_s, args.quick)
+        rows += got
+        notes += said
+        print(table(got).split("\n", 1)[1] if len(rows) > len(got) else table(got), flush=True)
+    print("\n".join(notes))
+    print(load_line("after"))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
