@@ -97,12 +97,15 @@ def _start(args, cwd):
     return subprocess.Popen([*CLI, *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def checkpoint_steps(directory: Path) -> list[int]:
+    return sorted(int(p.name.removesuffix(".ckpt")) for p in (directory / "checkpoints").glob("[0-9]*.ckpt"))
+
+
 def _wait_for_checkpoint(directory: Path, after: int, process, timeout: float = 120) -> None:
     """Waits until a complete checkpoint later than ``after`` exists (or the process ended)."""
     deadline = time.time() + timeout
     while time.time() < deadline and process.poll() is None:
-        steps = [int(p.name) for p in (directory / "checkpoints").glob("[0-9]*") if p.name.isdigit()]
-        if any(s > after for s in steps):
+        if any(s > after for s in checkpoint_steps(directory)):
             return
         time.sleep(0.02)
 
@@ -124,20 +127,19 @@ def test_sigkill_at_any_moment_resumes_to_the_same_params(tmp_path):
     process = _start(["run", "mlp_digits", "--out", str(out), *LONG], tmp_path)
     kills = 0
     while True:
-        latest = max([int(p.name) for p in (out / "checkpoints").glob("[0-9]*") if p.name.isdigit()], default=-1)
+        latest = max(checkpoint_steps(out), default=-1)
         _wait_for_checkpoint(out, latest, process)
         time.sleep(rng.uniform(0, 0.15))  # somewhere in the next steps or saves
         if process.poll() is not None or kills == 12:
             break
         _kill(process)
         kills += 1
-        assert not list((out / "checkpoints").glob("*.orbax-checkpoint-tmp*")) or True  # a killed save may leave one ...
-        process = _start(["resume", str(out), "--quiet"], tmp_path)  # ... which resume ignores and removes
+        process = _start(["resume", str(out), "--quiet"], tmp_path)  # a killed save's temporary file is ignored and removed
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 0, stderr
     assert kills >= 10
     assert fingerprint(out) == reference.summary["params_fingerprint"]
-    assert not list((out / "checkpoints").glob("*.orbax-checkpoint-tmp*"))
+    assert not list((out / "checkpoints").glob(".*.tmp"))
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
@@ -220,14 +222,10 @@ def _copy(interrupted, tmp_path, name="run") -> Path:
     return tmp_path / name
 
 
-def _largest_file(directory: Path) -> Path:
-    return max((p for p in directory.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
-
-
 @pytest.mark.parametrize("damage", ["flip", "truncate"])
 def test_a_damaged_checkpoint_is_an_error_never_a_restart(interrupted, tmp_path, damage):
     run = _copy(interrupted, tmp_path)
-    target = _largest_file(run / "checkpoints" / "60" / "train_state")
+    target = run / "checkpoints" / "60.ckpt"
     data = bytearray(target.read_bytes())
     if damage == "flip":
         data[len(data) // 2] ^= 0x10
@@ -235,7 +233,7 @@ def test_a_damaged_checkpoint_is_an_error_never_a_restart(interrupted, tmp_path,
         data = data[: len(data) // 2]
     target.write_bytes(bytes(data))
     before = {p: p.read_bytes() for p in (run / "checkpoints").rglob("*") if p.is_file()}
-    with pytest.raises(ValueError, match="checkpoints/60 (is corrupted|cannot be read)"):
+    with pytest.raises(ValueError, match="checkpoints/60.ckpt is corrupted or truncated"):
         runs.resume(str(run), **QUIET)
     assert {p: p.read_bytes() for p in (run / "checkpoints").rglob("*") if p.is_file()} == before
     assert status(run)["status"] == "interrupted"
@@ -259,9 +257,7 @@ def test_missing_run_directories_and_files_are_clear_errors(interrupted, tmp_pat
         runs.resume(str(tmp_path / "empty"), **QUIET)
     run = _copy(interrupted, tmp_path)
     for step in ("47", "60"):
-        import shutil
-
-        shutil.rmtree(run / "checkpoints" / step)
+        (run / "checkpoints" / f"{step}.ckpt").unlink()
     with pytest.raises(FileNotFoundError, match="has no complete checkpoint to resume from"):
         runs.resume(str(run), **QUIET)
     with pytest.raises(ValueError, match=r"has not finished \(status: interrupted\): continue it with `fundl resume"):
@@ -270,9 +266,8 @@ def test_missing_run_directories_and_files_are_clear_errors(interrupted, tmp_pat
 
 def test_a_killed_save_is_ignored_and_cleaned_up(interrupted, tmp_path):
     run = _copy(interrupted, tmp_path)
-    half = run / "checkpoints" / "80.orbax-checkpoint-tmp-1234"
-    half.mkdir()
-    (half / "junk").write_text("half written")
+    half = run / "checkpoints" / ".80.ckpt.k2j4h1.tmp"
+    half.write_bytes(b"half written")
     done = runs.resume(str(run), **QUIET)
     assert done.history["steps"] == 141 and not half.exists()
 
@@ -350,7 +345,7 @@ def test_a_nan_stop_names_the_step_keeps_the_last_good_checkpoint_and_fails(tmp_
     assert done.returncode == 3, done.stderr
     assert f"loss became nan at step {step}" in done.stdout
     assert status(out)["status"] == "failed" and f"at step {step}" in status(out)["reason"]
-    assert sorted(int(p.name) for p in (out / "checkpoints").iterdir()) == [47]  # the last good one, before the NaN
+    assert checkpoint_steps(out) == [47]  # the last good one, before the NaN
     assert not (out / "train_state.msgpack").exists()
     for path in (out / "summary.json", out / "status.json"):
         strict(path)

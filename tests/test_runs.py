@@ -35,7 +35,7 @@ def test_a_run_directory_records_config_metrics_summary_and_train_state(tmp_path
         "status.json", "example.py", "checkpoints",
     }
     assert json.loads((directory / "status.json").read_text())["status"] == "finished"
-    assert sorted(p.name for p in (directory / "checkpoints").iterdir()) == ["47", "94"]
+    assert sorted(p.name for p in (directory / "checkpoints").iterdir()) == ["47.ckpt", "94.ckpt"]
     config = json.loads((directory / "config.json").read_text())
     assert config["seed"] == 4 and config["train"]["epochs"] == 2 and config["optimizer"]["name"] == "sgd"
     assert config == done.config and set(DEFAULTS) <= set(config)

@@ -19,9 +19,36 @@ def _saveable(train_state: TrainState) -> TrainState:
     return train_state._replace(key=jax.random.key_data(train_state.key))
 
 
+def host_copy(train_state: TrainState) -> TrainState:
+    """The whole train state as fresh NumPy arrays (key as raw key data).
+
+    A copy, never a view: the training step reuses (donates) the device buffers, and on
+    the CPU a NumPy view of them would change under a writer. In a multi-process run
+    every process must call it (it gathers the shards of every process).
+    """
+    raw = _saveable(train_state)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        return jax.tree.map(np.asarray, multihost_utils.process_allgather(raw, tiled=True))
+    return jax.tree.map(lambda leaf: np.array(leaf, copy=True), jax.device_get(raw))
+
+
+def from_host(state_dict: Any, like: TrainState, where: str) -> TrainState:
+    """A train state from its serialized state dict, checked against ``like`` (names the first difference)."""
+    target = jax.eval_shape(_saveable, like)
+    try:
+        restored = flax.serialization.from_state_dict(target, state_dict)
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{where} does not hold a train state of this model and optimizer: {error}") from None
+    _check_like(where, restored, target)
+    impl = jax.random.key_impl(like.key) if isinstance(like.key, jax.Array) else None  # None: JAX's default
+    return jax.device_put(restored)._replace(key=jax.random.wrap_key_data(restored.key, impl=impl))
+
+
 def save_train_state(path: str | os.PathLike, train_state: TrainState) -> None:
     """Writes the whole train state (step, params, state, optimizer state, key) atomically."""
-    write_atomic(path, flax.serialization.to_bytes(jax.device_get(_saveable(train_state))))
+    write_atomic(path, flax.serialization.to_bytes(host_copy(train_state)))
 
 
 def restore_train_state(path: str | os.PathLike, like: TrainState) -> TrainState:
@@ -41,14 +68,11 @@ def restore_train_state(path: str | os.PathLike, like: TrainState) -> TrainState
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no saved train state at {path}")
-    target = jax.eval_shape(_saveable, like)
     try:
-        restored = flax.serialization.from_bytes(target, path.read_bytes())
-    except (ValueError, KeyError, TypeError) as error:
-        raise ValueError(f"{path} does not hold a train state of this model and optimizer: {error}") from None
-    _check_like(path, restored, target)
-    restored = jax.device_put(restored)
-    return restored._replace(key=jax.random.wrap_key_data(restored.key))
+        state_dict = flax.serialization.msgpack_restore(path.read_bytes())
+    except Exception as error:  # msgpack raises several kinds for a broken file
+        raise ValueError(f"{path} is not a saved train state: {type(error).__name__}: {error}") from None
+    return from_host(state_dict, like, str(path))
 
 
 def _types(tree: Any) -> dict[str, str]:
@@ -56,7 +80,7 @@ def _types(tree: Any) -> dict[str, str]:
     return {jax.tree_util.keystr(p): f"{np.dtype(leaf.dtype)}{list(np.shape(leaf))}" for p, leaf in leaves}
 
 
-def _check_like(path: Path, restored: Any, target: Any) -> None:
+def _check_like(path: str, restored: Any, target: Any) -> None:
     expected, got = _types(target), _types(restored)
     for name in dict.fromkeys([*expected, *got]):
         if expected.get(name) != got.get(name):

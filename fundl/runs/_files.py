@@ -10,8 +10,12 @@ from pathlib import Path
 from typing import Any
 
 
-def write_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Writes ``data`` to a temporary file beside ``path``, syncs it, then renames it over ``path``."""
+def write_atomic(path: str | os.PathLike, data: bytes, *, sync_directory: bool = True) -> None:
+    """Writes ``data`` to a temporary file beside ``path``, syncs it, then renames it over ``path``.
+
+    ``sync_directory=False`` skips syncing the directory after the rename: after a power
+    cut the rename may then be lost (the old file, complete, is found), never half-done.
+    """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -24,6 +28,8 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    if not sync_directory:
+        return
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)

@@ -8,7 +8,7 @@ Files (all JSON is strict: a NaN or infinite metric is written as ``null``)::
                        git commit, devices and mesh, XLA flags, precision
     example.py         a copy of the example's source; load_run and resume use it
     metrics.jsonl      one JSON object per log or evaluation (step, epoch, split, metrics)
-    checkpoints/       periodic checkpoints (orbax): <step>/ directories
+    checkpoints/       periodic checkpoints: <step>.ckpt files
     summary.json       steps, epochs, wall_s, compile_s, params_fingerprint, final metrics
     train_state.msgpack  the final train state, whole
     curves.png         the metrics of every split against the training step
@@ -118,7 +118,7 @@ def _version(name: str) -> str | None:
 
 def manifest(example: str, example_sha256: str, precision: str, mesh: dict[str, Any]) -> dict[str, Any]:
     """What ``environment.json`` records: enough to know what ran, where, and from which code."""
-    packages = ("fundl", "jax", "jaxlib", "optax", "flax", "orbax-checkpoint", "numpy", "rich", "matplotlib")
+    packages = ("fundl", "jax", "jaxlib", "optax", "flax", "numpy", "rich", "matplotlib")
     return {
         "example": str(Path(example).resolve()) if Path(example).suffix == ".py" else example,
         "example_file": EXAMPLE_FILE,
