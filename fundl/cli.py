@@ -34,8 +34,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fundl", description="Functional deep learning in JAX: run experiments.")
     parser.add_argument("--version", action="version", version=f"fundl {fundl.__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
+    devices = _device_options()
 
-    run = commands.add_parser("run", help="train an example and record the run in a run directory")
+    run = commands.add_parser("run", parents=[devices], help="train an example and record the run in a run directory")
     run.add_argument("example", help="a bundled example (see `fundl list`) or the path of an example .py file")
     run.add_argument("--seed", type=int, help="the seed (shorthand for --set seed=N)")
     run.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
@@ -44,18 +45,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress bar or per-evaluation lines")
     run.add_argument("--devices", type=int, metavar="N",
                      help="train data-parallel on N devices (default: all; 1 turns it off); shorthand for --set train.devices=N")
-    run.add_argument("--cpu-devices", type=int, metavar="N",
-                     help="run on the CPU as N devices (fake devices for laptops and CI); must come before JAX starts")
-    run.add_argument("--distributed", action="store_true",
-                     help="join a multi-process run (on a TPU pod slice: nothing else to give; elsewhere also "
-                          "--coordinator, --num-processes and --process-id)")
-    run.add_argument("--coordinator", metavar="HOST:PORT", help="with --distributed: process 0's address")
-    run.add_argument("--num-processes", type=int, metavar="N", help="with --distributed: how many processes")
-    run.add_argument("--process-id", type=int, metavar="I", help="with --distributed: this process's index, 0 to N-1")
     run.add_argument("--stop-after-steps", type=int, metavar="N",
                      help="stop at step N as if preempted: save a checkpoint and exit (status 75); continue with fundl resume")
 
-    resume = commands.add_parser("resume", help="continue an interrupted run from its latest checkpoint, exactly")
+    resume = commands.add_parser("resume", parents=[devices], help="continue an interrupted run from its latest checkpoint, exactly")
     resume.add_argument("run_dir", help="the run directory")
     resume.add_argument("--quiet", action="store_true", help="no progress bar or per-evaluation lines")
 
@@ -82,6 +75,20 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _device_options() -> argparse.ArgumentParser:
+    """The options that must act before JAX starts, shared by ``run`` and ``resume``."""
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument("--cpu-devices", type=int, metavar="N",
+                         help="run on the CPU as N devices (fake devices for laptops and CI); must come before JAX starts")
+    options.add_argument("--distributed", action="store_true",
+                         help="join a multi-process run (on a TPU pod slice: nothing else to give; elsewhere also "
+                              "--coordinator, --num-processes and --process-id)")
+    options.add_argument("--coordinator", metavar="HOST:PORT", help="with --distributed: process 0's address")
+    options.add_argument("--num-processes", type=int, metavar="N", help="with --distributed: how many processes")
+    options.add_argument("--process-id", type=int, metavar="I", help="with --distributed: this process's index, 0 to N-1")
+    return options
+
+
 _RUN_TOOLS = ("ls", "show", "compare", "plot")
 
 
@@ -104,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fundl`` console script; returns the exit status."""
     args = _parser().parse_args(argv)
     try:
-        if args.command == "run":
+        if args.command in ("run", "resume"):
             _start_jax(args)
     except (ValueError, RuntimeError) as error:
         print(f"fundl: error: {error}", file=sys.stderr)

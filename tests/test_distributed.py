@@ -325,3 +325,15 @@ def test_readme_scale_section_commands_run(tmp_path):
         assert done.returncode == 0, (command, done.stderr)
         summary = json.loads((tmp_path / str(i) / "summary.json").read_text())
         assert summary["steps"] == 4
+
+
+def test_a_run_stopped_on_one_device_resumes_on_eight(tmp_path):
+    out = tmp_path / "run"
+    runs.run("mlp_digits", [("train.epochs", 3)], out=str(out), stop_after_steps=60, quiet=True, echo=lambda _: None)
+    done = subprocess.run([sys.executable, "-m", "fundl.cli", "resume", str(out), "--cpu-devices", "8", "--quiet"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 141 and summary["metrics"]["test"]["accuracy"] > 0.9
+    whole = runs.run("mlp_digits", [("train.epochs", 3)], out=str(tmp_path / "whole"), quiet=True, echo=lambda _: None)
+    assert summary["metrics"]["test"]["loss"] == pytest.approx(whole.summary["metrics"]["test"]["loss"], rel=1e-4)

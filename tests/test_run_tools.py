@@ -63,24 +63,28 @@ def test_ls_prints_one_aligned_line_per_run_sorted_by_name(root, capsys):
 def test_ls_tells_incomplete_and_stopped_runs_apart(root, tmp_path, capsys):
     shutil.copytree(root / "a", tmp_path / "cut", ignore=shutil.ignore_patterns("*.msgpack", "*.png"))
     (tmp_path / "cut" / "summary.json").unlink()
+    (tmp_path / "cut" / "status.json").write_text(json.dumps({"status": "interrupted", "step": 60}))
     shutil.copytree(root / "a", tmp_path / "early", ignore=shutil.ignore_patterns("*.msgpack", "*.png"))
     summary = json.loads((tmp_path / "early" / "summary.json").read_text())
     summary["stop_reason"] = "loss is nan at step 50"
     (tmp_path / "early" / "summary.json").write_text(json.dumps(summary))
+    (tmp_path / "early" / "status.json").write_text(json.dumps({"status": "failed", "step": 50}))
+    shutil.copytree(root / "a", tmp_path / "old", ignore=shutil.ignore_patterns("*.msgpack", "*.png", "status.json"))
+    (tmp_path / "old" / "summary.json").unlink()  # a run directory from before status files
 
     found = {r["name"]: r for r in runs.list_runs(tmp_path)}
     last_test = [json.loads(line) for line in (root / "a" / "metrics.jsonl").read_text().splitlines()][-1]
-    assert found["cut"]["status"] == "incomplete"
+    assert found["cut"]["status"] == "interrupted" and found["old"]["status"] == "incomplete"
     assert found["cut"]["steps"] == last_test["step"]
     assert found["cut"]["headline"] == ("test/accuracy", last_test["accuracy"])
     assert found["cut"]["fingerprint"] is None
-    assert found["early"]["status"] == "finished (stopped early)"
+    assert found["early"]["status"] == "failed"
 
     status, out, _ = _cli(capsys, "ls", str(tmp_path))
     assert status == 0
-    assert out.splitlines()[1].split()[:3] == ["cut", "mlp_digits", "incomplete"]
+    assert out.splitlines()[1].split()[:3] == ["cut", "mlp_digits", "interrupted"]
     assert out.splitlines()[1].split()[-1] == "-"
-    assert "finished (stopped early)" in out.splitlines()[2]
+    assert "failed" in out.splitlines()[2]
     assert "stopped    loss is nan at step 50" in runs.show_run(tmp_path / "early")
     assert "metrics (last logged: the run did not finish)" in runs.show_run(tmp_path / "cut")
 

@@ -23,11 +23,11 @@ def host_copy(train_state: TrainState) -> TrainState:
     """The whole train state as fresh NumPy arrays (key as raw key data).
 
     A copy, never a view: the training step reuses (donates) the device buffers, and on
-    the CPU a NumPy view of them would change under a writer. In a multi-process run
-    every process must call it (it gathers the shards of every process).
+    the CPU a NumPy view of them would change under a writer. A state spread over several
+    processes is gathered: then every process must call it (a collective).
     """
     raw = _saveable(train_state)
-    if jax.process_count() > 1:
+    if any(isinstance(leaf, jax.Array) and not leaf.is_fully_addressable for leaf in jax.tree.leaves(raw)):
         from jax.experimental import multihost_utils
 
         return jax.tree.map(np.asarray, multihost_utils.process_allgather(raw, tiled=True))

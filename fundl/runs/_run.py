@@ -22,7 +22,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from fundl.distributed import Placement, data_mesh, describe_mesh
-from fundl.runs._checkpoint import restore_train_state, save_train_state
+from fundl.runs._checkpoint import host_copy, restore_train_state, save_train_state
 from fundl.runs._checkpoints import Checkpoints, preemption_signals
 from fundl.runs._config import Config, ConfigError, flat_keys
 from fundl.runs._experiment import Experiment, Run, budget, initial_train_state, load_example, resolve_config, total_steps
@@ -339,8 +339,7 @@ def _on_every_process(create: Callable[[], Path]) -> tuple[Path | None, str]:
 
 def _gather(train_state: TrainState) -> TrainState:
     """The whole train state as host arrays on every process (a collective: all must call it)."""
-    raw = train_state._replace(key=jax.random.key_data(train_state.key))
-    host = jax.tree.map(np.asarray, multihost_utils.process_allgather(raw, tiled=True))
+    host = host_copy(train_state)
     return host._replace(key=jax.random.wrap_key_data(host.key, impl=jax.random.key_impl(train_state.key)))
 
 

@@ -81,10 +81,15 @@ def _final_metrics(summary: dict[str, Any] | None, directory: Path) -> dict[str,
     return final
 
 
-def _status(summary: dict[str, Any] | None) -> str:
+def _status(directory: Path, summary: dict[str, Any] | None) -> str:
+    """``status.json``'s word (``running``, ``finished``, ``stopped_early``, ``interrupted``,
+    ``failed``); for a run directory older than status files, what the summary says."""
+    status = _optional_object(directory / "status.json")
+    if status is not None:
+        return str(status.get("status"))
     if summary is None:
         return "incomplete"
-    return "finished (stopped early)" if summary.get("stop_reason") else "finished"
+    return "stopped_early" if summary.get("stop_reason") else "finished"
 
 
 def _headline(metrics: dict[str, dict[str, Any]]) -> tuple[str, Any] | None:
@@ -113,7 +118,7 @@ def _describe(directory: Path) -> dict[str, Any]:
         "name": directory.name,
         "path": str(directory),
         "example": environment.get("example"),
-        "status": _status(summary),
+        "status": _status(directory, summary),
         "steps": steps,
         "headline": _headline(metrics),
         "fingerprint": summary.get("params_fingerprint") if summary else None,
@@ -174,8 +179,9 @@ def list_runs(directory: str | os.PathLike = "runs") -> list[dict[str, Any]]:
     """The runs directly under ``directory`` (the folders that hold a ``config.json``), sorted by name.
 
     Returns:
-      One dict per run: ``name``, ``path``, ``example``, ``status`` (``finished``,
-      ``finished (stopped early)`` or ``incomplete``), ``steps``, ``headline``
+      One dict per run: ``name``, ``path``, ``example``, ``status`` (from ``status.json``:
+      ``running``, ``finished``, ``stopped_early``, ``interrupted`` or ``failed``;
+      ``incomplete`` for an old directory without one), ``steps``, ``headline``
       (``(split/metric, value)`` or ``None``), ``fingerprint`` and the final ``metrics``.
     """
     path = Path(directory)
