@@ -170,3 +170,29 @@ def test_a_saved_train_state_that_does_not_match_is_a_clear_error(tmp_path):
         runs.restore_train_state(tmp_path / "ts.msgpack", make(5))
     with pytest.raises(FileNotFoundError, match="no saved train state at"):
         runs.restore_train_state(tmp_path / "nothing.msgpack", make(4))
+
+
+def _scalars(directory):
+    """``{tag: [(step, value), ...]}`` read back from TensorBoard event files (TFRecord framing)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    found = {}
+    for path in directory.glob("events.out.tfevents.*"):
+        data = path.read_bytes()
+        while data:
+            (length,) = struct.unpack("<Q", data[:8])
+            event = event_pb2.Event.FromString(data[12 : 12 + length])
+            data = data[12 + length + 4 :]
+            for value in event.summary.value:
+                found.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return found
+
+
+def test_tensorboard_event_files_hold_the_logged_scalars(tmp_path):
+    done = runs.run("mlp_digits", [("train.epochs", 2), ("log.tensorboard", True)], out=str(tmp_path / "run"), quiet=True, echo=lambda _: None)
+    scalars = _scalars(tmp_path / "run" / "tensorboard")
+    assert {"train/loss", "train/accuracy", "train/learning_rate", "test/loss", "test/accuracy"} <= set(scalars)
+    assert [step for step, _ in scalars["test/accuracy"]] == [47, 94]
+    assert scalars["test/accuracy"][-1][1] == pytest.approx(done.summary["metrics"]["test"]["accuracy"], rel=1e-6)

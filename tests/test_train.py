@@ -136,6 +136,7 @@ def test_hooks_see_every_step_and_epoch_and_can_add_to_records():
     )
     assert [s for kind, s in events if kind == "step"] == list(range(1, 142))
     assert [s for kind, s in events if kind == "epoch_end"] == [47, 94, 141]
+    assert events[-1] == ("end", 141) and [kind for kind, _ in events].count("end") == 1
     logs = [r for r in history["records"] if r["split"] == "train"]
     assert [r["learning_rate"] for r in logs] == pytest.approx([float(schedule(s)) for s in (46, 93, 140)])
     evals = [r for r in history["records"] if r["split"] == "test"]

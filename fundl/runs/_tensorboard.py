@@ -23,11 +23,12 @@ def tensorboard_writer(directory: Path) -> Hook:
     writer = SummaryWriter(str(directory))
 
     def hook(event: Event) -> None:
-        if event.kind in ("log", "eval"):
+        if event.kind == "end":
+            writer.close()  # writes what the writer's thread still holds
+        elif event.kind in ("log", "eval"):
             record = event.record
             for name, value in record.items():
                 if name not in ("step", "epoch", "split") and math.isfinite(value):
                     writer.add_scalar(f"{record['split']}/{name}", value, record["step"])
-            writer.flush()
 
     return hook

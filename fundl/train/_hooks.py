@@ -21,7 +21,8 @@ class Event(NamedTuple):
 
     Attributes:
       kind: ``"step"`` (every training step), ``"log"`` (training metrics averaged since
-        the last log), ``"eval"`` (metrics over a whole evaluation split) or ``"epoch_end"``.
+        the last log), ``"eval"`` (metrics over a whole evaluation split), ``"epoch_end"``,
+        or ``"end"`` (training is over, for whatever reason: close files here).
       record: ``{"step", "epoch", "split", **metrics}`` with Python floats; ``step`` is
         the number of updates done.
       train_state: the current train state, except for ``"step"`` events, which arrive a

@@ -289,6 +289,7 @@ def fit(
             if not records or records[-1]["step"] != step:
                 log_and_evaluate(step)
             save(step)
+            emit("end", {"step": step, "epoch": step / per_epoch}, train_state)
         finally:
             progress.close()
     wall = time.perf_counter() - clock
