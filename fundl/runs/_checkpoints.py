@@ -28,6 +28,7 @@ from typing import Any
 
 import flax.serialization
 import jax
+import jax.numpy as jnp
 
 from fundl.runs._checkpoint import from_host, host_copy
 from fundl.runs._files import write_atomic, write_json
@@ -92,13 +93,16 @@ class Checkpoints:
         return min(due) if due else None
 
     def save(self, step: int, train_state: TrainState, hook_states: list[Any], metrics: dict[str, float]) -> None:
-        host = host_copy(train_state)  # every process takes part; the copy is the writer's alone
+        if jax.process_count() > 1:
+            train_state = host_copy(train_state)  # a collective: every process takes part; process 0 writes
+        else:
+            train_state = _device_copy(train_state)  # dispatched, not waited for: the writer thread fetches it
         if not self._writer:
             return
         while len(self._pending) >= _MAX_PENDING or (self._pending and self._pending[0].done()):
             self._pending.pop(0).result()  # bounded memory; raises if an earlier save failed
-        payload = {"run_id": self.run_id, "step": step, "train_state": flax.serialization.to_state_dict(host), "hooks": hook_states}
-        self._pending.append(self._pool.submit(self._write, step, payload, metrics.get(self.best) if self.best else None))
+        score = metrics.get(self.best) if self.best else None
+        self._pending.append(self._pool.submit(self._write, step, train_state, hook_states, score))
 
     def interrupted(self, step: int) -> str | None:
         if self.preemption:
@@ -109,8 +113,9 @@ class Checkpoints:
 
     # --- writing, in the background ------------------------------------------------------------
 
-    def _write(self, step: int, payload: dict[str, Any], score: float | None) -> None:
-        data = flax.serialization.msgpack_serialize(payload)
+    def _write(self, step: int, train_state: TrainState, hook_states: list[Any], score: float | None) -> None:
+        host = flax.serialization.to_state_dict(host_copy(train_state))
+        data = flax.serialization.msgpack_serialize({"run_id": self.run_id, "step": step, "train_state": host, "hooks": hook_states})
         write_atomic(self.directory / f"{step}{SUFFIX}", hashlib.sha256(data).digest() + data, sync_directory=False)
         if score is not None:
             self._scores[step] = score
@@ -172,6 +177,12 @@ class Checkpoints:
         if payload.get("run_id") != self.run_id:
             raise ValueError(f"the checkpoint {path} was written by another run ({payload.get('run_id')}), not by {self.run_id}")
         return payload["step"], from_host(payload["train_state"], like, f"the checkpoint {path}"), payload["hooks"]
+
+
+@jax.jit
+def _device_copy(train_state: TrainState) -> TrainState:
+    """A copy in new device buffers: the next training step reuses (donates) the old ones."""
+    return jax.tree.map(jnp.copy, train_state)
 
 
 def remove_unfinished(directory: Path) -> list[Path]:
