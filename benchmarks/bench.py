@@ -275,7 +275,7 @@ def measure(w: Workload, names: list[str], rounds: int, target_s: float, quick: 
     return rows, notes
 
 
-def busy_cpus(seconds: float = 1.0) -> float:
+def busy_cpus(seconds: float = 0.5) -> float:
     """How many CPUs other jobs keep busy, from /proc/stat while this process sleeps (Linux; 0 elsewhere)."""
     try:
         def sample() -> tuple[int, int]:
@@ -319,7 +319,7 @@ def pick(text: str | None, allowed: tuple[str, ...], what: str) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer steps and rounds: under 2 minutes")
-    parser.add_argument("--rounds", type=int, help="interleaved timing rounds (default 5; 2 with --quick)")
+    parser.add_argument("--rounds", type=int, help="interleaved timing rounds (default 5; 1 with --quick)")
     parser.add_argument("--only", help=f"comma-separated workloads, of: {', '.join(WORKLOADS)}")
     parser.add_argument("--frameworks", help=f"comma-separated contenders, of: {', '.join(FRAMEWORKS)}")
     parser.add_argument("--json", metavar="PATH", help="write the rows as a JSON list here")
@@ -328,10 +328,10 @@ def main(argv: list[str] | None = None) -> None:
     names = pick(args.frameworks, FRAMEWORKS, "framework")
     if "floor" not in names:
         names.insert(0, "floor")  # every ratio is against it
-    rounds = args.rounds or (2 if args.quick else 5)
-    target_s = 0.1 if args.quick else 1.0
+    rounds = args.rounds or (1 if args.quick else 5)
+    target_s = 0.05 if args.quick else 1.0
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    print(f"jax {jax.__version__} {jax.default_backend()}, fundl {fl.__version__ if hasattr(fl, '__version__') else ''}; "
+    print(f"jax {jax.__version__} {jax.default_backend()}, {os.cpu_count()} CPUs; "
           f"medians of {rounds} rounds, ratios paired per round, compilation excluded")
     print(load_line("before"), flush=True)
     rows, notes = [], []
