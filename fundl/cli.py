@@ -12,6 +12,9 @@
     fundl plot RUN_DIR [RUN_DIR ...] [--metric SPLIT/METRIC] [-o FILE.png]
     fundl --version
 
+``run`` and ``resume`` use JAX's persistent compilation cache (see
+:func:`compilation_cache_directory`; ``--no-compilation-cache`` turns it off).
+
 Exit status of ``run`` and ``resume``: 0 finished (the budget, or a hook such as early
 stopping, ended it); 2 a usage, config or file error (nothing was trained); 3 stopped by
 a NaN or infinite loss (the last good checkpoint is kept); 75 interrupted by SIGTERM,
@@ -22,7 +25,9 @@ Ctrl-C (the latest complete checkpoint is kept).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 from collections.abc import Sequence
 
 EXIT_USAGE, EXIT_NONFINITE, EXIT_INTERRUPTED, EXIT_ABORTED = 2, 3, 75, 130
@@ -45,6 +50,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress bar or per-evaluation lines")
     run.add_argument("--devices", type=int, metavar="N",
                      help="train data-parallel on N devices (default: all; 1 turns it off); shorthand for --set train.devices=N")
+    run.add_argument("--seeds", metavar="SEEDS",
+                     help="train one member per seed as one compiled program (a sweep), e.g. 0-31 or 0,1,5")
+    run.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2",
+                     help="sweep an optimizer setting as members, crossed with --seeds, e.g. optimizer.learning_rate=0.01,0.1")
     run.add_argument("--stop-after-steps", type=int, metavar="N",
                      help="stop at step N as if preempted: save a checkpoint and exit (status 75); continue with fundl resume")
 
@@ -86,6 +95,9 @@ def _device_options() -> argparse.ArgumentParser:
     options.add_argument("--coordinator", metavar="HOST:PORT", help="with --distributed: process 0's address")
     options.add_argument("--num-processes", type=int, metavar="N", help="with --distributed: how many processes")
     options.add_argument("--process-id", type=int, metavar="I", help="with --distributed: this process's index, 0 to N-1")
+    options.add_argument("--no-compilation-cache", action="store_true",
+                         help="do not use JAX's persistent compilation cache (default: $FUNDL_COMPILATION_CACHE, "
+                              "else ~/.cache/fundl/jax; a repeated run then skips compiling)")
     return options
 
 
@@ -144,6 +156,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 settings.append(("seed", args.seed))
             if args.devices is not None:
                 settings.append(("train.devices", args.devices))
+            if args.seeds or args.sweep:
+                if args.seed is not None or args.stop_after_steps is not None:
+                    raise ValueError("a sweep takes --seeds (not --seed) and cannot --stop-after-steps")
+                seeds = runs.parse_seeds(args.seeds) if args.seeds else [runs.resolve_config(runs.load_example(args.example), settings)["seed"]]
+                runs.sweep(args.example, settings, seeds=seeds, sweep=runs.parse_sweep(args.sweep), out=args.out, quiet=args.quiet)
+                return 0
             result = runs.run(args.example, settings, out=args.out, quiet=args.quiet, stop_after_steps=args.stop_after_steps)
     except (ValueError, OSError) as error:
         print(f"fundl: error: {error}", file=sys.stderr)
@@ -172,6 +190,17 @@ def _start_jax(args: argparse.Namespace) -> None:
         raise ValueError("--coordinator, --num-processes and --process-id go with --distributed")
     if args.distributed:
         distributed.initialize(*multi)
+    if not args.no_compilation_cache:
+        from fundl.train._compiled import use_persistent_cache
+
+        use_persistent_cache(compilation_cache_directory())
+
+
+def compilation_cache_directory() -> Path:
+    """Where ``fundl run`` keeps compiled programs: ``$FUNDL_COMPILATION_CACHE``, else ``$XDG_CACHE_HOME/fundl/jax``."""
+    if os.environ.get("FUNDL_COMPILATION_CACHE"):
+        return Path(os.environ["FUNDL_COMPILATION_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fundl" / "jax"
 
 
 if __name__ == "__main__":

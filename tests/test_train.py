@@ -268,3 +268,15 @@ def test_evaluation_without_a_way_to_evaluate_is_an_error():
 
     with pytest.raises(ValueError, match=r"evaluation needs either an eval_fn\(params, state, batch\)"):
         _run_with_loss(loss_fn, eval_data={"test": test})
+
+
+def test_a_second_fit_with_the_same_pieces_compiles_nothing():
+    train, test = digits()
+    optimizer = optax.sgd(0.1)
+    _, first = fit(LOSS, optimizer, fresh(optimizer), train, batch_size=32, epochs=1, eval_data={"test": test}, quiet=True)
+    assert first["traces"]["fused_steps"] == 1 and first["traces"]["eval_step"] >= 1
+    _, again = fit(LOSS, optimizer, fresh(optimizer), train, batch_size=32, epochs=1, eval_data={"test": test}, quiet=True)
+    assert again["traces"] == {"train_step": 0, "fused_steps": 0, "eval_step": 0}
+    assert again["compile_s"] < first["compile_s"]
+    _, other = fit(LOSS, optimizer, fresh(optimizer), train, batch_size=16, epochs=1, quiet=True)  # a new shape: compiled anew
+    assert other["traces"]["fused_steps"] == 1

@@ -120,6 +120,12 @@ class Placement:
 
         return jax.tree.map(place, local)
 
+    def resident(self, data: Any) -> Any:
+        """The whole of ``data`` on every device, once (training gathers its batches there)."""
+        if self.mesh is None:
+            return jax.device_put(data)
+        return self.replicate(data)
+
     def replicate(self, host: Any) -> Any:
         """The same host arrays on every device (a batch too small to cut)."""
         if self.mesh is None:

@@ -23,6 +23,7 @@ from fundl.runs._experiment import (
 )
 from fundl.runs._checkpoints import Checkpoints as Checkpoints
 from fundl.runs._run import load_run as load_run, resume as resume, run as run, sample as sample
+from fundl.runs._sweep import Sweep as Sweep, parse_seeds as parse_seeds, parse_sweep as parse_sweep, sweep as sweep
 from fundl.runs._optimizers import OPTIMIZERS as OPTIMIZERS, make_optimizer as make_optimizer
 from fundl.runs._tools import (
     compare_runs as compare_runs,

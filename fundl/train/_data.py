@@ -8,7 +8,7 @@ than a batch) are skipped in that epoch, and a different few in the next.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterable, Iterator, Mapping
 from typing import Any
 
 import jax
@@ -17,8 +17,38 @@ import numpy as np
 Batch = Any
 
 
+_NOT_IN_MEMORY = (
+    "{name} is {what}: fit needs the data in memory, as arrays with a leading example axis, "
+    "e.g. {{'image': (n, 8, 8), 'label': (n,)}} or (x, y). Collect it first: "
+    "batches = list(...); data = jax.tree.map(lambda *b: np.concatenate(b), *batches) "
+    "(np.stack for single examples instead of batches)"
+)
+
+
+def _lazy_data(data: Any) -> str | None:
+    """What ``data`` is, if it is an iterator, generator or other data stream rather than arrays."""
+    is_stream = lambda leaf: isinstance(leaf, Iterable) and not hasattr(leaf, "shape")  # noqa: E731
+    for leaf in [data, *jax.tree.leaves(data, is_leaf=is_stream)]:
+        if isinstance(leaf, np.ndarray) and leaf.dtype == object and leaf.ndim == 0:
+            leaf = leaf.item()  # np.asarray(generator) wraps it in an object array
+        if hasattr(leaf, "shape") or isinstance(leaf, (str, bytes, list, tuple, Mapping)):
+            continue
+        if isinstance(leaf, (Iterator, Generator)):
+            return f"an iterator ({type(leaf).__name__})"
+        if isinstance(leaf, Iterable):
+            return f"a stream of batches ({type(leaf).__name__})"
+    return None
+
+
 def num_examples(data: Any, name: str = "data") -> int:
-    """The common length of the leading axis of every array in ``data``."""
+    """The common length of the leading axis of every array in ``data``.
+
+    Raises:
+      TypeError: ``data`` is an iterator, a generator or another stream of batches.
+      ValueError: ``data`` is empty, or its arrays disagree on the number of examples.
+    """
+    if (what := _lazy_data(data)) is not None:
+        raise TypeError(_NOT_IN_MEMORY.format(name=name, what=what))
     leaves = jax.tree.leaves(data)
     if not leaves:
         raise ValueError(f"{name} is empty: expected a pytree of arrays with a leading example axis")
@@ -57,12 +87,20 @@ class Shuffled:
         self.batch_size = int(batch_size)
         self.seed = seed
         self.steps_per_epoch = self.size // batch_size
+        self.data_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(self.data))
         self._order: tuple[int, np.ndarray] | None = None
 
     def order(self, epoch: int) -> np.ndarray:
         if self._order is None or self._order[0] != epoch:
             self._order = (epoch, np.random.default_rng([self.seed, epoch]).permutation(self.size))
         return self._order[1]
+
+    def indices(self, epoch: int, first: int, count: int, rows: slice = slice(None)) -> np.ndarray:
+        """The example indices of batches ``first ..`` of ``epoch``: int32 ``(count, batch)``, or
+        ``(batch,)`` if ``count`` is 1; ``rows`` as in :meth:`batches`."""
+        order = self.order(epoch)[first * self.batch_size : (first + count) * self.batch_size]
+        order = order.reshape(count, self.batch_size)[:, rows].astype(np.int32)
+        return order if count > 1 else order[0]
 
     def batches(self, epoch: int, first: int, count: int, rows: slice = slice(None)) -> Batch:
         """Batches ``first .. first + count - 1`` of ``epoch``, stacked: leaves ``(count, batch, ...)``.

@@ -17,19 +17,19 @@ from fundl.distributed._placement import Placement
 from fundl.train._data import Shuffled, check_batch_size, num_examples
 from fundl.train._hooks import Event, Hook, first_nonfinite
 from fundl.train._progress import CompileTimer, ProgressReport
-from fundl.train._retrace import TraceGuard
+from fundl.train._compiled import abstract, compiled_functions
 from fundl.train._state import TrainState
 from fundl.train._step import (
     EvalFn,
     LossFn,
     check_loss_output,
     default_eval_fn,
-    fused_steps_fn,
     train_step_fn,
     uses_convolution,
 )
 
 _MAX_FUSED_BYTES = 64 * 2**20  # the most batch data one fused call takes to the device
+_MAX_RESIDENT_BYTES = 1 << 30  # training data up to this size is kept on each device and gathered there
 
 
 class Checkpointer(Protocol):
@@ -162,22 +162,20 @@ def fit(
     # --- The compiled functions, checked before they are compiled ------------------------
     first_batch = train.batch(0, 0)
     check_loss_output(loss_fn, train_state, first_batch)
+    eval_fn_given = eval_fn
     eval_fn = eval_fn or (default_eval_fn(loss_fn) if eval_data else None)
     train_step = step_fn or train_step_fn(loss_fn, optimizer, accumulate)
     first_checkpoint = checkpoint.next_step(0) if checkpoint else None
     intervals = [every for every in (eval_every, log_every, first_checkpoint) if every]
     fused, how = _steps_per_call(steps_per_call, train_step, train_state, first_batch, train, *intervals)
-    guards = {
-        "train_step": TraceGuard("train_step", ("train_state", "batch"), strict=strict),
-        "fused_steps": TraceGuard("fused_steps", ("train_state", "batches"), strict=strict),
-        "eval_step": TraceGuard("eval_step", ("params", "state", "batch"), _eval_shapes(eval_data, eval_batch_size, placement.shards), strict),
-    }
-    # On a mesh, the train state keeps its layout and metrics come back replicated.
-    layout = {} if placement.mesh is None else {"out_shardings": (placement.state_shardings(train_state), placement.replicated)}
-    single_call = jax.jit(guards["train_step"].wrap(train_step), donate_argnums=0, **layout)
-    fused_call = jax.jit(guards["fused_steps"].wrap(fused_steps_fn(train_step)), donate_argnums=0, **layout)
-    replicated = {} if placement.mesh is None else {"out_shardings": placement.replicated}
-    eval_call = jax.jit(guards["eval_step"].wrap(eval_fn), **replicated) if eval_fn else None
+    resident = placement.resident(train.data) if train.data_bytes <= _MAX_RESIDENT_BYTES else None
+    key = (loss_fn, optimizer, accumulate, step_fn, eval_fn_given or loss_fn, placement.mesh, resident is not None, strict, fused,
+           abstract(train_state), abstract(first_batch), tuple(abstract(split) for split in eval_data.values()), eval_batch_size)
+    shardings = placement.state_shardings(train_state)
+    compiled = compiled_functions(key, train_step, eval_fn, state_shardings=shardings,
+                                  replicated=getattr(placement, "replicated", None), strict=strict,
+                                  eval_shapes=_eval_shapes(eval_data, eval_batch_size, placement.shards))
+    traces_before = {name: guard.traces for name, guard in compiled.guards.items()}
 
     def next_checkpoint(step: int) -> int:
         due = checkpoint.next_step(step) if checkpoint else None
@@ -190,9 +188,11 @@ def fit(
         return min(next_checkpoint(step), *(step + every - step % every for every in (per_epoch, eval_every, log_every))) - step
 
     def load(step: int) -> tuple[int, Any]:
-        """The next call's size and its batches (this process's rows, placed on the devices)."""
+        """The next call's size and its index array (or batches): this process's rows, placed on the devices."""
         n = fused if fused > 1 and steps_to_boundary(step) >= fused else 1
         epoch, index = divmod(step, per_epoch)
+        if resident is not None:
+            return n, placement.batch(train.indices(epoch, index, n, rows), batch_size, stacked=n > 1)
         if n > 1:
             return n, placement.batch(train.batches(epoch, index, n, rows), batch_size, stacked=True)
         return n, placement.batch(train.batch(epoch, index, rows), batch_size)
@@ -255,9 +255,9 @@ def fit(
             records.append(record)
             progress.record_line(record)
         # An interruption evaluates only where the schedule says so: a resumed run must see the same evaluations.
-        if eval_call and (step % eval_every == 0 or step == total or (stop_reason and not interrupted)):
+        if compiled.evaluate and (step % eval_every == 0 or step == total or (stop_reason and not interrupted)):
             for name, split in eval_data.items():
-                record = {"step": step, "epoch": step / per_epoch, "split": name, **_evaluate(eval_call, train_state, placement.eval_batches(split, eval_batch_size))}
+                record = {"step": step, "epoch": step / per_epoch, "split": name, **_evaluate(compiled.evaluate, train_state, placement.eval_batches(split, eval_batch_size))}
                 emit("eval", record, train_state)
                 records.append(record)
                 progress.record_line(record)
@@ -270,7 +270,7 @@ def fit(
             upcoming = load(step) if step < total else None
             while upcoming is not None and stop_reason is None:
                 n, batches = upcoming
-                train_state, metrics = (fused_call if n > 1 else single_call)(train_state, batches)
+                train_state, metrics = (compiled.fused if n > 1 else compiled.single)(train_state, resident, batches)
                 pending.append((step, n, metrics))
                 step += n
                 if checkpoint and (reason := checkpoint.interrupted(step)):
@@ -303,7 +303,7 @@ def fit(
         "steps_per_call": fused,
         "steps_per_call_reason": how,
         "mesh": describe_mesh(placement.mesh),
-        "traces": {name: guard.traces for name, guard in guards.items()},
+        "traces": {name: guard.traces - traces_before[name] for name, guard in compiled.guards.items()},
         "nonfinite": nonfinite,
         "interrupted": interrupted,
     }
