@@ -107,7 +107,15 @@ def total_steps(config: Config, experiment: Experiment) -> int:
 
 
 def initial_train_state(config: Config, experiment: Experiment, optimizer) -> TrainState:
-    """The train state at step 0: params from ``split(key(seed))[0]``, training key the other half."""
-    init_key, train_key = jax.random.split(jax.random.key(config["seed"]))
-    _, params, state = experiment.model.init(init_key, experiment.input_shape)
-    return TrainState.create(params, state, optimizer, train_key)
+    """The train state at step 0: params from ``split(key(seed))[0]``, training key the other half.
+
+    The whole of it is made by one compiled program (made eagerly, every initializer of
+    every layer would be compiled and run on its own: a large part of a short run).
+    """
+
+    def make(seed):
+        init_key, train_key = jax.random.split(jax.random.key(seed))
+        _, params, state = experiment.model.init(init_key, experiment.input_shape)
+        return TrainState.create(params, state, optimizer, train_key)
+
+    return jax.jit(make, static_argnums=0)(config["seed"])  # static: any seed up to 2**63, as jax.random.key takes it
