@@ -9,6 +9,9 @@ Example:
   >>> model = fl.serial(fl.dense(100), fl.tanh(), fl.dense(10))
   >>> out_shape, params, state = model.init(jax.random.key(0), (32, 64))
   >>> logits, state = model.apply(params, state, x)
+
+The subpackages ``fl.train``, ``fl.models``, ``fl.runs``, ``fl.distributed`` and
+``fl.plots`` are imported on first use.
 """
 
 # The vocabulary.
@@ -73,3 +76,18 @@ from fundl.layers import (
 from fundl import datasets as datasets, losses as losses
 
 __version__ = "0.1.0"
+
+# Imported on first use (``fl.train.fit``), so that ``import fundl`` stays fast.
+_LAZY_SUBMODULES = ("distributed", "models", "plots", "runs", "train")
+
+
+def __getattr__(name: str):
+    if name in _LAZY_SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"fundl.{name}")
+    raise AttributeError(f"module 'fundl' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY_SUBMODULES})

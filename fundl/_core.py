@@ -59,6 +59,19 @@ class Layer(NamedTuple):
       name: the kind of layer (``"dense"``); a combinator numbers it (``dense_0``)
         unless ``fixed_name`` is set by :func:`fundl.named`.
       fixed_name: use ``name`` as it is, without a number.
+
+    Compiling ``apply``: ``train`` chooses between two programs (dropout on or off,
+    batch statistics or running ones), so it must be a Python bool when ``apply`` is
+    traced. Under a plain ``jax.jit(model.apply)`` it becomes a traced value and
+    ``train=True`` fails with a tracer (``TracerBoolConversionError``) error; mark it
+    static, and ``jit`` compiles once for each value of ``train``::
+
+        apply = jax.jit(model.apply, static_argnames="train")
+        logits, state = apply(params, state, x, key=key, train=True)   # training mode
+        logits, _ = apply(params, state, x, train=False)               # evaluation mode
+
+    (``fit``, ``evaluate`` and ``predict`` pass ``train`` as a constant inside their compiled
+    functions, so they need nothing of this.)
     """
 
     init: InitFn

@@ -33,20 +33,42 @@ def _mean(values: Array, where: Array | None) -> Array:
         return jnp.mean(values)
     if jnp.shape(where) != jnp.shape(values):
         raise ValueError(f"`where` must have the shape of the targets {jnp.shape(values)}, got {jnp.shape(where)}")
-    where = where.astype(values.dtype)
-    return jnp.sum(values * where) / jnp.maximum(jnp.sum(where), 1)
+    where = jnp.asarray(where).astype(bool)
+    total = jnp.sum(jnp.where(where, values, 0))  # a masked-out NaN stays out
+    return total / jnp.maximum(jnp.sum(where.astype(values.dtype)), 1)
+
+
+def _one_hot_hint(logits_shape: tuple[int, ...], labels_shape: tuple[int, ...]) -> str:
+    """The fix for labels given one-hot (one column per class), or ``""``."""
+    if tuple(labels_shape) == tuple(logits_shape) and len(labels_shape) >= 1:
+        return ": these look one-hot; pass labels.argmax(-1)"
+    return ""
 
 
 def _check_class_labels(name: str, logits: Array, labels: Array) -> None:
     dtype = jnp.result_type(labels)
+    logits_shape, labels_shape = jnp.shape(logits), jnp.shape(labels)
     if not jnp.issubdtype(dtype, jnp.integer):
-        raise TypeError(f"{name} expects integer class labels, got {dtype}")
-    if jnp.shape(logits)[:-1] != jnp.shape(labels):
+        fix = _one_hot_hint(logits_shape, labels_shape) or ": cast with labels.astype(jnp.int32)"
+        raise TypeError(f"{name} expects integer class labels, got {dtype} labels of shape {labels_shape}{fix}")
+    if logits_shape[:-1] != labels_shape:
         raise ValueError(
-            f"{name} expects labels of shape {jnp.shape(logits)[:-1]} for logits of shape "
-            f"{jnp.shape(logits)} (one label per row of logits), got labels of shape {jnp.shape(labels)}"
+            f"{name} expects labels of shape {logits_shape[:-1]} for logits of shape "
+            f"{logits_shape} (one label per row of logits), got labels of shape {labels_shape}"
+            + _one_hot_hint(logits_shape, labels_shape)
         )
-    check_indices(name, labels, jnp.shape(logits)[-1], "labels", error=ValueError)
+    check_indices(name, labels, logits_shape[-1], "labels", error=ValueError)
+
+
+def _nan_outside(values: Array, labels: Array, num_classes: int) -> Array:
+    """``values`` with NaN where a label lies outside ``[0, num_classes)``.
+
+    Under ``jit`` labels cannot be checked, and the gather would otherwise wrap -1 to the
+    last class and read past the end for ``num_classes``: a NaN cannot pass unnoticed
+    (``fit`` stops at the first non-finite loss and names the step).
+    """
+    valid = (labels >= 0) & (labels < num_classes)
+    return jnp.where(valid, values, jnp.nan)
 
 
 def _check_same_shape(name: str, predictions: Array, targets: Array) -> None:
@@ -59,11 +81,14 @@ def softmax_cross_entropy(logits: Array, labels: Array, *, where: Array | None =
 
     Args:
       logits: ``(..., num_classes)`` unnormalised log-probabilities.
-      labels: ``(...)`` integers in ``[0, num_classes)`` (checked when not under ``jit``).
+      labels: ``(...)`` integers in ``[0, num_classes)``: eagerly, other values are a
+        ``ValueError``; under ``jit`` (where they cannot be checked) each such entry's loss
+        is NaN, so the mean is NaN unless ``where`` masks the entry out.
       where: optional ``(...)`` boolean mask of the entries to average.
     """
     _check_class_labels("softmax_cross_entropy", logits, labels)
-    return _mean(optax.losses.softmax_cross_entropy_with_integer_labels(_float32(logits), labels), where)
+    values = optax.losses.softmax_cross_entropy_with_integer_labels(_float32(logits), labels)
+    return _mean(_nan_outside(values, labels, jnp.shape(logits)[-1]), where)
 
 
 def binary_cross_entropy(logits: Array, targets: Array, *, where: Array | None = None) -> Array:
@@ -85,9 +110,14 @@ def mae(predictions: Array, targets: Array, *, where: Array | None = None) -> Ar
 
 
 def accuracy(logits: Array, labels: Array, *, where: Array | None = None) -> Array:
-    """Fraction of rows whose largest logit is at the label: ``logits (..., K)``, ``labels (...)``."""
+    """Fraction of rows whose largest logit is at the label: ``logits (..., K)``, ``labels (...)``.
+
+    Labels outside ``[0, K)`` are an error eagerly and give NaN under ``jit``, as in
+    :func:`softmax_cross_entropy`.
+    """
     _check_class_labels("accuracy", logits, labels)
-    return _mean((jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32), where)
+    hits = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
+    return _mean(_nan_outside(hits, labels, jnp.shape(logits)[-1]), where)
 
 
 def perplexity(logits: Array, labels: Array, *, where: Array | None = None) -> Array:

@@ -1,17 +1,28 @@
-"""Pictures of runs, drawn with matplotlib into PNG files (no window, no global pyplot state)."""
+"""Pictures of runs, drawn with matplotlib into PNG files (no window, no global pyplot state).
+
+matplotlib is imported when a picture is drawn, not with this module.
+"""
 
 from __future__ import annotations
 
 import math
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import matplotlib
 import numpy as np
-from matplotlib.figure import Figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 _SKIP = ("step", "epoch", "split")
+
+
+def _figure(**kwargs: Any) -> Figure:
+    """A new matplotlib figure (matplotlib is imported here, on the first picture)."""
+    from matplotlib.figure import Figure
+
+    return Figure(**kwargs)
 
 
 def plot_curves(records: Sequence[dict[str, Any]], path: str | os.PathLike, *, title: str = "") -> None:
@@ -25,7 +36,7 @@ def plot_curves(records: Sequence[dict[str, Any]], path: str | os.PathLike, *, t
     splits = list(dict.fromkeys(r["split"] for r in records))
     cols = min(len(metrics), 3) or 1
     rows = math.ceil(len(metrics) / cols) or 1
-    fig = Figure(figsize=(4.5 * cols, 3.2 * rows), layout="constrained")
+    fig = _figure(figsize=(4.5 * cols, 3.2 * rows), layout="constrained")
     for i, metric in enumerate(metrics):
         ax = fig.add_subplot(rows, cols, i + 1)
         for split in splits:
@@ -48,7 +59,7 @@ def image_grid(images: np.ndarray, path: str | os.PathLike, *, columns: int = 10
     images = images[..., 0] if images.ndim == 4 else images
     n = len(images)
     rows = math.ceil(n / columns)
-    fig = Figure(figsize=(columns * 0.9, rows * 0.9 + (0.4 if title else 0)), layout="constrained")
+    fig = _figure(figsize=(columns * 0.9, rows * 0.9 + (0.4 if title else 0)), layout="constrained")
     for i, image in enumerate(images):
         ax = fig.add_subplot(rows, columns, i + 1)
         ax.imshow(image, cmap="gray_r", vmin=0.0, vmax=1.0)
@@ -62,12 +73,14 @@ def image_grid(images: np.ndarray, path: str | os.PathLike, *, columns: int = 10
 
 def scatter_2d(points: np.ndarray, labels: np.ndarray, path: str | os.PathLike, *, title: str = "", axis_labels: tuple[str, str] = ("z1", "z2")) -> None:
     """Scatters ``points (n, 2)`` coloured by integer ``labels (n,)``, one legend entry per class."""
+    from matplotlib import colormaps
+
     points, labels = np.asarray(points), np.asarray(labels)
-    fig = Figure(figsize=(6, 5), layout="constrained")
+    fig = _figure(figsize=(6, 5), layout="constrained")
     ax = fig.add_subplot()
     for c in np.unique(labels):
         chosen = labels == c
-        color = matplotlib.colormaps["tab10"](int(c) % 10)
+        color = colormaps["tab10"](int(c) % 10)
         ax.scatter(points[chosen, 0], points[chosen, 1], s=8, alpha=0.7, color=color, label=str(c))
     ax.set_xlabel(axis_labels[0])
     ax.set_ylabel(axis_labels[1])
@@ -85,7 +98,7 @@ def plot_runs_metric(series: Mapping[str, Sequence[tuple[float, float]]], path: 
       path: the PNG file to write.
       metric: the ``split/metric`` drawn, for the title and the y axis.
     """
-    fig = Figure(figsize=(6.5, 4), layout="constrained")
+    fig = _figure(figsize=(6.5, 4), layout="constrained")
     ax = fig.add_subplot()
     for label, points in series.items():
         if points:

@@ -16,5 +16,6 @@ from fundl.datasets._idx import mnist, read_idx, write_idx
 from fundl.datasets._text import Vocabulary, number_words, numbers_text, read_text, sequences
 from fundl.datasets._ratings import Ratings as Ratings, noise_floor as noise_floor, positive_pairs as positive_pairs, positives as positives, ratings as ratings, to_rating as to_rating
 from fundl.datasets._seq2seq import NumberTranslation as NumberTranslation, TokenVocabulary as TokenVocabulary, number_translation as number_translation
+from fundl.datasets._split import train_validation_split as train_validation_split
 
 __all__ = ["digits", "mnist", "read_idx", "write_idx", "Vocabulary", "number_words", "numbers_text", "read_text", "sequences"]

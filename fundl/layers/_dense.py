@@ -70,8 +70,14 @@ def embedding(
     """Looks up a learned vector for each integer token id.
 
     Shapes: ``ids (...) int -> y (..., features)``; params ``table (vocab_size, features)``.
-    Ids outside ``[0, vocab_size)`` are an error when the call is eager; under ``jit``
-    they cannot be checked and are clamped by JAX's indexing rules.
+
+    Ids outside ``[0, vocab_size)`` (negative ones included) are a ``LayerError`` when the
+    call is eager. Under ``jit`` their values cannot be checked, so each such id gives a
+    row of NaN (never another token's row): the loss becomes NaN and ``fit`` stops,
+    naming the step. The gradient of the table is zero for those ids.
+
+    Example:
+      >>> out_shape, params, state = embedding(1000, 64).init(jax.random.key(0), (32, 20))  # (32, 20, 64)
     """
     check_positive("embedding", vocab_size=vocab_size, features=features)
 
@@ -84,6 +90,8 @@ def embedding(
             raise LayerTypeError(f"embedding expects integer token ids, got {dtype}")
         check_indices("embedding", ids, vocab_size, "token ids")
         (table,) = expect_params("embedding", params, {"table": (vocab_size, features)})
-        return jnp.take(table, ids, axis=0), state
+        # Negative ids would wrap around (NumPy's rule); send them out of range, to the fill.
+        ids = jnp.where(ids < 0, vocab_size, ids)
+        return jnp.take(table, ids, axis=0, mode="fill", fill_value=jnp.nan), state
 
     return Layer(init, apply, "embedding")

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import flax.errors
-import flax.linen as nn
 import jax.numpy as jnp
-from flax.core import unfreeze
 
 from fundl._core import Layer, LayerError
+
+if TYPE_CHECKING:
+    import flax.linen as nn
 
 
 def from_flax(
@@ -36,6 +36,9 @@ def from_flax(
     Example:
       >>> model = serial(from_flax(nn.Dense(32)), relu(), dense(10))
     """
+    import flax.errors  # here, not at the top: `import fundl` does not need flax
+    from flax.core import unfreeze
+
     extra = train_args or (lambda train: {})
 
     def init(key, input_shape):

@@ -2,26 +2,118 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
 from fundl import losses
 from fundl._core import Layer
+from fundl.train._checks import check_finite
 from fundl.train._step import LossFn
+
+_BATCH_FORMS = (
+    "classification_loss takes batches in one of these forms: a dict {{{inputs!r}: x, {labels!r}: y}}, "
+    "a dict {{'x': x, 'y': y}}, or a tuple / list (x, y), with x the model's input (n, ...) and y "
+    "integer classes (n,)"
+)
+
+
+def split_batch(batch: Any, inputs: str = "image", labels: str = "label", name: str = "the batch") -> tuple[Any, Any]:
+    """``(x, y)`` from a batch given as ``{inputs: x, labels: y}``, ``{"x": x, "y": y}`` or ``(x, y)``.
+
+    Raises:
+      ValueError: the batch is in none of these forms; the message lists them.
+    """
+    forms = _BATCH_FORMS.format(inputs=inputs, labels=labels)
+    if isinstance(batch, Mapping):
+        for x_key, y_key in ((inputs, labels), ("x", "y")):
+            if x_key in batch and y_key in batch:
+                return batch[x_key], batch[y_key]
+        keys = sorted(map(str, batch))
+        raise ValueError(
+            f"{forms}; {name} is a dict with the keys {keys}: name yours, e.g. "
+            f"classification_loss(model, inputs={keys[0]!r}, labels={keys[-1]!r})"
+        )
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        return batch[0], batch[1]
+    got = f"a {type(batch).__name__} of length {len(batch)}" if isinstance(batch, (tuple, list)) else f"a {type(batch).__name__}"
+    raise ValueError(f"{forms}; {name} is {got}")
+
+
+def _first_bad(bad: np.ndarray) -> tuple[int, ...]:
+    """The position of the first True of a boolean array."""
+    return tuple(int(i) for i in np.argwhere(bad)[0])
 
 
 def classification_loss(model: Layer, *, inputs: str = "image", labels: str = "label") -> LossFn:
     """Softmax cross-entropy of ``model``'s logits, with accuracy as a metric.
 
-    The batch is a dict with ``batch[inputs]`` (the model's input) and ``batch[labels]``
-    (integer classes). The returned function takes a ``train`` keyword, so ``fit`` can
-    evaluate with it too.
+    A batch is a dict ``{inputs: x, labels: y}`` (by default ``{"image": x, "label": y}``),
+    a dict ``{"x": x, "y": y}``, or a tuple ``(x, y)``: ``x`` the model's input
+    ``(batch, ...)``, ``y`` integer classes ``(batch,)`` in ``[0, num_classes)`` (not
+    one-hot). The returned function takes a ``train`` keyword, so ``fit`` can evaluate
+    with it too.
+
+    It also has a method ``check_data(data, name)`` that checks a whole split once on
+    the host, with NumPy, before training: labels are integers in ``[0, num_classes)``
+    (``num_classes`` from the model's output shape) and float inputs are finite. Under
+    ``jit`` such errors could not be named; a label outside the classes makes the loss
+    NaN there.
 
     Example:
       >>> loss_fn = classification_loss(fl.serial(fl.flatten(), fl.dense(10)))
-      >>> loss, (state, metrics) = loss_fn(params, state, batch, key)
+      >>> loss_fn.check_data((x_train, y_train), "train data")
+      >>> loss, (state, metrics) = loss_fn(params, state, (x, y), key)
     """
 
     def loss_fn(params, state, batch, key, *, train=True):
-        logits, new_state = model.apply(params, state, batch[inputs], key=key, train=train)
-        loss = losses.softmax_cross_entropy(logits, batch[labels])
-        return loss, (new_state, {"accuracy": losses.accuracy(logits, batch[labels])})
+        x, y = split_batch(batch, inputs, labels)
+        logits, new_state = model.apply(params, state, x, key=key, train=train)
+        loss = losses.softmax_cross_entropy(logits, y)
+        return loss, (new_state, {"accuracy": losses.accuracy(logits, y)})
 
+    def check_data(data: Any, name: str = "data") -> None:
+        """Raises ValueError naming ``name``, the first bad example's index and its value.
+
+        Args:
+          data: a whole split, in any form a batch may take (leaves ``(n, ...)``).
+          name: the split, for the message, e.g. ``"train data"``.
+        """
+        x, y = split_batch(data, inputs, labels, name)
+        y = np.asarray(y)
+        check_finite(x, name)
+        one = jax.tree.map(lambda a: jax.ShapeDtypeStruct((1, *np.shape(a)[1:]), jnp.asarray(a[:1]).dtype), x)
+
+        def logits_of(x1):
+            _, params, state = model.init(jax.random.key(0), jax.tree.map(jnp.shape, x1))
+            return model.apply(params, state, x1)[0]
+
+        logits = jax.eval_shape(logits_of, one)
+        num_classes, per_example = logits.shape[-1], logits.shape[1:-1]
+        if not np.issubdtype(y.dtype, np.integer):
+            fix = (
+                "these look one-hot; pass labels.argmax(-1)"
+                if y.shape[1:] == (*per_example, num_classes)
+                else "cast with labels.astype(np.int32)"
+            )
+            raise ValueError(f"{name}: labels must be integer classes, got {y.dtype} labels of shape {y.shape}: {fix}")
+        if y.shape[1:] != per_example:
+            raise ValueError(
+                f"{name}: the model gives logits of shape {logits.shape} for one example, so each label needs the "
+                f"shape {per_example}; got labels of shape {y.shape} (one row per example)"
+            )
+        bad = (y < 0) | (y >= num_classes)
+        if bad.any():
+            where = _first_bad(bad)
+            index = where[0] if len(where) == 1 else where
+            raise ValueError(
+                f"{name}: label {y[where]} at index {index} is outside [0, {num_classes}) "
+                f"(the model gives {num_classes} logits per example): fix the labels, or give the "
+                f"model's last layer as many units as there are classes"
+            )
+
+    loss_fn.check_data = check_data
     return loss_fn
