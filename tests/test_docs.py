@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -59,15 +60,30 @@ def test_blocks_are_found():
     assert "model.add(Dense(H, input_dim=N))" in keras and "validation_split=0.2" in keras
 
 
-@pytest.mark.parametrize("path", [p for p in DOCS if python_blocks(p)], ids=lambda p: p.name)
-def test_python_blocks_run(path, tmp_path):
-    blocks = tmp_path / "blocks.json"
+def run_blocks(path: Path, directory: Path) -> subprocess.CompletedProcess:
+    """Runs ``path``'s python blocks in order, in one namespace, in a fresh process in ``directory``."""
+    blocks = directory / "blocks.json"
     blocks.write_text(json.dumps(python_blocks(path)))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
     if path.name in DEVICES:
         env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={DEVICES[path.name]}".strip()
-    done = subprocess.run([sys.executable, "-c", RUNNER, str(blocks), path.name], cwd=tmp_path, env=env,
+    return subprocess.run([sys.executable, "-c", RUNNER, str(blocks), path.name], cwd=directory, env=env,
                           capture_output=True, text=True, timeout=300)
+
+
+RUNNABLE = [p for p in DOCS if python_blocks(p)]
+
+
+@pytest.fixture(scope="module")
+def doc_runs(tmp_path_factory):
+    """Every file's run, started two at a time as soon as the first test asks (most of the time is compiling)."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        yield {path.name: pool.submit(run_blocks, path, tmp_path_factory.mktemp(path.stem)) for path in RUNNABLE}
+
+
+@pytest.mark.parametrize("path", RUNNABLE, ids=lambda p: p.name)
+def test_python_blocks_run(path, doc_runs):
+    done = doc_runs[path.name].result()
     assert done.returncode == 0, f"{path.name}:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
 
 
