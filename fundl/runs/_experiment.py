@@ -16,6 +16,7 @@ from types import ModuleType
 from typing import Any, NamedTuple
 
 import jax
+import numpy as np
 
 from fundl._core import Layer, Shape
 from fundl.runs._config import DEFAULTS, Config, merge, override
@@ -106,16 +107,30 @@ def total_steps(config: Config, experiment: Experiment) -> int:
     return given["steps"] if "steps" in given else given["epochs"] * (n // batch_size)
 
 
+def _initial_state_fn(experiment: Experiment, optimizer) -> Callable[[Any], TrainState]:
+    def make(seed):
+        init_key, train_key = jax.random.split(jax.random.key(seed))
+        _, params, state = experiment.model.init(init_key, experiment.input_shape)
+        return TrainState.create(params, state, optimizer, train_key)
+
+    return make
+
+
 def initial_train_state(config: Config, experiment: Experiment, optimizer) -> TrainState:
     """The train state at step 0: params from ``split(key(seed))[0]``, training key the other half.
 
     The whole of it is made by one compiled program (made eagerly, every initializer of
     every layer would be compiled and run on its own: a large part of a short run).
     """
+    seed = config["seed"]
+    make = _initial_state_fn(experiment, optimizer)
+    if seed < 2**32:  # as a uint32 array, jax.random.key gives the key of the Python int
+        return jax.jit(make)(np.uint32(seed))
+    return jax.jit(make, static_argnums=0)(seed)
 
-    def make(seed):
-        init_key, train_key = jax.random.split(jax.random.key(seed))
-        _, params, state = experiment.model.init(init_key, experiment.input_shape)
-        return TrainState.create(params, state, optimizer, train_key)
 
-    return jax.jit(make, static_argnums=0)(config["seed"])  # static: any seed up to 2**63, as jax.random.key takes it
+def initial_train_states(seeds: Sequence[int], experiment: Experiment, optimizer) -> TrainState:
+    """:func:`initial_train_state` for each seed (below 2**32), stacked on a leading axis, in one program."""
+    if max(seeds) >= 2**32:
+        raise ValueError(f"the seeds of a sweep must be below 2**32, got {max(seeds)}")
+    return jax.jit(jax.vmap(_initial_state_fn(experiment, optimizer)))(np.asarray(seeds, np.uint32))

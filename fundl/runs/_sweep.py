@@ -23,11 +23,10 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from fundl.runs._config import ConfigError, Config, override, parse_value
-from fundl.runs._experiment import budget, initial_train_state, load_example, resolve_config, total_steps
+from fundl.runs._experiment import budget, initial_train_states, load_example, resolve_config, total_steps
 from fundl.runs._files import strict_json, write_atomic, write_json
 from fundl.runs._optimizers import make_optimizer
 from fundl.runs._rundir import copy_example, create_run_directory, manifest, write_status
@@ -153,9 +152,9 @@ def sweep(
     def optimizer_fn(hyper):
         return make_optimizer(_with_numbers(base, hyper), total)[0]
 
-    states = [initial_train_state(c, experiment, make_optimizer(c, total)[0]) for c in configs]
+    states = initial_train_states([c["seed"] for c in configs], experiment, make_optimizer(configs[0], total)[0])
     devices = 1 if prepared.mesh is None else prepared.mesh.size
-    member_bytes = 4 * sum(leaf.nbytes for leaf in jax.tree.leaves(states[0]._replace(key=jax.random.key_data(states[0].key))))
+    member_bytes = 4 * sum(leaf.nbytes for leaf in jax.tree.leaves(states._replace(key=jax.random.key_data(states.key)))) // len(configs)
     size = chunk or _chunk_size(len(configs), member_bytes, devices)
     directory = create_run_directory(Path(example).stem, out)
     echo(f"run directory: {directory}")
@@ -168,7 +167,7 @@ def sweep(
     try:
         for start in range(0, len(configs), size):
             part = slice(start, start + size)
-            stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *states[part])
+            stacked = jax.tree.map(lambda leaf: leaf[part], states)
             final, history = fit_members(
                 loss_fn, optimizer_fn, stacked, {k: v[part] for k, v in numbers.items()}, experiment.train_data,
                 batch_size=train["batch_size"], data_seeds=np.array([c["seed"] for c in configs[part]]), **budget(base),

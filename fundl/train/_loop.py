@@ -17,6 +17,7 @@ from fundl.distributed._placement import Placement
 from fundl.train._data import Shuffled, check_batch_size, num_examples
 from fundl.train._hooks import Event, Hook, first_nonfinite
 from fundl.train._progress import CompileTimer, ProgressReport
+from fundl.train._checks import check_finite, check_opt_state, check_params
 from fundl.train._compiled import abstract, compiled_functions
 from fundl.train._state import TrainState
 from fundl.train._step import (
@@ -142,6 +143,7 @@ def fit(
     check_options(epochs=epochs, steps=steps, eval_batch_size=eval_batch_size, eval_every=eval_every, log_every=log_every,
                   steps_per_call=steps_per_call, max_in_flight=max_in_flight, accumulate=accumulate)
     placement = Placement(resolve_mesh(mesh))
+    num_examples(train_data, "train data")  # first: a clear error for an iterator instead of arrays
     train = Shuffled(train_data, batch_size, seed=data_seed)
     placement.check_batch_size(batch_size, "training")
     if batch_size % accumulate:
@@ -158,6 +160,14 @@ def fit(
     eval_every = _interval("eval_every", eval_every, per_epoch)
     log_every = _interval("log_every", log_every, per_epoch)
     hooks = list(hooks)
+
+    # --- The data, params and optimizer state, checked once on the host -----------------
+    check_params(train_state.params)
+    if step_fn is None:
+        check_opt_state(optimizer, train_state.params, train_state.opt_state)
+    check_data = getattr(loss_fn, "check_data", check_finite)  # labels in range, finite inputs
+    for name, split in {"train data": train.data, **{f"eval split {n!r}": s for n, s in eval_data.items()}}.items():
+        check_data(split, name)
 
     # --- The compiled functions, checked before they are compiled ------------------------
     first_batch = train.batch(0, 0)
