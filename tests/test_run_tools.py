@@ -11,7 +11,7 @@ import pytest
 import fundl
 from fundl import runs
 from fundl.cli import main
-from fundl.runs._tools import flatten_config
+from fundl.runs._config import flat_keys as flatten_config
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

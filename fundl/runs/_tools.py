@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from fundl.runs._config import flat_keys
 from fundl.runs._files import read_json
 
 NOT_A_RUN = "{path} is not a fundl run directory: no config.json"
@@ -155,17 +156,6 @@ def _table(rows: Sequence[Sequence[str]], indent: str = "") -> list[str]:
     return [indent + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
 
 
-def flatten_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"train": {"epochs": 2}}`` -> ``{"train.epochs": 2}`` (nested dicts only; lists stay whole)."""
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        if isinstance(value, dict) and value:
-            flat.update(flatten_config(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def _labels(directories: Sequence[Path]) -> list[str]:
     """Run names, or the paths as given where two runs share a name."""
     names = [d.name for d in directories]
@@ -262,7 +252,7 @@ def show_run(directory: str | os.PathLike) -> str:
     lines = _table(rows)
     if not environment:
         lines.append("(no environment.json)")
-    flat = flatten_config(config)
+    flat = flat_keys(config)
     lines += ["", "config", *_table([[key, _value(value)] for key, value in flat.items()], "  ")]
     source = "" if summary is not None else " (last logged: the run did not finish)"
     lines += ["", f"metrics{source}", *_metric_lines(described["metrics"])]
@@ -279,7 +269,7 @@ def compare_runs(directories: Sequence[str | os.PathLike]) -> str:
     paths = [_run_directory(d) for d in directories]
     labels = _labels(paths)
     described = [_describe(p) for p in paths]
-    configs = [flatten_config(_read_object(p / "config.json")) for p in paths]
+    configs = [flat_keys(_read_object(p / "config.json")) for p in paths]
 
     names = list(dict.fromkeys(f"{s}/{m}" for run in described for s, values in run["metrics"].items() for m in values))
     rows = [["metric", *labels]]
