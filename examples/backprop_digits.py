@@ -33,9 +33,9 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from fundl.examples.mlp_digits import standardize
 
 import fundl as fl
-from fundl.examples.mlp_digits import standardize
 from fundl.runs import ConfigError, Experiment
 
 CONFIG = {

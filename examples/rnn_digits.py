@@ -8,8 +8,9 @@ state. ``model.cell`` picks the cell (lstm, gru, simple_rnn), ``model.bidirectio
 reads the rows bottom to top.
 """
 
-import fundl as fl
 from fundl.examples.mlp_digits import standardize
+
+import fundl as fl
 from fundl.models import rnn_classifier
 from fundl.runs import Experiment
 from fundl.train import classification_loss

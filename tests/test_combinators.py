@@ -4,10 +4,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from layer_checks import assert_shape_agreement, random_input
 
 import fundl as fl
 from fundl import LayerError
-from layer_checks import assert_shape_agreement, random_input
 
 
 def shapes(tree):

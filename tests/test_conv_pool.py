@@ -7,9 +7,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from layer_checks import assert_grads_match_finite_differences, assert_shape_agreement, random_input
 
 from fundl import LayerError, LayerTypeError, avg_pool, conv1d, conv2d, conv2d_transpose, global_avg_pool, max_pool
-from layer_checks import assert_grads_match_finite_differences, assert_shape_agreement, random_input
 
 PADDINGS_2D = ["SAME", "VALID", 1, ((1, 2), (0, 1))]
 

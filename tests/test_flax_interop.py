@@ -5,9 +5,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from layer_checks import assert_grads_match_finite_differences, assert_shape_agreement, random_input
 
 import fundl as fl
-from layer_checks import assert_grads_match_finite_differences, assert_shape_agreement, random_input
 
 
 def test_a_flax_module_becomes_a_params_subtree(key):

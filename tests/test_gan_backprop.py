@@ -8,10 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from fundl.examples import backprop_digits as bp
 
 import fundl as fl
 from fundl import runs
-from fundl.examples import backprop_digits as bp
 from fundl.models import gan, gan_loss, gan_optimizer, gan_samples, mlp_gan, sample_quality
 from fundl.train import TrainState, fit
 

@@ -11,10 +11,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from layer_checks import assert_grads_match_finite_differences, assert_shape_agreement, random_input
 
 import fundl as fl
 from fundl import LayerError
-from layer_checks import assert_grads_match_finite_differences, assert_shape_agreement, random_input
 
 ACTIVATIONS = {
     "relu": (fl.relu(), lambda x: np.maximum(x, 0)),

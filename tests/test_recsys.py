@@ -32,7 +32,8 @@ def test_ratings_are_deterministic_integers_in_range_and_splits_are_disjoint():
     ids = [pair_ids(getattr(data, name), 40) for name in ("train", "validation", "test")]
     everything = np.concatenate(ids)
     assert len(np.unique(everything)) == len(everything)  # no pair twice, in one split or across them
-    assert [len(i) for i in ids] == [int(np.round(0.8 * len(everything))), int(np.round(0.9 * len(everything))) - int(np.round(0.8 * len(everything))), len(everything) - int(np.round(0.9 * len(everything)))]
+    cut80, cut90 = int(np.round(0.8 * len(everything))), int(np.round(0.9 * len(everything)))
+    assert [len(i) for i in ids] == [cut80, cut90 - cut80, len(everything) - cut90]
     for split in (data.train, data.validation, data.test):
         assert split["user"].dtype == np.int32 and split["item"].dtype == np.int32 and split["rating"].dtype == np.float32
         assert set(np.unique(split["rating"])) <= {1.0, 2.0, 3.0, 4.0, 5.0}

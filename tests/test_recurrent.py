@@ -7,10 +7,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from layer_checks import assert_grads_match_finite_differences, assert_shape_agreement, random_input
 
 from fundl import LayerError, LayerTypeError, dense, named, serial
 from fundl.layers._recurrent import bidirectional, gru, lstm, simple_rnn
-from layer_checks import assert_grads_match_finite_differences, assert_shape_agreement, random_input
 
 CELLS = {"simple_rnn": simple_rnn, "lstm": lstm, "gru": gru}
 B, T, F, H = 3, 6, 4, 5

@@ -12,7 +12,7 @@ import pytest
 
 from fundl import losses, runs
 from fundl.cli import main
-from fundl.runs import ConfigError, DEFAULTS, override, parse_settings
+from fundl.runs import DEFAULTS, ConfigError, override, parse_settings
 
 
 def test_the_lecture_mlp_reaches_the_course_accuracy(tmp_path):

@@ -10,7 +10,6 @@ import pytest
 
 from fundl import runs
 from fundl.runs import ConfigError
-from fundl.train import params_fingerprint
 
 QUIET = {"quiet": True, "echo": lambda _: None}
 SHORT = [("train.epochs", 5)]
@@ -49,8 +48,9 @@ def test_member_params_are_allclose_to_separate_fit(tmp_path):
     config = runs.resolve_config(module, SHORT)
     experiment = module.experiment(config)
     optimizer, _ = runs.make_optimizer(config, 5 * 47)
-    from fundl.train import fit_members
     import jax.numpy as jnp
+
+    from fundl.train import fit_members
 
     states = [runs.initial_train_state({**config, "seed": s}, experiment, optimizer) for s in (3, 4)]
     stacked = jax.tree.map(lambda *x: jnp.stack(x), *states)
@@ -129,8 +129,9 @@ import json, jax, numpy as np
 from fundl import runs
 assert jax.device_count() == 8
 import tempfile
-one = runs.sweep("mlp_digits", [("train.epochs", 2), ("train.devices", 1)], seeds=list(range(16)), out=tempfile.mkdtemp() + "/a", quiet=True, echo=lambda _: None)
-many = runs.sweep("mlp_digits", [("train.epochs", 2)], seeds=list(range(16)), out=tempfile.mkdtemp() + "/b", quiet=True, echo=lambda _: None)
+quiet = {"quiet": True, "echo": lambda _: None}
+one = runs.sweep("mlp_digits", [("train.epochs", 2), ("train.devices", 1)], seeds=list(range(16)), out=tempfile.mkdtemp() + "/a", **quiet)
+many = runs.sweep("mlp_digits", [("train.epochs", 2)], seeds=list(range(16)), out=tempfile.mkdtemp() + "/b", **quiet)
 for a, b in zip(one.members, many.members):
     for split in a["metrics"]:
         for k in a["metrics"][split]:

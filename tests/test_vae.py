@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.test_util import check_grads
+from layer_checks import as_shapes, random_input
 
 import fundl as fl
 from fundl._combinators import child_key
@@ -23,7 +24,6 @@ from fundl.models._vae import (
     sample_prior,
     vae,
 )
-from layer_checks import as_shapes, random_input
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

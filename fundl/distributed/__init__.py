@@ -9,6 +9,11 @@ Example:
   >>> fit(loss_fn, optimizer, train_state, data, batch_size=64, mesh=mesh)
 """
 
-from fundl.distributed._start import initialize as initialize, use_cpu_devices as use_cpu_devices
-from fundl.distributed._mesh import DATA as DATA, FSDP as FSDP, data_mesh as data_mesh, describe_mesh as describe_mesh
-from fundl.distributed._placement import Placement as Placement, fsdp_spec as fsdp_spec
+from fundl.distributed._mesh import DATA as DATA
+from fundl.distributed._mesh import FSDP as FSDP
+from fundl.distributed._mesh import data_mesh as data_mesh
+from fundl.distributed._mesh import describe_mesh as describe_mesh
+from fundl.distributed._placement import Placement as Placement
+from fundl.distributed._placement import fsdp_spec as fsdp_spec
+from fundl.distributed._start import initialize as initialize
+from fundl.distributed._start import use_cpu_devices as use_cpu_devices

@@ -9,8 +9,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from fundl.layers._conv import Padding, as_padding, as_tuple, layout, rank_hint, spatial_out
 from fundl._core import Layer, LayerError, Shape, check_float, check_positive, check_rank
+from fundl.layers._conv import Padding, as_padding, as_tuple, layout, rank_hint, spatial_out
 
 
 def _pool(

@@ -27,8 +27,7 @@ from jax import lax
 from jax.nn import initializers
 
 from fundl._combinators import check_entries, init_child
-from fundl._core import Array, Initializer, Key, Layer, LayerError, Params, Shape
-from fundl._core import check_float, check_positive, check_rank, expect_params
+from fundl._core import Array, Initializer, Key, Layer, LayerError, Params, Shape, check_float, check_positive, check_rank, expect_params
 
 LAYOUT = "(batch, time, features)"
 

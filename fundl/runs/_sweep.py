@@ -25,13 +25,13 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from fundl.runs._config import ConfigError, Config, override, parse_value
+from fundl.distributed import describe_mesh
+from fundl.runs._config import Config, ConfigError, override, parse_value
 from fundl.runs._experiment import budget, initial_train_states, load_example, resolve_config, total_steps
 from fundl.runs._files import strict_json, write_atomic, write_json
 from fundl.runs._optimizers import make_optimizer
-from fundl.runs._rundir import copy_example, create_run_directory, manifest, write_status
 from fundl.runs._run import prepare
-from fundl.distributed import describe_mesh
+from fundl.runs._rundir import copy_example, create_run_directory, manifest, write_status
 from fundl.train import params_fingerprint, with_precision
 from fundl.train._members import fit_members
 

@@ -14,11 +14,11 @@ import optax
 
 from fundl.distributed._mesh import MeshSpec, describe_mesh, resolve_mesh
 from fundl.distributed._placement import Placement
-from fundl.train._data import Shuffled, check_batch_size, num_examples
-from fundl.train._hooks import Event, Hook, first_nonfinite
-from fundl.train._progress import CompileTimer, ProgressReport
 from fundl.train._checks import check_finite, check_opt_state, check_params
 from fundl.train._compiled import abstract, compiled_functions
+from fundl.train._data import Shuffled, num_examples
+from fundl.train._hooks import Event, Hook, first_nonfinite
+from fundl.train._progress import CompileTimer, ProgressReport
 from fundl.train._state import TrainState
 from fundl.train._step import (
     EvalFn,
@@ -267,7 +267,8 @@ def fit(
         # An interruption evaluates only where the schedule says so: a resumed run must see the same evaluations.
         if compiled.evaluate and (step % eval_every == 0 or step == total or (stop_reason and not interrupted)):
             for name, split in eval_data.items():
-                record = {"step": step, "epoch": step / per_epoch, "split": name, **_evaluate(compiled.evaluate, train_state, placement.eval_batches(split, eval_batch_size))}
+                metrics = _evaluate(compiled.evaluate, train_state, placement.eval_batches(split, eval_batch_size))
+                record = {"step": step, "epoch": step / per_epoch, "split": name, **metrics}
                 emit("eval", record, train_state)
                 records.append(record)
                 progress.record_line(record)

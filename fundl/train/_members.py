@@ -26,7 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax import lax
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from fundl.distributed._mesh import DATA, MeshSpec, resolve_mesh
 from fundl.train._data import Shuffled, num_examples

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from fundl.train._step import LossFn
 
-POLICIES = ("float32", "bfloat16")
+PRECISION_POLICIES = ("float32", "bfloat16")
 
 
 def _cast_floats(tree: Any, dtype: Any) -> Any:
@@ -30,8 +30,8 @@ def with_precision(loss_fn: LossFn, policy: str) -> LossFn:
     Example:
       >>> fit(with_precision(classification_loss(model), "bfloat16"), optimizer, ...)
     """
-    if policy not in POLICIES:
-        raise ValueError(f"unknown precision policy {policy!r}; available: {', '.join(POLICIES)}")
+    if policy not in PRECISION_POLICIES:
+        raise ValueError(f"unknown precision policy {policy!r}; available: {', '.join(PRECISION_POLICIES)}")
     if policy == "float32":
         return loss_fn
     compute = jnp.bfloat16

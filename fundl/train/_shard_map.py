@@ -16,7 +16,8 @@ from typing import Any
 import jax
 import optax
 from jax import lax
-from jax.sharding import Mesh, PartitionSpec as P
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
 from fundl.distributed._mesh import DATA
 from fundl.train._state import TrainState
