@@ -35,6 +35,26 @@ State = dict[str, Any]
 Shape = tuple[Any, ...]
 """An array shape ``(batch, ...)``, or a tuple of shapes for layers with several inputs."""
 Initializer = Callable[..., Array]
+
+
+class NamedInitializer:
+    """A ``jax.nn.initializers`` function that prints as the call that made it (for ``help()``)."""
+
+    def __init__(self, name: str, init: Initializer):
+        self.name, self.init = name, init
+
+    def __call__(self, key: Any, shape: Any, dtype: Any = jnp.float32) -> Array:
+        return self.init(key, shape, dtype)
+
+    def __repr__(self) -> str:
+        return f"initializers.{self.name}"
+
+
+# The layers' defaults, by name: help(fl.dense) shows w_init=initializers.glorot_uniform().
+GLOROT_UNIFORM = NamedInitializer("glorot_uniform()", jax.nn.initializers.glorot_uniform())
+ORTHOGONAL = NamedInitializer("orthogonal()", jax.nn.initializers.orthogonal())
+ZEROS = NamedInitializer("zeros", jax.nn.initializers.zeros)
+STANDARD_NORMAL = NamedInitializer("normal(stddev=1.0)", jax.nn.initializers.normal(stddev=1.0))
 """A ``jax.nn.initializers`` function: ``init(key, shape, dtype) -> Array``."""
 
 

@@ -14,9 +14,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jax.nn import initializers
 
-from fundl._core import Initializer, Layer, LayerError, Shape, check_float, check_positive, check_rank, expect_params
+from fundl._core import GLOROT_UNIFORM, ZEROS, Initializer, Layer, LayerError, Shape, check_float, check_positive, check_rank, expect_params
 
 Padding = str | int | Sequence[tuple[int, int]]  # "SAME", "VALID", an int, or one (low, high) per spatial dim
 PADDING_CHOICES = "'SAME', 'VALID', a non-negative int, or one (low, high) pair per spatial dim"
@@ -148,7 +147,7 @@ def _conv(kind, n, features, kernel_size, strides, padding, dilation, use_bias, 
 def conv2d(
     features: int, kernel_size: int | tuple[int, int], *, strides: int | tuple[int, int] = 1,
     padding: Padding = "SAME", dilation: int | tuple[int, int] = 1, use_bias: bool = True,
-    w_init: Initializer = initializers.glorot_uniform(), b_init: Initializer = initializers.zeros,
+    w_init: Initializer = GLOROT_UNIFORM, b_init: Initializer = ZEROS,
 ) -> Layer:
     """A 2-D convolution (cross-correlation) of channels-last images.
 
@@ -178,7 +177,7 @@ def conv2d(
 def conv1d(
     features: int, kernel_size: int | tuple[int], *, strides: int | tuple[int] = 1, padding: Padding = "SAME",
     dilation: int | tuple[int] = 1, use_bias: bool = True,
-    w_init: Initializer = initializers.glorot_uniform(), b_init: Initializer = initializers.zeros,
+    w_init: Initializer = GLOROT_UNIFORM, b_init: Initializer = ZEROS,
 ) -> Layer:
     """A 1-D convolution (cross-correlation) of channels-last sequences.
 
@@ -195,7 +194,7 @@ def conv1d(
 def conv2d_transpose(
     features: int, kernel_size: int | tuple[int, int], *, strides: int | tuple[int, int] = 1,
     padding: str = "SAME", use_bias: bool = True,
-    w_init: Initializer = initializers.glorot_uniform(), b_init: Initializer = initializers.zeros,
+    w_init: Initializer = GLOROT_UNIFORM, b_init: Initializer = ZEROS,
 ) -> Layer:
     """A 2-D transposed convolution (upsampling), computed like ``flax.linen.ConvTranspose``.
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from jax.nn import initializers
 
 from fundl._core import (
+    GLOROT_UNIFORM,
+    STANDARD_NORMAL,
+    ZEROS,
     Initializer,
     Layer,
     LayerError,
@@ -22,8 +24,8 @@ def dense(
     units: int,
     *,
     use_bias: bool = True,
-    w_init: Initializer = initializers.glorot_uniform(),
-    b_init: Initializer = initializers.zeros,
+    w_init: Initializer = GLOROT_UNIFORM,
+    b_init: Initializer = ZEROS,
 ) -> Layer:
     """An affine map of the last axis: ``y = x @ w + b``.
 
@@ -65,7 +67,7 @@ def dense(
 
 
 def embedding(
-    vocab_size: int, features: int, *, table_init: Initializer = initializers.normal(stddev=1.0)
+    vocab_size: int, features: int, *, table_init: Initializer = STANDARD_NORMAL
 ) -> Layer:
     """Looks up a learned vector for each integer token id.
 

@@ -24,10 +24,24 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jax.nn import initializers
 
 from fundl._combinators import check_entries, init_child
-from fundl._core import Array, Initializer, Key, Layer, LayerError, Params, Shape, check_float, check_positive, check_rank, expect_params
+from fundl._core import (
+    GLOROT_UNIFORM,
+    ORTHOGONAL,
+    ZEROS,
+    Array,
+    Initializer,
+    Key,
+    Layer,
+    LayerError,
+    Params,
+    Shape,
+    check_float,
+    check_positive,
+    check_rank,
+    expect_params,
+)
 
 LAYOUT = "(batch, time, features)"
 
@@ -196,8 +210,8 @@ def _gru_step(p: Params, xw_t: Array, h: Array) -> Array:
 
 def simple_rnn(
     hidden: int, *, return_sequences: bool = False, return_state: bool = False, reverse: bool = False,
-    w_init: Initializer = initializers.glorot_uniform(), u_init: Initializer = initializers.orthogonal(),
-    b_init: Initializer = initializers.zeros,
+    w_init: Initializer = GLOROT_UNIFORM, u_init: Initializer = ORTHOGONAL,
+    b_init: Initializer = ZEROS,
 ) -> Layer:
     """An Elman RNN: ``h_t = tanh(x_t w + h_{t-1} u + b)``, from ``h_{-1} = 0``.
 
@@ -226,8 +240,8 @@ def simple_rnn(
 
 def lstm(
     hidden: int, *, return_sequences: bool = False, return_state: bool = False, reverse: bool = False,
-    w_init: Initializer = initializers.glorot_uniform(), u_init: Initializer = initializers.orthogonal(),
-    b_init: Initializer = initializers.zeros, forget_bias: float = 1.0,
+    w_init: Initializer = GLOROT_UNIFORM, u_init: Initializer = ORTHOGONAL,
+    b_init: Initializer = ZEROS, forget_bias: float = 1.0,
 ) -> Layer:
     """A long short-term memory layer, with gates ``[i, f, g, o]`` side by side on the last axis.
 
@@ -265,8 +279,8 @@ def lstm(
 
 def gru(
     hidden: int, *, return_sequences: bool = False, return_state: bool = False, reverse: bool = False,
-    w_init: Initializer = initializers.glorot_uniform(), u_init: Initializer = initializers.orthogonal(),
-    b_init: Initializer = initializers.zeros,
+    w_init: Initializer = GLOROT_UNIFORM, u_init: Initializer = ORTHOGONAL,
+    b_init: Initializer = ZEROS,
 ) -> Layer:
     """A gated recurrent unit, with gates ``[r, z, n]`` side by side on the last axis.
 
