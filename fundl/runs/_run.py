@@ -52,6 +52,7 @@ from fundl.train import (
     with_precision,
 )
 from fundl.train._data import num_examples
+from fundl.train._progress import format_metrics
 
 TRAIN_STATE_FILE = "train_state.msgpack"
 MAX_SEED = 2**63
@@ -295,7 +296,7 @@ def _record(prepared: Prepared, directory: Path | None, train_state: TrainState,
             if ended_well and prepared.experiment.report is not None:
                 prepared.experiment.report(finished)
             for split, metrics in summary["metrics"].items():
-                echo(f"{split}: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+                echo(f"{split}: {format_metrics(metrics)}")
             status = "failed" if history["nonfinite"] else "stopped_early" if history["stop_reason"] else "finished"
             write_status(directory, status, step, history["stop_reason"])
             if history["nonfinite"]:

@@ -219,7 +219,7 @@ def fit(
     saved_at: int | None = None
     progress = ProgressReport(total, math.ceil(total / per_epoch), quiet)
     where = "" if placement.mesh is None else f" on {placement.shards} devices {describe_mesh(placement.mesh)['axes']}"
-    progress.print(f"training {total - start} steps from step {start}{where}; {how}")
+    progress.print(f"training {total - start} steps from step {start}{where}")  # how many per call: history["steps_per_call_reason"]
 
     def emit(kind: str, record: dict[str, Any], state: TrainState | None) -> None:
         for hook in hooks:

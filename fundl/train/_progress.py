@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 
 def format_metrics(record: dict[str, Any]) -> str:
+    """``accuracy 0.9704  loss 0.09827  learning_rate 1e-05``: 4 significant digits, never ``0.0000``."""
     return "  ".join(f"{k} {v:.4g}" for k, v in record.items() if k not in ("step", "epoch", "split"))
 
 
@@ -51,6 +52,8 @@ class ProgressReport:
 
     def record_line(self, record: dict[str, Any]) -> None:
         """One line per log or evaluation: ``step 47  epoch 1.00  test: accuracy 0.96  loss 0.13``."""
+        if self._started:
+            self._bar.refresh()  # the bar shows this step before its line is printed
         self.print(f"step {record['step']:>6}  epoch {record['epoch']:>6.2f}  {record['split']:>5}: {format_metrics(record)}")
 
     def close(self) -> None:
