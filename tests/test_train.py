@@ -157,17 +157,32 @@ def test_early_stopping_stops_and_says_why():
     assert history["stop_reason"].startswith("early stopping: test loss has not improved on")
 
 
-def test_a_nan_loss_stops_training_and_names_the_step_and_metric():
+@pytest.mark.parametrize("steps_per_call", [1, "auto"])
+def test_a_nan_loss_stops_training_and_names_the_step_and_metric(steps_per_call):
     train, _ = digits()
     train = jax.tree.map(np.copy, train)
-    train["image"][100] = np.nan
+    train["image"][100] = -1.0  # finite, so fit's data check lets it pass; its loss below is NaN
     # By the documented order rule, example 100 is in batch (position of 100) // 32 of epoch 0.
     position = int(np.flatnonzero(np.random.default_rng([0, 0]).permutation(1527) == 100)[0])
     bad_step = position // 32 + 1
+
+    def poisoned(params, state, batch, key, *, train=True):
+        loss, aux = LOSS(params, state, batch, key, train=train)
+        return loss + 0.0 * jnp.sum(jnp.log1p(batch["image"])), aux  # log1p(-1) = -inf; 0 * -inf = NaN
+
     optimizer = optax.sgd(0.1)
-    trained, history = fit(LOSS, optimizer, fresh(optimizer), train, batch_size=32, epochs=5, steps_per_call=1, quiet=True)
-    assert history["stop_reason"] == f"loss became nan at step {bad_step}"
-    assert history["steps"] < 5 * 47
+    trained, history = fit(poisoned, optimizer, fresh(optimizer), train, batch_size=32, epochs=5, steps_per_call=steps_per_call, quiet=True)
+    assert history["stop_reason"] == f"loss became nan at step {bad_step}"  # the exact step, inside a fused call too
+    assert history["nonfinite"] and history["steps"] < 5 * 47
+
+
+def test_data_with_a_nan_is_refused_before_training():
+    train, _ = digits()
+    train = jax.tree.map(np.copy, train)
+    train["image"][100, 2, 3] = np.nan
+    optimizer = optax.sgd(0.1)
+    with pytest.raises(ValueError, match=r"train data: .*non-finite value nan at index 100"):
+        fit(LOSS, optimizer, fresh(optimizer), train, batch_size=32, epochs=1, quiet=True)
 
 
 def test_retracing_warns_with_the_argument_that_changed_and_strict_raises():

@@ -209,7 +209,8 @@ def test_fundl_run_vae_digits_tiny_lowers_the_held_out_neg_elbo_and_writes_its_p
     settings = ["train.steps=80", "train.eval_every=4", "train.eval_batch_size=270"]
     assert main(["run", "vae_digits", "--out", str(out), "--quiet", *[a for s in settings for a in ("--set", s)]]) == 0
     pictures = {"samples.png", "reconstructions.png", "latent.png"}
-    expected = {"config.json", "environment.json", "metrics.jsonl", "summary.json", "train_state.msgpack", "curves.png"}
+    expected = {"config.json", "environment.json", "metrics.jsonl", "summary.json", "train_state.msgpack", "curves.png",
+                "status.json", "example.py", "checkpoints"}
     assert {p.name for p in out.iterdir()} == expected | pictures
     for name in pictures | {"curves.png"}:
         data = (out / name).read_bytes()
