@@ -10,7 +10,8 @@ of every member in ``metrics.jsonl`` and ``curves.png`` with the spread as a ban
 
 Only settings that live in the optimizer and change no shapes can be members: they are
 passed into the compiled step as numbers. Anything else (a hidden size, the number of
-layers, a dropout rate built into the model) needs its own run.
+layers, a dropout rate built into the model) needs its own run. The example's hooks and
+early stopping act on single runs and are not run in a sweep (it says so).
 """
 
 from __future__ import annotations
@@ -145,6 +146,11 @@ def sweep(
     for config in configs:
         make_optimizer(config, 1)  # each member's settings are checked before anything is made
     experiment, train = prepared.experiment, base["train"]
+    if base["early_stopping"]["metric"]:
+        raise ConfigError("early_stopping stops a single run; a sweep trains every member to the end: drop early_stopping.metric")
+    if experiment.hooks:
+        names = ", ".join(getattr(h, "__qualname__", type(h).__name__) for h in experiment.hooks)
+        echo(f"note: the example's hooks ({names}) do not run in a sweep; its metrics are the loss function's own")
     total = total_steps(base, experiment)
     numbers = {key: np.array([float(c["optimizer"][key.split(".", 1)[1]]) for c in configs]) for key in sweep}
     loss_fn = with_precision(experiment.loss_fn, train["precision"])
