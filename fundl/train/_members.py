@@ -31,7 +31,7 @@ from jax.sharding import PartitionSpec as P
 
 from fundl.distributed._mesh import DATA, MeshSpec, resolve_mesh
 from fundl.train._data import Shuffled, num_examples
-from fundl.train._loop import _budget, _interval, _is_count
+from fundl.train._loop import _budget, check_options
 from fundl.train._progress import CompileTimer, ProgressReport
 from fundl.train._state import TrainState
 from fundl.train._step import LossFn, check_loss_output, default_eval_fn, train_step_fn, uses_convolution
@@ -88,7 +88,8 @@ def fit_members(
     orders = [Shuffled(train_data, batch_size, seed=seed) for seed in seeds]
     per_epoch = orders[0].steps_per_epoch
     total = _budget(epochs, steps, per_epoch)
-    eval_batch_size = _interval("eval_batch_size", eval_batch_size, batch_size)
+    check_options(epochs=epochs, steps=steps, eval_batch_size=eval_batch_size, steps_per_call=steps_per_call)
+    eval_batch_size = int(eval_batch_size or batch_size)
     eval_data = dict(eval_data or {})
     for name, split in eval_data.items():
         num_examples(split, f"eval split {name!r}")
@@ -175,9 +176,7 @@ def fit_members(
 def _members_per_call(option: int | str, plain_step: Callable, one: TrainState, batch: Any, per_epoch: int) -> int:
     """Steps per compiled call: an epoch, or one step for convolutions on the CPU (slow inside ``lax.scan`` there)."""
     if option != "auto":
-        if not _is_count(option, 1):
-            raise ValueError(f'steps_per_call must be a positive integer or "auto", got {option!r}')
-        return int(option)
+        return int(option)  # checked by check_options
     if jax.default_backend() == "cpu" and uses_convolution(plain_step, one, batch):
         return 1
     return per_epoch

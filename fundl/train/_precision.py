@@ -41,10 +41,13 @@ def with_precision(loss_fn: LossFn, policy: str) -> LossFn:
         new_state = jax.tree.map(lambda new, old: new.astype(jnp.result_type(old)), new_state, state)
         return loss.astype(jnp.float32), (new_state, _cast_floats(metrics, jnp.float32))
 
-    if "train" not in inspect.signature(loss_fn).parameters:
-        return lambda params, state, batch, key: call(params, state, batch, key)
-
     def loss_with_train(params, state, batch, key, *, train=True):
         return call(params, state, batch, key, train=train)
 
-    return loss_with_train
+    def loss_without_train(params, state, batch, key):
+        return call(params, state, batch, key)
+
+    wrapped = loss_with_train if "train" in inspect.signature(loss_fn).parameters else loss_without_train
+    if hasattr(loss_fn, "check_data"):  # fit's data check (labels in range) applies unchanged
+        wrapped.check_data = loss_fn.check_data
+    return wrapped
