@@ -128,9 +128,7 @@ class Placement:
         return self.replicate(data)
 
     def replicate(self, host: Any) -> Any:
-        """The same host arrays on every device (a batch too small to cut)."""
-        if self.mesh is None:
-            return self.batch(host, 0)
+        """The same host arrays on every device of the mesh (a batch too small to cut)."""
         return jax.tree.map(lambda a: jax.make_array_from_process_local_data(self.replicated, a, a.shape), host)
 
     def eval_batches(self, data: Any, batch_size: int) -> Iterator[tuple[Any, int]]:

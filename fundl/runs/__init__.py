@@ -5,8 +5,6 @@ interrupted run exactly; ``load_run(directory)`` brings a finished run back (con
 model, data, params), verified, to evaluate, sample or continue from it.
 """
 
-from fundl.runs._checkpoint import restore_train_state as restore_train_state
-from fundl.runs._checkpoint import save_train_state as save_train_state
 from fundl.runs._checkpoints import Checkpoints as Checkpoints
 from fundl.runs._config import (
     DEFAULTS as DEFAULTS,
@@ -47,6 +45,8 @@ from fundl.runs._run import load_run as load_run
 from fundl.runs._run import resume as resume
 from fundl.runs._run import run as run
 from fundl.runs._run import sample as sample
+from fundl.runs._state_file import restore_train_state as restore_train_state
+from fundl.runs._state_file import save_train_state as save_train_state
 from fundl.runs._sweep import Sweep as Sweep
 from fundl.runs._sweep import parse_seeds as parse_seeds
 from fundl.runs._sweep import parse_sweep as parse_sweep

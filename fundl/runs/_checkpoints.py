@@ -30,8 +30,8 @@ import flax.serialization
 import jax
 import jax.numpy as jnp
 
-from fundl.runs._checkpoint import from_host, host_copy
 from fundl.runs._files import write_atomic, write_json
+from fundl.runs._state_file import from_host, host_copy
 from fundl.train import TrainState
 
 CHECKPOINTS = "checkpoints"

@@ -22,7 +22,6 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from fundl.distributed import Placement, data_mesh, describe_mesh
-from fundl.runs._checkpoint import host_copy, restore_train_state, save_train_state
 from fundl.runs._checkpoints import Checkpoints, preemption_signals
 from fundl.runs._config import Config, ConfigError, flat_keys
 from fundl.runs._experiment import Experiment, Run, budget, initial_train_state, load_example, resolve_config, total_steps
@@ -40,6 +39,7 @@ from fundl.runs._rundir import (
     truncate_metrics,
     write_status,
 )
+from fundl.runs._state_file import host_copy, restore_train_state, save_train_state
 from fundl.train import (
     PRECISION_POLICIES,
     Hook,

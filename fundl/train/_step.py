@@ -126,15 +126,6 @@ def train_step_fn(loss_fn: LossFn, optimizer: optax.GradientTransformation, accu
     return train_step
 
 
-def fused_steps_fn(train_step):
-    """Several training steps in one call: ``lax.scan`` over batches stacked on a leading axis."""
-
-    def fused_steps(train_state: TrainState, batches: Batch) -> tuple[TrainState, Metrics]:
-        return lax.scan(train_step, train_state, batches)
-
-    return fused_steps
-
-
 def uses_convolution(fn: Callable, *args: Any) -> bool:
     """True if ``fn(*args)`` contains a convolution (looked for in its jaxpr, sub-jaxprs too)."""
 

@@ -1,4 +1,4 @@
-"""Saving and restoring a whole train state with flax's msgpack serialization."""
+"""A whole train state in one file (flax msgpack), and the host copies that checkpoints write."""
 
 from __future__ import annotations
 
