@@ -16,6 +16,7 @@ from types import ModuleType
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from fundl._core import Layer, Shape
@@ -130,7 +131,9 @@ def initial_train_state(config: Config, experiment: Experiment, optimizer) -> Tr
 
 
 def initial_train_states(seeds: Sequence[int], experiment: Experiment, optimizer) -> TrainState:
-    """:func:`initial_train_state` for each seed (below 2**32), stacked on a leading axis, in one program."""
+    """:func:`initial_train_state` for each seed (below 2**32), stacked on a leading axis."""
     if max(seeds) >= 2**32:
         raise ValueError(f"the seeds of a sweep must be below 2**32, got {max(seeds)}")
-    return jax.jit(jax.vmap(_initial_state_fn(experiment, optimizer)))(np.asarray(seeds, np.uint32))
+    make = jax.jit(_initial_state_fn(experiment, optimizer))  # compiled once, called per seed (a vmapped init compiles slowly)
+    states = [make(np.uint32(seed)) for seed in seeds]
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
