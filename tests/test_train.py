@@ -295,3 +295,25 @@ def test_a_second_fit_with_the_same_pieces_compiles_nothing():
     assert again["compile_s"] < first["compile_s"]
     _, other = fit(LOSS, optimizer, fresh(optimizer), train, batch_size=16, epochs=1, quiet=True)  # a new shape: compiled anew
     assert other["traces"]["fused_steps"] == 1
+
+
+@pytest.mark.parametrize("per_epoch, eval_every, log_every, fused, checkpoint_every, total", [
+    (47, 47, 47, 47, None, 141), (47, 10, 47, 10, None, 100), (47, 47, 20, 20, 15, 94), (5, 5, 5, 1, None, 12),
+])
+def test_the_plan_of_calls_never_crosses_a_boundary_and_fuses_where_it_can(per_epoch, eval_every, log_every, fused, checkpoint_every, total):
+    from fundl.train._plan import CallPlan
+
+    every_checkpoint = (lambda step: step + checkpoint_every - step % checkpoint_every) if checkpoint_every else None
+    plan = CallPlan(total, per_epoch, eval_every, log_every, fused, every_checkpoint)
+    boundaries = {s for s in range(1, total + 1)
+                  if s == total or any(s % e == 0 for e in (per_epoch, eval_every, log_every, checkpoint_every or total + 1))}
+    assert {s for s in range(1, total + 1) if plan.is_boundary(s)} == boundaries
+    step, sizes = 0, []
+    while step < total:
+        n = plan.call_size(step)
+        assert not any(step < b < step + n for b in boundaries)  # no call crosses a boundary ...
+        next_boundary = min(b for b in boundaries if b > step)
+        assert n == (fused if next_boundary - step >= fused else 1)  # ... and calls are fused wherever they fit
+        sizes.append(n)
+        step += n
+    assert step == total

@@ -18,6 +18,7 @@ from fundl.train._checks import check_finite, check_opt_state, check_params
 from fundl.train._compiled import abstract, compiled_functions
 from fundl.train._data import Shuffled, num_examples
 from fundl.train._hooks import Event, Hook, first_nonfinite
+from fundl.train._plan import CallPlan
 from fundl.train._progress import CompileTimer, ProgressReport
 from fundl.train._state import TrainState
 from fundl.train._step import (
@@ -187,19 +188,11 @@ def fit(
                                   eval_shapes=_eval_shapes(eval_data, eval_batch_size, placement.shards))
     traces_before = {name: guard.traces for name, guard in compiled.guards.items()}
 
-    def next_checkpoint(step: int) -> int:
-        due = checkpoint.next_step(step) if checkpoint else None
-        return total if due is None else min(due, total)
-
-    def is_boundary(step: int) -> bool:
-        return step == total or step == next_checkpoint(step - 1) or any(step % every == 0 for every in (per_epoch, eval_every, log_every))
-
-    def steps_to_boundary(step: int) -> int:
-        return min(next_checkpoint(step), *(step + every - step % every for every in (per_epoch, eval_every, log_every))) - step
+    plan = CallPlan(total, per_epoch, eval_every, log_every, fused, checkpoint.next_step if checkpoint else None)
 
     def load(step: int) -> tuple[int, Any]:
         """The next call's size and its index array (or batches): this process's rows, placed on the devices."""
-        n = fused if fused > 1 and steps_to_boundary(step) >= fused else 1
+        n = plan.call_size(step)
         epoch, index = divmod(step, per_epoch)
         if resident is not None:
             return n, placement.batch(train.indices(epoch, index, n, rows), batch_size, stacked=n > 1)
@@ -289,12 +282,12 @@ def fit(
                     stop(reason)
                 upcoming = load(step) if step < total and stop_reason is None else None  # overlaps with the running call
                 drain(keep=max_in_flight)
-                if is_boundary(step) or stop_reason:
+                if plan.is_boundary(step) or stop_reason:
                     drain(keep=0)
                     log_and_evaluate(step)
                     if step % per_epoch == 0:
                         emit("epoch_end", {"step": step, "epoch": step / per_epoch}, train_state)
-                    if step == next_checkpoint(step - 1) or interrupted:
+                    if plan.checkpoint_due(step) or interrupted:
                         save(step)
             drain(keep=0)
             if not records or records[-1]["step"] != step:

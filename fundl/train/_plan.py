@@ -1,0 +1,50 @@
+"""The plan of calls: where ``fit`` must pause, and how many steps each compiled call runs.
+
+Training pauses at a *boundary*: the end of an epoch, a log, an evaluation, a checkpoint,
+or the end of the budget. Between boundaries the steps run in compiled calls of
+``fused`` steps (one ``lax.scan``), and in single steps where fewer than ``fused`` steps
+are left before the next boundary, so that no call ever crosses one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+
+class CallPlan(NamedTuple):
+    """The boundaries and call sizes of one ``fit``.
+
+    Attributes:
+      total: the step at which training ends.
+      per_epoch, eval_every, log_every: intervals in steps.
+      fused: the steps of a fused call.
+      next_checkpoint_after: ``step -> the next step after it at which a checkpoint is due`` (or ``None``).
+    """
+
+    total: int
+    per_epoch: int
+    eval_every: int
+    log_every: int
+    fused: int
+    next_checkpoint_after: Callable[[int], int | None] | None = None
+
+    def next_checkpoint(self, step: int) -> int:
+        """The first checkpoint step after ``step`` (the end, if none is due before it)."""
+        due = self.next_checkpoint_after(step) if self.next_checkpoint_after else None
+        return self.total if due is None else min(due, self.total)
+
+    def checkpoint_due(self, step: int) -> bool:
+        return step == self.next_checkpoint(step - 1)
+
+    def is_boundary(self, step: int) -> bool:
+        intervals = (self.per_epoch, self.eval_every, self.log_every)
+        return step == self.total or self.checkpoint_due(step) or any(step % every == 0 for every in intervals)
+
+    def steps_to_boundary(self, step: int) -> int:
+        intervals = (self.per_epoch, self.eval_every, self.log_every)
+        return min(self.next_checkpoint(step), *(step + every - step % every for every in intervals)) - step
+
+    def call_size(self, step: int) -> int:
+        """How many steps the call starting after ``step`` steps runs: ``fused``, or 1 near a boundary."""
+        return self.fused if self.fused > 1 and self.steps_to_boundary(step) >= self.fused else 1
