@@ -122,21 +122,19 @@ def fit_members(
 
     member_sharding = None if mesh is None else NamedSharding(mesh, P(DATA))
     replicated = None if mesh is None else NamedSharding(mesh, P())
-    layout = {} if mesh is None else {"out_shardings": (member_sharding, member_sharding, NamedSharding(mesh, P(None, DATA)))}
+    index_sharding = None if mesh is None else NamedSharding(mesh, P(None, DATA))  # (steps, members, batch)
+    layout = {} if mesh is None else {"out_shardings": (member_sharding, member_sharding, index_sharding)}
     train_call = jax.jit(run_steps, donate_argnums=0, **layout)
     eval_call = jax.jit(jax.vmap(evaluate_one, in_axes=(0, 0, None)))
 
     first_hyper = {k: jnp.asarray(v[0], jnp.float32) for k, v in hyper.items()}
     per_call = _members_per_call(steps_per_call, train_step_fn(loss_fn, optimizer_fn(first_hyper)), one, first_batch, per_epoch)
 
-    def place(tree, sharding):
-        return jax.device_put(tree) if sharding is None else jax.device_put(tree, sharding)
-
     states = jax.tree.map(jnp.array, train_states)  # a copy: the calls donate it
-    states = place(states, member_sharding)
-    hp = place({k: jnp.asarray(v, jnp.float32) for k, v in hyper.items()}, member_sharding)
-    alive = place(jnp.ones((members,), bool), member_sharding)
-    data = place(orders[0].data, replicated)
+    states = jax.device_put(states, member_sharding)
+    hp = jax.device_put({k: jnp.asarray(v, jnp.float32) for k, v in hyper.items()}, member_sharding)
+    alive = jax.device_put(jnp.ones((members,), bool), member_sharding)
+    data = jax.device_put(orders[0].data, replicated)
 
     # --- the loop: an epoch (or less) per call, evaluations after each epoch -----------------------
     records: list[dict[str, Any]] = []
@@ -152,7 +150,7 @@ def fit_members(
                 epoch, index = divmod(step_no, per_epoch)
                 n = min(per_call, per_epoch - index, total - step_no)
                 indices = np.stack([o.indices(epoch, index, n).reshape(n, batch_size) for o in orders], axis=1)
-                states, alive, metrics = train_call(states, hp, alive, data, place(indices, None if mesh is None else NamedSharding(mesh, P(None, DATA))))
+                states, alive, metrics = train_call(states, hp, alive, data, jax.device_put(indices, index_sharding))
                 step_no += n
                 metrics = jax.device_get(metrics)  # {name: (n, M)}
                 _note_frozen(frozen, np.asarray(alive), metrics, step_no - n)
