@@ -14,7 +14,7 @@ import contextvars
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, overload
 
 import jax
 import jax.numpy as jnp
@@ -59,6 +59,10 @@ def _name_children(parent: str, layers: Sequence[Layer]) -> list[tuple[str, Laye
     return children
 
 
+@overload
+def child_key(key: Key, name: str) -> Key: ...
+@overload
+def child_key(key: None, name: str) -> None: ...
 def child_key(key: Key | None, name: str) -> Key | None:
     """The key of child ``name``: ``fold_in(key, crc32(name))``, or None when ``key`` is None."""
     return None if key is None else jax.random.fold_in(key, zlib.crc32(name.encode()))
@@ -93,7 +97,7 @@ def init_child(name: str, layer: Layer, key: Key, input_shape: Shape) -> tuple[S
         raise error.within(name)
     finally:
         _path.reset(token)
-    if rows is not None:
+    if rows is not None and row is not None:
         rows[row] = ((*_path.get(), name), shape, num_elements(params))
     return shape, params, state
 

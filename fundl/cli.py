@@ -170,6 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("fundl: aborted by a second Ctrl-C; the latest complete checkpoint is kept", file=sys.stderr)
         return EXIT_ABORTED
     history = result.history
+    assert history is not None  # a run or a resume has just trained
     if history["nonfinite"]:
         return EXIT_NONFINITE
     if history["interrupted"]:

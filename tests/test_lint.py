@@ -1,8 +1,10 @@
-"""The code keeps its habits without anyone remembering them: ruff's lint and import order pass."""
+"""The code keeps its habits without anyone remembering them: ruff's lint and import order pass, and mypy finds no type errors."""
 
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -10,6 +12,13 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_ruff_finds_nothing():
     done = subprocess.run([sys.executable, "-m", "ruff", "check", str(ROOT)], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stdout + done.stderr  # ruff is in the test extra: pip install -e ".[test]"
+
+
+def test_mypy_finds_nothing():
+    pytest.importorskip("mypy")  # mypy is in the test extra: pip install -e ".[test]"
+    config = str(ROOT / "pyproject.toml")
+    done = subprocess.run([sys.executable, "-m", "mypy", "--config-file", config, "fundl"], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_the_package_ships_its_type_information():

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 # IDX type code -> big-endian dtype of the stored values.
-_CODE_TO_DTYPE = {
+_CODE_TO_DTYPE: dict[int, np.dtype] = {
     0x08: np.dtype("u1"),
     0x09: np.dtype("i1"),
     0x0B: np.dtype(">i2"),
@@ -151,9 +151,10 @@ def mnist(path: str | os.PathLike) -> dict[str, dict[str, np.ndarray]]:
             f"MNIST files missing in {where}: {names}. Download the four files from "
             f"{_MNIST_URL} (a mirror of {_MNIST_ORIGIN}) into {folder}"
         )
+    files = {name: file for name, file in found.items() if file is not None}  # all of them, after the check above
     data = {}
     for split, (image_name, label_name) in _MNIST_FILES.items():
-        image_file, label_file = found[image_name], found[label_name]
+        image_file, label_file = files[image_name], files[label_name]
         images, labels = read_idx(image_file), read_idx(label_file)
         if images.dtype != np.uint8 or images.ndim != 3:
             raise ValueError(

@@ -86,7 +86,7 @@ def _observed_pairs(rng: np.random.Generator, scores: np.ndarray, per_user: int,
     of ``k`` items without replacement with those weights.
     """
     num_users, num_items = scores.shape
-    counts = rng.integers(per_user // 2, per_user + per_user // 2 + 1, size=num_users)
+    counts = rng.integers(per_user // 2, per_user + per_user // 2 + 1, size=(num_users,))
     keys = taste * scores + rng.gumbel(size=scores.shape)
     order = np.argsort(-keys, axis=1, kind="stable")
     taken = np.arange(num_items)[None, :] < counts[:, None]  # the first counts[u] of each row

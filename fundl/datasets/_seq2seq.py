@@ -114,7 +114,7 @@ def pad(rows: Sequence[Sequence[int]], length: int) -> np.ndarray:
     return out
 
 
-def encode_pairs(numbers: Sequence[int], direction: str = "to_digits") -> dict[str, np.ndarray]:
+def encode_pairs(numbers: Sequence[int] | np.ndarray, direction: str = "to_digits") -> dict[str, np.ndarray]:
     """The padded ``source``, ``inputs``, ``targets`` (and ``number``) arrays of ``numbers``."""
     source_vocab, target_vocab = vocabularies(direction)
     words = [number_words(int(n)).split() for n in numbers]
@@ -156,5 +156,5 @@ def number_translation(
         raise ValueError(f"number_translation: {sum(sizes.values())} distinct numbers asked for, only {MAXIMUM} exist")
     numbers = np.random.default_rng(seed).choice(MAXIMUM, size=sum(sizes.values()), replace=False) + 1
     cuts = np.cumsum([train, validation])
-    splits = [encode_pairs(part, direction) for part in np.split(numbers, cuts)]
-    return NumberTranslation(*splits, *vocabularies(direction))
+    train_pairs, validation_pairs, test_pairs = (encode_pairs(part, direction) for part in np.split(numbers, cuts))
+    return NumberTranslation(train_pairs, validation_pairs, test_pairs, *vocabularies(direction))

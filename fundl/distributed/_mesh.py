@@ -10,7 +10,7 @@ The meshes fundl makes use ``Auto`` axes, under which every layer works unchange
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import jax
 from jax.sharding import AxisType, Mesh
@@ -48,7 +48,7 @@ def data_mesh(devices: int | Sequence[jax.Device] | None = None, *, fsdp: int = 
             )
         chosen = available[:devices]
     else:
-        chosen = list(devices)
+        chosen = list(cast(Sequence[jax.Device], devices))  # a bool lands here too (and list() refuses it)
     if jax.process_count() > 1 and len(chosen) != len(available):
         raise ValueError(
             f"a multi-process run must use every device ({len(available)} over {jax.process_count()} processes), "

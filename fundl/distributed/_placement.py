@@ -58,16 +58,19 @@ class Placement:
 
     def context(self) -> contextlib.AbstractContextManager:
         """The mesh as JAX's current mesh (needed by meshes with ``Explicit`` axes)."""
-        return contextlib.nullcontext() if self.mesh is None else jax.set_mesh(self.mesh)
+        if self.mesh is None:
+            return contextlib.nullcontext()
+        return jax.set_mesh(self.mesh)
 
     # --- the train state -------------------------------------------------------------------
 
     def state_shardings(self, tree: Any) -> Any:
         """A ``NamedSharding`` for every leaf: replicated, or cut over ``fsdp`` (keys never are)."""
-        if self.mesh is None:
+        mesh = self.mesh
+        if mesh is None:
             return None
         return jax.tree.map(
-            lambda leaf: self.replicated if _is_key(leaf) else NamedSharding(self.mesh, fsdp_spec(np.shape(leaf), self._fsdp)),
+            lambda leaf: self.replicated if _is_key(leaf) else NamedSharding(mesh, fsdp_spec(np.shape(leaf), self._fsdp)),
             tree,
         )
 
@@ -86,6 +89,7 @@ class Placement:
     def check_batch_size(self, batch_size: int, what: str) -> None:
         """A batch must cut evenly into one piece per device."""
         if batch_size % self.shards:
+            assert self.mesh is not None  # one device (one shard) takes any batch size
             sizes = " or ".join(str(m) for m in nearest_multiples(batch_size, self.shards))
             raise ValueError(
                 f"the {what} batch size {batch_size} does not divide into the {self.shards} data shards of the mesh "
@@ -98,7 +102,8 @@ class Placement:
         if self.mesh is None or jax.process_count() == 1:
             return slice(0, batch_size)
         sharding = NamedSharding(self.mesh, P(self._batch_axes))
-        spans = {index[0].indices(batch_size)[:2] for index in sharding.addressable_devices_indices_map((batch_size,)).values()}
+        indices = sharding.devices_indices_map((batch_size,))
+        spans = {indices[device][0].indices(batch_size)[:2] for device in sharding.addressable_devices}
         start, stop = min(s for s, _ in spans), max(e for _, e in spans)
         if sum(e - s for s, e in spans) != stop - start:
             raise ValueError(f"process {jax.process_index()}'s devices do not hold one contiguous block of the batch")

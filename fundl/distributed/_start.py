@@ -33,7 +33,7 @@ def initialize(
             f"JAX finds them itself); got coordinator_address={coordinator_address!r}, "
             f"num_processes={num_processes!r}, process_id={process_id!r}"
         )
-    if num_processes is not None and not 0 <= process_id < num_processes:
+    if num_processes is not None and process_id is not None and not 0 <= process_id < num_processes:
         raise ValueError(f"process_id must be in [0, {num_processes}), got {process_id}")
     if jax.distributed.is_initialized():
         raise RuntimeError("this process has already joined a multi-process run (jax.distributed.initialize was called)")

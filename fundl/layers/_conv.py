@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeGuard
 
 import jax
 import jax.numpy as jnp
@@ -45,7 +45,7 @@ def as_tuple(kind: str, arg: str, value: Any, n: int) -> tuple[int, ...]:
     return value if isinstance(value, tuple) else (value,) * n
 
 
-def _non_negative(v: Any) -> bool:
+def _non_negative(v: Any) -> TypeGuard[int]:
     return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
@@ -77,7 +77,7 @@ def spatial_out(
         if padding == "SAME":
             out.append(-(-n // s))
             continue
-        lo, hi = (0, 0) if padding == "VALID" else padding[axis]
+        lo, hi = (0, 0) if isinstance(padding, str) else padding[axis]  # "VALID" ("SAME" is done above)
         if n + lo + hi < k_eff:
             dilated = f" (dilated to {k_eff})" if d > 1 else ""
             raise LayerError(
@@ -217,17 +217,17 @@ def conv2d_transpose(
     kind, n = "conv2d_transpose", 2
     check_positive(kind, features=features)
     kernel = as_tuple(kind, "kernel_size", kernel_size, n)
-    strides = as_tuple(kind, "strides", strides, n)
+    stride = as_tuple(kind, "strides", strides, n)
     if not isinstance(padding, str) or padding.upper() not in ("SAME", "VALID"):
         raise LayerError(f"{kind}: padding must be 'SAME' or 'VALID', got {padding!r}")
     pad = padding.upper()
 
     def out_sizes(sizes):
         if pad == "SAME":
-            return tuple(m * s for m, s in zip(sizes, strides))
-        return tuple(m * s + max(k - s, 0) for m, k, s in zip(sizes, kernel, strides))
+            return tuple(m * s for m, s in zip(sizes, stride))
+        return tuple(m * s + max(k - s, 0) for m, k, s in zip(sizes, kernel, stride))
 
     def compute(x, w):
-        return lax.conv_transpose(x, w, strides, pad, dimension_numbers=_DIMS[n], transpose_kernel=False)
+        return lax.conv_transpose(x, w, stride, pad, dimension_numbers=_DIMS[n], transpose_kernel=False)
 
     return _conv_layer(kind, n, features, kernel, use_bias, w_init, b_init, out_sizes, compute)

@@ -17,7 +17,7 @@ def _like(x) -> dict:
     """Draw the mask with the input's sharding on a mesh with ``Explicit`` axes (where an
     unsharded mask is a type error); threefry gives the same bits however they are cut."""
     sharding = getattr(jax.typeof(x), "sharding", None) if hasattr(jax, "typeof") else None
-    explicit = sharding is not None and getattr(sharding.mesh, "explicit_axes", ())
+    explicit = sharding is not None and bool(getattr(sharding.mesh, "explicit_axes", ()))
     return {"out_sharding": sharding} if explicit else {}
 
 

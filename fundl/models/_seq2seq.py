@@ -67,10 +67,10 @@ def _check_pair(shape: Any) -> tuple[tuple[int, int], tuple[int, int]]:
     is_pair = lambda s: isinstance(s, (tuple, list)) and len(s) == 2  # noqa: E731
     if not (is_pair(shape) and all(is_pair(s) for s in shape)):
         raise LayerError(f"seq2seq expects a pair (source (batch, S), inputs (batch, T)) of int ids, got shapes {shape}")
-    (b1, _), (b2, _) = shape
+    (b1, s), (b2, t) = shape
     if b1 != b2:
         raise LayerError(f"seq2seq expects source and inputs with the same batch size, got shapes {shape}")
-    return tuple(map(tuple, shape))
+    return (b1, s), (b2, t)
 
 
 def seq2seq(source_size: int, target_size: int, *, embed: int = 32, hidden: int = 128, attention: bool = True) -> Seq2Seq:

@@ -85,6 +85,8 @@ def read_status(directory: Path) -> dict[str, Any]:
 
 def copy_example(module: ModuleType, directory: Path) -> str:
     """Copies the example's source into the run directory; returns its SHA-256."""
+    if module.__file__ is None:
+        raise ValueError(f"example {module.__name__} has no source file to copy")
     source = Path(module.__file__).read_bytes()
     write_atomic(directory / EXAMPLE_FILE, source)
     return hashlib.sha256(source).hexdigest()

@@ -88,21 +88,20 @@ def check_opt_state(optimizer: optax.GradientTransformation, params: Any, opt_st
     expected = jax.eval_shape(optimizer.init, params)
     want = jax.tree_util.tree_flatten_with_path(expected)[0]
     have = jax.tree_util.tree_flatten_with_path(opt_state)[0]
-    for i in range(max(len(want), len(have))):
-        (want_path, want_leaf), (have_path, have_leaf) = (
-            want[i] if i < len(want) else (None, None),
-            have[i] if i < len(have) else (None, None),
-        )
+    for (want_path, want_leaf), (have_path, have_leaf) in zip(want, have):
         if want_path != have_path:
-            path = want_path if want_path is not None else have_path
-            expected_text = _describe(want_leaf) if want_path == path else "nothing"
-            got_text = _describe(have_leaf) if have_path == path else "nothing"
-            raise ValueError(_OTHER_OPTIMIZER.format(path=jax.tree_util.keystr(path), expected=expected_text, got=got_text))
+            raise ValueError(_OTHER_OPTIMIZER.format(path=jax.tree_util.keystr(want_path), expected=_describe(want_leaf), got="nothing"))
         if np.shape(have_leaf) != tuple(want_leaf.shape) or jnp.result_type(have_leaf) != want_leaf.dtype:
             raise ValueError(
                 _OTHER_OPTIMIZER.format(path=jax.tree_util.keystr(want_path), expected=_describe(want_leaf), got=_describe(have_leaf))
             )
-    if jax.tree.structure(expected) != jax.tree.structure(opt_state):
+    if len(want) > len(have):
+        path, leaf = want[len(have)]
+        raise ValueError(_OTHER_OPTIMIZER.format(path=jax.tree_util.keystr(path), expected=_describe(leaf), got="nothing"))
+    if len(have) > len(want):
+        path, leaf = have[len(want)]
+        raise ValueError(_OTHER_OPTIMIZER.format(path=jax.tree_util.keystr(path), expected="nothing", got=_describe(leaf)))
+    if jax.tree.structure(expected) != jax.tree.structure(opt_state):  # type: ignore[operator]  # jaxlib has no stub for PyTreeDef
         raise ValueError(
             _OTHER_OPTIMIZER.format(
                 path="", expected=f"the containers {jax.tree.structure(expected)}"[:300], got=f"{jax.tree.structure(opt_state)}"[:300]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
@@ -73,7 +74,7 @@ def compiled_functions(
         return lax.scan(lambda state, step_indices: train_step(state, _gather(data, step_indices)), train_state, indices)
 
     # On a mesh, the train state keeps its layout and metrics come back replicated.
-    layout = {} if state_shardings is None else {"out_shardings": (state_shardings, replicated)}
+    layout: dict[str, Any] = {} if state_shardings is None else {"out_shardings": (state_shardings, replicated)}
     compiled = Compiled(
         jax.jit(guards["train_step"].wrap(single), donate_argnums=0, **layout),
         jax.jit(guards["fused_steps"].wrap(fused), donate_argnums=0, **layout),
@@ -86,7 +87,7 @@ def compiled_functions(
     return compiled
 
 
-def use_persistent_cache(directory: str | None) -> str | None:
+def use_persistent_cache(directory: Path | str | None) -> str | None:
     """Turns on JAX's persistent compilation cache in ``directory`` (``None``: leave it off).
 
     A later process that compiles the same program (a repeated run) loads it from there

@@ -57,6 +57,7 @@ def num_examples(data: Any, name: str = "data") -> int:
         shapes = jax.tree.map(np.shape, data)
         raise ValueError(f"{name}: every array needs the same leading (example) axis, got shapes {shapes}")
     (size,) = sizes
+    assert size is not None  # a leaf without a leading axis was refused above
     if size == 0:
         raise ValueError(f"{name} is empty: it has 0 examples")
     return size

@@ -147,11 +147,15 @@ class BestParams:
     def __init__(self, split: str, metric: str, *, mode: str = "min"):
         self.split, self.metric = split, metric
         self._better = _better(mode, 0.0)
-        self.params = self.state = self.step = self.value = None
+        self.params: Any = None
+        self.state: Any = None
+        self.step: int | None = None
+        self.value: float | None = None
 
     def __call__(self, event: Event) -> None:
         value = _watched(event, self.split, self.metric)
         if value is not None and self._better(value, self.value):
+            assert event.train_state is not None  # evaluations carry the train state
             self.value, self.step = value, event.record["step"]
             self.params = jax.device_get(event.train_state.params)
             self.state = jax.device_get(event.train_state.state)

@@ -43,7 +43,7 @@ def fit_members(
     loss_fn: LossFn,
     optimizer_fn: Callable[[Hyper], optax.GradientTransformation],
     train_states: TrainState,
-    hyper: Hyper,
+    hyper: Mapping[str, np.ndarray | jax.Array],
     train_data: Any,
     *,
     batch_size: int,
@@ -123,7 +123,7 @@ def fit_members(
     member_sharding = None if mesh is None else NamedSharding(mesh, P(DATA))
     replicated = None if mesh is None else NamedSharding(mesh, P())
     index_sharding = None if mesh is None else NamedSharding(mesh, P(None, DATA))  # (steps, members, batch)
-    layout = {} if mesh is None else {"out_shardings": (member_sharding, member_sharding, index_sharding)}
+    layout: dict[str, Any] = {} if mesh is None else {"out_shardings": (member_sharding, member_sharding, index_sharding)}
     train_call = jax.jit(run_steps, donate_argnums=0, **layout)
     eval_call = jax.jit(jax.vmap(evaluate_one, in_axes=(0, 0, None)))
 

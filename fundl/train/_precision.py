@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
 
-from fundl.train._step import LossFn
+from fundl.train._step import CheckedLossFn, LossFn
 
 PRECISION_POLICIES = ("float32", "bfloat16")
 
@@ -47,7 +47,7 @@ def with_precision(loss_fn: LossFn, policy: str) -> LossFn:
     def loss_without_train(params, state, batch, key):
         return call(params, state, batch, key)
 
-    wrapped = loss_with_train if "train" in inspect.signature(loss_fn).parameters else loss_without_train
+    wrapped = cast(CheckedLossFn, loss_with_train if "train" in inspect.signature(loss_fn).parameters else loss_without_train)
     if hasattr(loss_fn, "check_data"):  # fit's data check (labels in range) applies unchanged
         wrapped.check_data = loss_fn.check_data
     return wrapped

@@ -77,9 +77,9 @@ class CompileTimer:
     def __init__(self):
         self.seconds = 0.0
 
-    def _listen(self, event: str, duration: float, **_: Any) -> None:
+    def _listen(self, event: str, duration_secs: float, **_: Any) -> None:
         if event in self.EVENTS:
-            self.seconds += duration
+            self.seconds += duration_secs
 
     def __enter__(self) -> "CompileTimer":
         jax.monitoring.register_event_duration_secs_listener(self._listen)

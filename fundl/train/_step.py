@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import jax
 import jax.extend.core as jex
@@ -28,6 +28,15 @@ Batch = Any
 Metrics = dict[str, jax.Array]
 LossFn = Callable[[Params, State, Batch, Key], tuple[jax.Array, tuple[State, Metrics]]]
 EvalFn = Callable[[Params, State, Batch], Metrics]
+
+
+class CheckedLossFn(Protocol):
+    """A loss function with a ``check_data(data, name)`` method, which checks a whole split on the host before training."""
+
+    check_data: Callable[..., None]
+
+    def __call__(self, params: Params, state: State, batch: Batch, key: Key | None, /, **kwargs: Any) -> tuple[jax.Array, tuple[State, Metrics]]: ...
+
 
 _LOSS_FORM = "loss_fn(params, state, batch, key) must return (loss, (new_state, metrics))"
 _NO_EVAL = (
@@ -52,9 +61,8 @@ def check_loss_output(loss_fn: LossFn, train_state: TrainState, batch: Batch) ->
             "average the per-example losses, e.g. with jnp.mean"
         )
     expected_state = jax.eval_shape(lambda s: s, train_state.state)
-    if jax.tree.structure(new_state) != jax.tree.structure(expected_state) or _describe(new_state) != _describe(
-        expected_state
-    ):
+    other_structure = jax.tree.structure(new_state) != jax.tree.structure(expected_state)  # type: ignore[operator]  # jaxlib has no stub for PyTreeDef
+    if other_structure or _describe(new_state) != _describe(expected_state):
         raise ValueError(
             f"{_LOSS_FORM} where new_state has the structure of the model state {_describe(expected_state)}; "
             f"got {_describe(new_state)}"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +12,7 @@ import numpy as np
 from fundl import losses
 from fundl._core import Layer
 from fundl.train._checks import check_finite
-from fundl.train._step import LossFn
+from fundl.train._step import CheckedLossFn, LossFn
 
 _BATCH_FORMS = (
     "classification_loss takes batches in one of these forms: a dict {{{inputs!r}: x, {labels!r}: y}}, "
@@ -115,5 +115,6 @@ def classification_loss(model: Layer, *, inputs: str = "image", labels: str = "l
                 f"model's last layer as many units as there are classes"
             )
 
-    loss_fn.check_data = check_data
-    return loss_fn
+    checked = cast(CheckedLossFn, loss_fn)
+    checked.check_data = check_data
+    return checked
