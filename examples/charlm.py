@@ -9,8 +9,10 @@ Then: fundl sample RUN_DIR --prompt "three hundred and" --temperature 0.5
 The default corpus needs no download: random numbers from 0 to 999,999 written out in
 English words, one per line ("four hundred and twelve thousand and seven"), generated
 from ``data.seed``. Any UTF-8 text file works instead: ``--set data.path=book.txt``. The
-last ``data.held_out`` fraction of the text is held out; the model learns to predict each
-character from the ones before it, in windows of ``data.length`` characters.
+last ``data.held_out`` fraction of the text is held out: its first half is the validation
+split, evaluated after every epoch, its second half the test split, scored once at the
+end. The model learns to predict each character from the ones before it, in windows of
+``data.length`` characters.
 """
 
 import math
@@ -46,8 +48,10 @@ def experiment(config: dict) -> Experiment:
     text = corpus(data)
     vocabulary = Vocabulary(text)
     ids = vocabulary.encode(text)
-    split = int(len(ids) * (1 - data["held_out"]))
-    train, test = sequences(ids[:split], data["length"]), sequences(ids[split:], data["length"])
+    train_end = int(len(ids) * (1 - data["held_out"]))
+    validation_end = (train_end + len(ids)) // 2
+    train, validation, test = (sequences(part, data["length"]) for part in
+                               (ids[:train_end], ids[train_end:validation_end], ids[validation_end:]))
     m = config["model"]
     lm = char_lm(len(vocabulary), embed=m["embed"], hidden=m["hidden"], cell=m["cell"])
 
@@ -66,7 +70,8 @@ def experiment(config: dict) -> Experiment:
         input_shape=(config["train"]["batch_size"], data["length"]),
         loss_fn=loss_fn,
         train_data=train,
-        eval_data={"test": test},
+        eval_data={"validation": validation},
+        test_data={"test": test},
         hooks=[derived_metric("perplexity", lambda record: math.exp(record["loss"]))],
         sample=sample,
     )

@@ -9,6 +9,8 @@ in the model state: training normalises with each batch's statistics and updates
 evaluation uses the running ones. Set ``model.batch_norm=false`` for the plain LeNet.
 """
 
+from fundl.examples.mlp_digits import VALIDATION
+
 import fundl as fl
 from fundl.models import lenet
 from fundl.runs import Experiment
@@ -30,11 +32,12 @@ def images(split: dict) -> dict:
 def experiment(config: dict) -> Experiment:
     m = config["model"]
     model = lenet(10, channels=m["channels"], hidden=m["hidden"], use_batch_norm=m["batch_norm"], dropout_rate=m["dropout"])
-    data = fl.datasets.digits()
+    data = fl.datasets.digits(validation=VALIDATION)
     return Experiment(
         model=model,
         input_shape=(config["train"]["batch_size"], 8, 8, 1),
         loss_fn=classification_loss(model),
         train_data=images(data["train"]),
-        eval_data={"test": images(data["test"])},
+        eval_data={"validation": images(data["validation"])},
+        test_data={"test": images(data["test"])},
     )

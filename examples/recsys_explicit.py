@@ -105,5 +105,6 @@ def experiment(config: dict) -> Experiment:
         loss_fn=rating_loss(model, config["loss"]),
         train_data=data.train,
         eval_data={"validation": data.validation},
+        test_data={"test": data.test},
         report=report,
     )

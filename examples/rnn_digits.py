@@ -8,7 +8,7 @@ state. ``model.cell`` picks the cell (lstm, gru, simple_rnn), ``model.bidirectio
 reads the rows bottom to top.
 """
 
-from fundl.examples.mlp_digits import standardize
+from fundl.examples.mlp_digits import VALIDATION, standardize
 
 import fundl as fl
 from fundl.models import rnn_classifier
@@ -26,12 +26,13 @@ CONFIG = {
 def experiment(config: dict) -> Experiment:
     m = config["model"]
     model = rnn_classifier(10, hidden=m["hidden"], cell=m["cell"], bidirectional=m["bidirectional"])
-    data = fl.datasets.digits()
-    x_train, x_test = (x.reshape(-1, 8, 8) for x in standardize(data["train"]["image"], data["test"]["image"]))
+    data = {name: {**split, "image": split["image"].reshape(-1, 8, 8)} for name, split in
+            standardize(fl.datasets.digits(validation=VALIDATION)).items()}
     return Experiment(
         model=model,
         input_shape=(config["train"]["batch_size"], 8, 8),
         loss_fn=classification_loss(model),
-        train_data={"image": x_train, "label": data["train"]["label"]},
-        eval_data={"test": {"image": x_test, "label": data["test"]["label"]}},
+        train_data=data["train"],
+        eval_data={"validation": data["validation"]},
+        test_data={"test": data["test"]},
     )

@@ -40,7 +40,7 @@ def strict(path: Path):
 
 # --- exact resume ------------------------------------------------------------------------------
 
-STOPPING = [("optimizer.schedule", "cosine"), ("early_stopping.metric", "test/loss"), ("early_stopping.patience", 2),
+STOPPING = [("optimizer.schedule", "cosine"), ("early_stopping.metric", "validation/loss"), ("early_stopping.patience", 2),
             ("early_stopping.min_delta", 0.02)]
 
 
@@ -48,12 +48,12 @@ def test_stop_inside_an_epoch_and_resume_equals_the_run_that_never_stopped(tmp_p
     whole = runs.run("mlp_digits", STOPPING, out=str(tmp_path / "whole"), **QUIET)
     assert whole.history["stop_reason"].startswith("early stopping")  # the hook's state matters below
     stopped = runs.run("mlp_digits", STOPPING, out=str(tmp_path / "stopped"), stop_after_steps=100, **QUIET)
-    assert stopped.history["interrupted"] and stopped.history["steps"] == 100  # inside epoch 3 (47 steps each)
+    assert stopped.history["interrupted"] and stopped.history["steps"] == 100  # inside epoch 3 (38 steps each)
     assert status(tmp_path / "stopped")["status"] == "interrupted" and not (tmp_path / "stopped" / "summary.json").exists()
     resumed = runs.resume(str(tmp_path / "stopped"), **QUIET)
     assert fingerprint(tmp_path / "stopped") == fingerprint(tmp_path / "whole")
     assert resumed.history["stop_reason"] == whole.history["stop_reason"] and resumed.history["steps"] == whole.history["steps"]
-    evals = lambda d: [r for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines()) if r["split"] == "test"]  # noqa: E731
+    evals = lambda d: [r for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines()) if r["split"] != "train"]  # noqa: E731
     assert evals(tmp_path / "stopped") == evals(tmp_path / "whole")
     assert status(tmp_path / "stopped")["status"] == "stopped_early"
     with pytest.raises(ValueError, match="has stopped early at step .*: there is nothing to resume"):
@@ -182,7 +182,9 @@ def test_two_runs_started_at_once_on_one_out_directory(tmp_path):
     (["--seed", "-1"], "seed must be an integer in [0, 2**63), got -1"),
     (["--seed", str(2**63)], f"seed must be an integer in [0, 2**63), got {2**63}"),
     (["--set", "checkpoint.every_steps=0"], "checkpoint.every_steps must be a positive integer"),
-    (["--set", "early_stopping.metric=val/loss"], "early_stopping.metric names an evaluated 'split/metric' (splits: test)"),
+    (["--set", "early_stopping.metric=val/loss"], "early_stopping.metric names an evaluated 'split/metric' (splits: validation)"),
+    (["--set", "early_stopping.metric=test/loss"], "the test split is scored once, after training, so that nothing is tuned on it; "
+                                                   "watch an evaluated split instead (validation)"),
 ])
 def test_config_errors_are_clear_and_leave_no_directory(tmp_path, capsys, args, message):
     out = tmp_path / "run"
@@ -208,7 +210,7 @@ def test_out_at_a_file_or_an_unwritable_place_is_a_clear_error(tmp_path, capsys)
 
 @pytest.fixture(scope="module")
 def interrupted(tmp_path_factory):
-    """A run stopped at step 60 (checkpoints at 47 and 60), and another run's checkpoints."""
+    """A run stopped at step 60 (checkpoints at 38 and 60), and another run's checkpoints."""
     root = tmp_path_factory.mktemp("interrupted")
     runs.run("mlp_digits", [("train.epochs", 3)], out=str(root / "run"), stop_after_steps=60, **QUIET)
     runs.run("mlp_digits", [("train.epochs", 3), ("seed", 1)], out=str(root / "other"), stop_after_steps=60, **QUIET)
@@ -256,7 +258,7 @@ def test_missing_run_directories_and_files_are_clear_errors(interrupted, tmp_pat
     with pytest.raises(FileNotFoundError, match="is not a fundl run directory: no config.json"):
         runs.resume(str(tmp_path / "empty"), **QUIET)
     run = _copy(interrupted, tmp_path)
-    for step in ("47", "60"):
+    for step in ("38", "60"):
         (run / "checkpoints" / f"{step}.ckpt").unlink()
     with pytest.raises(FileNotFoundError, match="has no complete checkpoint to resume from"):
         runs.resume(str(run), **QUIET)
@@ -269,7 +271,7 @@ def test_a_killed_save_is_ignored_and_cleaned_up(interrupted, tmp_path):
     half = run / "checkpoints" / ".80.ckpt.k2j4h1.tmp"
     half.write_bytes(b"half written")
     done = runs.resume(str(run), **QUIET)
-    assert done.history["steps"] == 141 and not half.exists()
+    assert done.history["steps"] == 3 * 38 and not half.exists()
 
 
 # --- load_run verifies what it loads ------------------------------------------------------------------

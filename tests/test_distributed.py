@@ -334,6 +334,6 @@ def test_a_run_stopped_on_one_device_resumes_on_eight(tmp_path):
                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["steps"] == 141 and summary["metrics"]["test"]["accuracy"] > 0.9
+    assert summary["steps"] == 3 * 38 and summary["metrics"]["test"]["accuracy"] > 0.9
     whole = runs.run("mlp_digits", [("train.epochs", 3)], out=str(tmp_path / "whole"), quiet=True, echo=lambda _: None)
     assert summary["metrics"]["test"]["loss"] == pytest.approx(whole.summary["metrics"]["test"]["loss"], rel=1e-4)

@@ -194,7 +194,8 @@ def test_recsys_explicit_runs_and_learns(tmp_path, kind):
     assert results["test_mae"] < results["test_mae_at_init"] and results["noise_floor"] > 0
     losses = train_losses(done)
     assert losses[-1] < losses[0]
-    assert set(done.summary["metrics"]) == {"train", "validation"}
+    assert set(done.summary["metrics"]) == {"train", "validation", "test"}  # the test split scored once, at the end
+    assert done.summary["metrics"]["test"]["mae"] == pytest.approx(results["test_mae_unrounded"], rel=1e-5)  # as report() measured it
 
 
 def test_recsys_triplet_runs_and_learns(tmp_path):

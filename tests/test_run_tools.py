@@ -161,13 +161,13 @@ def _assert_png(path):
 def test_plot_draws_the_chosen_metric_of_every_run_into_a_png(root, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     status, out, _ = _cli(capsys, "plot", str(root / "a"), str(root / "c"))
-    assert status == 0 and out == "wrote plot.png: test/accuracy of 2 run(s)\n"
+    assert status == 0 and out == "wrote plot.png: validation/accuracy of 2 run(s)\n"
     _assert_png(tmp_path / "plot.png")
 
     status, out, _ = _cli(capsys, "plot", *(str(root / n) for n in "abc"), "--metric", "train/loss", "-o", "loss.png")
     assert status == 0 and out == "wrote loss.png: train/loss of 3 run(s)\n"
     _assert_png(tmp_path / "loss.png")
-    assert runs.plot_runs([root / "a"], path=tmp_path / "x.png") == (tmp_path / "x.png", "test/accuracy")
+    assert runs.plot_runs([root / "a"], path=tmp_path / "x.png") == (tmp_path / "x.png", "validation/accuracy")
 
 
 def test_version(capsys):
@@ -200,9 +200,10 @@ def broken(root, tmp_path):
     (["show", "{tmp}/summary_json"], "{tmp}/summary_json/summary.json is not valid JSON"),
     (["compare", "{a}"], "compare needs two or more run directories, got 1"),
     (["compare", "{a}", "{tmp}/plain"], "{tmp}/plain is not a fundl run directory: no config.json"),
-    (["plot", "{tmp}/metrics_jsonl"], "{tmp}/metrics_jsonl/metrics.jsonl line 5 is not valid JSON"),
+    (["plot", "{tmp}/metrics_jsonl"], "{tmp}/metrics_jsonl/metrics.jsonl line 6 is not valid JSON"),
     (["plot", "{a}", "--metric", "test/bleu"], "unknown metric 'test/bleu' (want SPLIT/METRIC logged by every run); "
-                                               "available: test/accuracy, test/loss, train/accuracy, train/learning_rate, train/loss"),
+                                               "available: test/accuracy, test/loss, train/accuracy, train/learning_rate, train/loss, "
+                                               "validation/accuracy, validation/loss"),
 ])
 def test_errors_are_one_line_with_exit_status_2(root, broken, capsys, argv, message):
     fill = lambda text: text.format(tmp=broken, a=root / "a")  # noqa: E731

@@ -18,7 +18,7 @@ from fundl.runs import DEFAULTS, ConfigError, override, parse_settings
 def test_the_lecture_mlp_reaches_the_course_accuracy(tmp_path):
     done = runs.run("mlp_digits", out=str(tmp_path / "run"), quiet=True, echo=lambda _: None)
     assert done.summary["metrics"]["test"]["accuracy"] >= 0.96
-    assert done.summary["steps"] == 15 * 47
+    assert done.summary["steps"] == 15 * 38  # 1222 training images (305 held out for validation) in batches of 32
 
 
 def test_the_relu_adam_variant_reaches_the_course_accuracy(tmp_path):
@@ -35,16 +35,18 @@ def test_a_run_directory_records_config_metrics_summary_and_train_state(tmp_path
         "status.json", "example.py", "checkpoints",
     }
     assert json.loads((directory / "status.json").read_text())["status"] == "finished"
-    assert sorted(p.name for p in (directory / "checkpoints").iterdir()) == ["47.ckpt", "94.ckpt"]
+    assert sorted(p.name for p in (directory / "checkpoints").iterdir()) == ["38.ckpt", "76.ckpt"]
     config = json.loads((directory / "config.json").read_text())
     assert config["seed"] == 4 and config["train"]["epochs"] == 2 and config["optimizer"]["name"] == "sgd"
     assert config == done.config and set(DEFAULTS) <= set(config)
     records = [json.loads(line) for line in (directory / "metrics.jsonl").read_text().splitlines()]
-    assert [(r["step"], r["split"]) for r in records] == [(47, "train"), (47, "test"), (94, "train"), (94, "test")]
+    # validation after every epoch, the test split once, at the end
+    assert [(r["step"], r["split"]) for r in records] == [(38, "train"), (38, "validation"), (76, "train"), (76, "validation"), (76, "test")]
     assert records[0]["epoch"] == 1.0 and records[0]["learning_rate"] == 0.1 and "accuracy" in records[1]
     summary = json.loads((directory / "summary.json").read_text())
     assert {"steps", "epochs", "wall_s", "compile_s", "params_fingerprint", "metrics"} <= set(summary)
     assert summary["metrics"]["test"] == {k: v for k, v in records[-1].items() if k not in ("step", "epoch", "split")}
+    assert summary["metrics"]["validation"] == {k: v for k, v in records[-2].items() if k not in ("step", "epoch", "split")}
     assert json.loads((directory / "environment.json").read_text())["example"] == "mlp_digits"
 
 
@@ -53,11 +55,11 @@ def test_load_run_gives_back_the_model_and_params(tmp_path):
     loaded = runs.load_run(tmp_path / "run")
     assert loaded.config == done.config
     jax.tree.map(np.testing.assert_array_equal, loaded.train_state.params, done.train_state.params)
-    assert int(loaded.train_state.step) == 94
+    assert int(loaded.train_state.step) == 76
     np.testing.assert_array_equal(jax.random.key_data(loaded.train_state.key), jax.random.key_data(done.train_state.key))
-    test = loaded.experiment.eval_data["test"]
-    logits, _ = loaded.experiment.model.apply(loaded.train_state.params, loaded.train_state.state, test["image"])
-    np.testing.assert_allclose(losses.accuracy(logits, test["label"]), loaded.summary["metrics"]["test"]["accuracy"], rtol=1e-6)
+    for split, data in {**loaded.experiment.eval_data, **loaded.experiment.test_data}.items():  # validation and test
+        logits, _ = loaded.experiment.model.apply(loaded.train_state.params, loaded.train_state.state, data["image"])
+        np.testing.assert_allclose(losses.accuracy(logits, data["label"]), loaded.summary["metrics"][split]["accuracy"], rtol=1e-6)
 
 
 def _cli_fingerprint(tmp_path, name, *args):
@@ -125,7 +127,7 @@ def test_cli_errors_exit_with_a_message_and_leave_no_run_directory(tmp_path, cap
     assert main(["run", "mlp_digits", "--set", "model=relu3"]) == 2
     assert "unknown model 'relu3' (key 'model'); available: tanh, relu2" in capsys.readouterr().err
     assert main(["run", "mlp_digits", "--set", "train.batch_size=5000"]) == 2
-    assert "batch size 5000 is larger than train data, which has 1527 examples" in capsys.readouterr().err
+    assert "batch size 5000 is larger than train data, which has 1222 examples" in capsys.readouterr().err
     assert main(["run", "mlp_digit"]) == 2
     assert re.search(r"unknown example 'mlp_digit'; bundled examples: .*mlp_digits", capsys.readouterr().err)
     assert main(["run", "missing.py"]) == 2
@@ -157,6 +159,42 @@ def test_cli_runs_an_example_file_by_path(tmp_path, capsys):
     assert main(["run", str(example), "--out", str(tmp_path / "run"), "--quiet"]) == 0
     assert "test: accuracy" in capsys.readouterr().out
     assert runs.load_run(tmp_path / "run").config["train"]["batch_size"] == 64
+
+
+def _example_with_test_data(tmp_path, test_data: str):
+    example = tmp_path / "held_out.py"
+    example.write_text(
+        "import numpy as np\n"
+        "import fundl as fl\n"
+        "from fundl.runs import Experiment\n"
+        "from fundl.train import classification_loss\n"
+        "CONFIG = {'train': {'epochs': 1, 'batch_size': 64}}\n"
+        "def experiment(config):\n"
+        "    data = fl.datasets.digits(validation=0.2)\n"
+        "    model = fl.serial(fl.flatten(), fl.dense(10))\n"
+        "    return Experiment(model, (64, 8, 8), classification_loss(model), data['train'], {'validation': data['validation']},\n"
+        f"                      test_data={test_data})\n"
+    )
+    return str(example)
+
+
+def test_a_bad_test_split_is_an_error_before_the_run_directory_is_made(tmp_path):
+    bad_label = "{'test': {'image': data['test']['image'], 'label': np.where(np.arange(270) == 3, 10, data['test']['label'])}}"
+    with pytest.raises(ValueError, match=r"test split 'test'.*index 3.*10"):
+        runs.run(_example_with_test_data(tmp_path, bad_label), out=str(tmp_path / "a"), quiet=True, echo=lambda _: None)
+    with pytest.raises(ValueError, match=r"test_data and eval_data .* both name split\(s\) \['validation'\]"):
+        runs.run(_example_with_test_data(tmp_path, "{'validation': data['test']}"), out=str(tmp_path / "b"), quiet=True, echo=lambda _: None)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_an_interrupted_run_scores_its_test_split_only_when_resumed_to_the_end(tmp_path):
+    example = _example_with_test_data(tmp_path, "{'test': data['test']}")
+    stopped = runs.run(example, [("train.epochs", 2)], out=str(tmp_path / "run"), quiet=True, echo=lambda _: None, stop_after_steps=19)
+    assert "test" not in stopped.summary["metrics"] and "validation" in stopped.summary["metrics"]
+    done = runs.resume(str(tmp_path / "run"), quiet=True, echo=lambda _: None)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["split"]) for r in records if r["split"] != "train"] == [(19, "validation"), (38, "validation"), (38, "test")]
+    assert done.summary["metrics"]["test"]["accuracy"] > 0.5  # a linear model after 2 epochs; chance is 0.1
 
 
 def test_a_saved_train_state_that_does_not_match_is_a_clear_error(tmp_path):
@@ -193,6 +231,6 @@ def _scalars(directory):
 def test_tensorboard_event_files_hold_the_logged_scalars(tmp_path):
     done = runs.run("mlp_digits", [("train.epochs", 2), ("log.tensorboard", True)], out=str(tmp_path / "run"), quiet=True, echo=lambda _: None)
     scalars = _scalars(tmp_path / "run" / "tensorboard")
-    assert {"train/loss", "train/accuracy", "train/learning_rate", "test/loss", "test/accuracy"} <= set(scalars)
-    assert [step for step, _ in scalars["test/accuracy"]] == [47, 94]
-    assert scalars["test/accuracy"][-1][1] == pytest.approx(done.summary["metrics"]["test"]["accuracy"], rel=1e-6)
+    assert {"train/loss", "train/accuracy", "train/learning_rate", "validation/loss", "validation/accuracy"} <= set(scalars)
+    assert [step for step, _ in scalars["validation/accuracy"]] == [38, 76]
+    assert scalars["validation/accuracy"][-1][1] == pytest.approx(done.summary["metrics"]["validation"]["accuracy"], rel=1e-6)

@@ -142,7 +142,7 @@ def test_a_short_run_learns_and_decodes(tiny_run):
     assert set(test) >= {"loss", "accuracy", "exact_match", "beam_exact_match"}
     decoded = json.loads((tiny_run.directory / "decode.json").read_text())
     assert decoded["examples"] == 400 and decoded["beam_width"] == 4 and len(decoded["samples"]) == 10
-    # report() decodes the whole test split at once; fit's evaluation did it in batches of 200.
+    # report() decodes the whole test split at once; the test scoring did it in batches of 200.
     assert decoded["greedy_exact_match"] == pytest.approx(test["exact_match"], abs=1e-6)
     assert decoded["beam_exact_match"] >= decoded["greedy_exact_match"] > 0.8
 

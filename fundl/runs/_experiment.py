@@ -20,8 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from fundl._core import Layer, Shape
+from fundl.distributed._mesh import MeshSpec
 from fundl.runs._config import DEFAULTS, Config, merge, override
-from fundl.train import EvalFn, Hook, LossFn, TrainState
+from fundl.train import EvalFn, Hook, LossFn, TrainState, evaluate
 from fundl.train._data import check_batch_size, num_examples
 
 
@@ -33,7 +34,11 @@ class Experiment(NamedTuple):
       input_shape: the shape of one training batch's model input, batch axis included.
       loss_fn: ``(params, state, batch, key) -> (loss, (new_state, metrics))``.
       train_data: a pytree of arrays with a leading example axis.
-      eval_data: named evaluation splits, e.g. ``{"test": ...}``.
+      eval_data: named splits evaluated during training, e.g. ``{"validation": ...}``:
+        what the curves show, early stopping watches and the best checkpoint is chosen by.
+      test_data: named held-out splits scored once, with the final params, after
+        training, e.g. ``{"test": ...}``: nothing during training looks at them, so their
+        scores are not tuned on.
       eval_fn: ``(params, state, batch) -> metrics``, if ``loss_fn`` takes no ``train`` keyword.
       hooks: extra hooks for ``fit``.
       report: called with the finished :class:`Run`, e.g. to draw pictures into its directory.
@@ -46,6 +51,7 @@ class Experiment(NamedTuple):
     loss_fn: LossFn
     train_data: Any
     eval_data: dict[str, Any] | None = None
+    test_data: dict[str, Any] | None = None
     eval_fn: EvalFn | None = None
     hooks: Sequence[Hook] = ()
     report: Callable[["Run"], None] | None = None
@@ -53,9 +59,12 @@ class Experiment(NamedTuple):
 
 
 class Run(NamedTuple):
-    """A finished (or loaded) run: its directory, config, experiment, final train state and results."""
+    """A finished (or loaded) run: its directory, config, experiment, final train state and results.
 
-    directory: Path
+    ``directory`` is ``None`` on the processes of a multi-process run that do not write (all but process 0).
+    """
+
+    directory: Path | None
     config: Config
     experiment: Experiment
     train_state: TrainState
@@ -77,6 +86,8 @@ def load_example(name_or_path: str) -> ModuleType:
         if not path.is_file():
             raise FileNotFoundError(f"example file {path} does not exist")
         spec = importlib.util.spec_from_file_location(f"fundl_example_{path.stem}", path)
+        if spec is None or spec.loader is None:
+            raise ValueError(f"example file {path} cannot be imported as a Python module")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
     else:
@@ -94,7 +105,7 @@ def resolve_config(module: ModuleType, settings: Iterable[tuple[str, Any]] = ())
     return override(merge(DEFAULTS, module.CONFIG), settings)
 
 
-def budget(config: Config) -> dict[str, int]:
+def budget(config: Config) -> dict[str, Any]:
     """``fit``'s budget argument from the config: ``{"steps": n}`` or ``{"epochs": n}``."""
     steps = config["train"]["steps"]
     return {"steps": steps} if steps is not None else {"epochs": config["train"]["epochs"]}
@@ -106,6 +117,16 @@ def total_steps(config: Config, experiment: Experiment) -> int:
     check_batch_size(batch_size, n, "train data")
     given = budget(config)
     return given["steps"] if "steps" in given else given["epochs"] * (n // batch_size)
+
+
+def test_metrics(
+    experiment: Experiment, loss_fn: LossFn, params: Any, state: Any, *, batch_size: int, mesh: MeshSpec = 1
+) -> dict[str, dict[str, float]]:
+    """The final scores on the experiment's ``test_data``, ``{split: {metric: mean}}``, as ``fit`` evaluates."""
+    return {
+        name: evaluate(loss_fn, params, state, split, batch_size=batch_size, mesh=mesh, eval_fn=experiment.eval_fn)
+        for name, split in (experiment.test_data or {}).items()
+    }
 
 
 def _initial_state_fn(experiment: Experiment, optimizer) -> Callable[[Any], TrainState]:

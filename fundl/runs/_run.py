@@ -9,6 +9,7 @@ never stopped. ``load_run`` brings a finished run back, verified.
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -24,7 +25,7 @@ from jax.sharding import Mesh
 from fundl.distributed import Placement, data_mesh, describe_mesh
 from fundl.runs._checkpoints import Checkpoints, preemption_signals
 from fundl.runs._config import Config, ConfigError, flat_keys
-from fundl.runs._experiment import Experiment, Run, budget, initial_train_state, load_example, resolve_config, total_steps
+from fundl.runs._experiment import Experiment, Run, budget, initial_train_state, load_example, resolve_config, test_metrics, total_steps
 from fundl.runs._files import read_json, write_json
 from fundl.runs._optimizers import make_optimizer
 from fundl.runs._rundir import (
@@ -42,6 +43,7 @@ from fundl.runs._rundir import (
 from fundl.runs._state_file import host_copy, restore_train_state, save_train_state
 from fundl.train import (
     PRECISION_POLICIES,
+    Event,
     Hook,
     TrainState,
     check_options,
@@ -51,6 +53,7 @@ from fundl.train import (
     params_fingerprint,
     with_precision,
 )
+from fundl.train._checks import check_finite
 from fundl.train._data import num_examples
 from fundl.train._progress import format_metrics
 
@@ -93,6 +96,7 @@ def prepare(module: ModuleType, config: Config) -> Prepared:
         raise ConfigError(f"train.devices={train['devices']}, train.fsdp={train['fsdp']}, train.batch_size={train['batch_size']}: {error}") from None
     _check_checkpoint_config(config["checkpoint"])
     _check_early_stopping_config(config["early_stopping"], experiment)
+    _check_test_data(experiment)
     per_epoch = num_examples(experiment.train_data) // train["batch_size"]
     return Prepared(config, experiment, optimizer, schedule, mesh if mesh.size > 1 else None, per_epoch)
 
@@ -113,12 +117,26 @@ def _check_early_stopping_config(stopping: dict[str, Any], experiment: Experimen
         return
     split = stopping["metric"].partition("/")[0]
     splits = sorted(experiment.eval_data or {})
+    if split in (experiment.test_data or {}):
+        raise ConfigError(f"early_stopping.metric {stopping['metric']!r}: the test split is scored once, after training, so that "
+                          f"nothing is tuned on it; watch an evaluated split instead ({', '.join(splits)})")
     if "/" not in stopping["metric"] or split not in splits:
         raise ConfigError(f"early_stopping.metric names an evaluated 'split/metric' (splits: {', '.join(splits)}), got {stopping['metric']!r}")
     try:
         early_stopping(split, "x", mode=stopping["mode"], patience=stopping["patience"], min_delta=stopping["min_delta"])
     except ValueError as error:
         raise ConfigError(f"early_stopping: {error}") from None
+
+
+def _check_test_data(experiment: Experiment) -> None:
+    """The test splits, checked before training as ``fit`` checks its evaluation splits: an error now, not after training."""
+    clash = sorted(set(experiment.test_data or {}) & {"train", *(experiment.eval_data or {})})
+    if clash:
+        raise ValueError(f"the experiment's test_data and eval_data (or the training metrics) both name split(s) {clash}: give each its own name")
+    check_data = getattr(experiment.loss_fn, "check_data", check_finite)
+    for name, split in (experiment.test_data or {}).items():
+        num_examples(split, f"test split {name!r}")
+        check_data(split, f"test split {name!r}")
 
 
 def _hooks(prepared: Prepared, directory: Path | None) -> list[Hook]:
@@ -171,7 +189,7 @@ def run(
     prepared = prepare(module, config)
     writer = jax.process_index() == 0  # in a multi-process run, process 0 alone writes
     directory, run_id = _on_every_process(lambda: create_run_directory(Path(example).stem, out))
-    if writer:
+    if directory is not None:  # process 0
         echo(f"run directory: {directory}")
         write_json(directory / "config.json", config)
         sha = copy_example(module, directory)
@@ -191,7 +209,7 @@ def _directory_for_checkpoints(directory: Path | None, out: str | None) -> Path:
     return Path(out)
 
 
-def resume(directory: str, *, quiet: bool = False, echo: Callable[[str], None] = print) -> Run:
+def resume(directory: str | os.PathLike, *, quiet: bool = False, echo: Callable[[str], None] = print) -> Run:
     """Continues an interrupted run from its latest complete checkpoint, exactly.
 
     The run's own config, example (the copy in the run directory), budget and schedule
@@ -224,7 +242,10 @@ def resume(directory: str, *, quiet: bool = False, echo: Callable[[str], None] =
         raise ValueError(f"the checkpoint of {directory} holds the state of {len(hook_states)} hooks, the example now has {len(hooks)}")
     for hook, state in zip(hooks, hook_states):
         if state is not None:
-            hook.load_state_dict(state)
+            load_state_dict = getattr(hook, "load_state_dict", None)
+            if load_state_dict is None:
+                raise ValueError(f"the checkpoint of {directory} holds a state for hook {hook!r}, which has no load_state_dict method")
+            load_state_dict(state)
     if writer:
         truncate_metrics(directory / METRICS_FILE, step)
         echo(f"resuming {directory} from step {step}")
@@ -261,6 +282,8 @@ def _train(prepared: Prepared, directory: Path | None, checkpoints: Checkpoints,
                 quiet=quiet or not directory,
             )
         checkpoints.wait()
+        if not (history["interrupted"] or history["nonfinite"]):
+            _score_test_splits(prepared, train_state, history, hooks)
     except BaseException as error:
         checkpoints.wait()
         if directory:
@@ -271,6 +294,21 @@ def _train(prepared: Prepared, directory: Path | None, checkpoints: Checkpoints,
     finally:
         checkpoints.close()
     return _record(prepared, directory, train_state, history, echo)
+
+
+def _score_test_splits(prepared: Prepared, train_state: TrainState, history: dict[str, Any], hooks: list[Hook]) -> None:
+    """Scores the experiment's test splits once, with the final params: a record each in the history, and a
+    ``"test"`` event to the hooks (``metrics.jsonl`` is written by one)."""
+    train = prepared.config["train"]
+    scores = test_metrics(prepared.experiment, with_precision(prepared.experiment.loss_fn, train["precision"]), train_state.params,
+                          train_state.state, batch_size=train["eval_batch_size"] or train["batch_size"],
+                          mesh=prepared.mesh if prepared.mesh is not None else 1)
+    step = history["steps"]
+    records = [{"step": step, "epoch": step / prepared.steps_per_epoch, "split": name, **metrics} for name, metrics in scores.items()]
+    for record in records:
+        for hook in hooks:
+            hook(Event("test", record, train_state))
+    history["records"] += records
 
 
 def _record(prepared: Prepared, directory: Path | None, train_state: TrainState, history: dict[str, Any], echo) -> Run:
@@ -329,8 +367,8 @@ def _on_every_process(create: Callable[[], Path]) -> tuple[Path | None, str]:
             directory = create()
         except (OSError, ValueError) as caught:
             error = caught
-    message = np.frombuffer(f"{int(error is None)}{run_id}".encode(), np.uint8)
-    message = bytes(np.asarray(multihost_utils.broadcast_one_to_all(message), np.uint8)).decode()
+    sent = np.frombuffer(f"{int(error is None)}{run_id}".encode(), np.uint8)
+    message = bytes(np.asarray(multihost_utils.broadcast_one_to_all(sent), np.uint8)).decode()
     if error is not None:
         raise error
     if message[0] != "1":
@@ -384,7 +422,7 @@ def _verified_example(directory: Path) -> tuple[ModuleType, Config]:
     return module, config
 
 
-def load_run(directory: str) -> Run:
+def load_run(directory: str | os.PathLike) -> Run:
     """Loads a finished run back, verified: its config, its example's experiment and its final train state.
 
     Raises:
@@ -415,7 +453,7 @@ def load_run(directory: str) -> Run:
     return Run(directory, config, experiment, train_state, None, summary)
 
 
-def sample(directory: str, prompt: str = "", *, temperature: float = 1.0, length: int = 200, seed: int = 0) -> str:
+def sample(directory: str | os.PathLike, prompt: str = "", *, temperature: float = 1.0, length: int = 200, seed: int = 0) -> str:
     """Generates from a finished run of a generative example (what ``fundl sample`` does)."""
     loaded = load_run(directory)
     if loaded.experiment.sample is None:

@@ -140,10 +140,10 @@ def manifest(example: str, example_sha256: str, precision: str, mesh: dict[str, 
 
 
 def metrics_writer(path: Path) -> Hook:
-    """Appends the record of every log and evaluation to ``metrics.jsonl``, one JSON object a line."""
+    """Appends the record of every log, evaluation and test to ``metrics.jsonl``, one JSON object a line."""
 
     def hook(event: Event) -> None:
-        if event.kind in ("log", "eval"):
+        if event.kind in ("log", "eval", "test"):
             with path.open("a") as file:
                 file.write(json.dumps(strict_json(event.record), allow_nan=False) + "\n")
 

@@ -28,12 +28,12 @@ import numpy as np
 
 from fundl.distributed import describe_mesh
 from fundl.runs._config import Config, ConfigError, override, parse_value
-from fundl.runs._experiment import budget, initial_train_states, load_example, resolve_config, total_steps
+from fundl.runs._experiment import budget, initial_train_states, load_example, resolve_config, test_metrics, total_steps
 from fundl.runs._files import strict_json, write_atomic, write_json
 from fundl.runs._optimizers import make_optimizer
-from fundl.runs._run import prepare
+from fundl.runs._run import Prepared, prepare
 from fundl.runs._rundir import copy_example, create_run_directory, manifest, write_status
-from fundl.train import params_fingerprint, with_precision
+from fundl.train import LossFn, TrainState, params_fingerprint, with_precision
 from fundl.train._members import fit_members
 
 SWEEPABLE = ("optimizer.learning_rate", "optimizer.momentum", "optimizer.weight_decay", "optimizer.clip_norm")
@@ -180,12 +180,28 @@ def sweep(
                 eval_data=experiment.eval_data, eval_batch_size=train["eval_batch_size"],
                 mesh=prepared.mesh if prepared.mesh is not None else 1, steps_per_call=train["steps_per_call"], quiet=quiet,
             )
+            history["records"] += _test_records(prepared, loss_fn, final, history)
             finals.append(final)
             histories.append(history)
     except BaseException as error:
         write_status(directory, "failed", 0, f"{type(error).__name__}: {error}")
         raise
     return _record(directory, base, configs, sweep, finals, histories, size, echo)
+
+
+def _test_records(prepared: Prepared, loss_fn: LossFn, final: TrainState, history: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each member's scores on the experiment's test splits, one record a split with one value a member."""
+    batch_size = prepared.config["train"]["eval_batch_size"] or prepared.config["train"]["batch_size"]
+    mesh = prepared.mesh if prepared.mesh is not None else 1
+    scores = [
+        test_metrics(prepared.experiment, loss_fn, *jax.tree.map(lambda a: a[i], (final.params, final.state)), batch_size=batch_size, mesh=mesh)
+        for i in range(history["members"])
+    ]
+    return [
+        {"step": history["steps"], "epoch": history["epochs"], "split": name,
+         **{metric: [member[name][metric] for member in scores] for metric in scores[0][name]}}
+        for name in scores[0]
+    ]
 
 
 def _record(directory, base, configs, sweep, finals, histories, size, echo) -> Sweep:

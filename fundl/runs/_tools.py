@@ -23,7 +23,7 @@ from fundl.runs._files import read_json
 NOT_A_RUN = "{path} is not a fundl run directory: no config.json"
 NO_RUNS_DIR = "{path} does not exist: nothing to list (`fundl run` writes its runs under runs/ unless --out says otherwise)"
 HEADLINE_METRICS = ("accuracy", "loss")
-DEFAULT_PLOT_METRICS = ("test/accuracy", "train/loss")
+DEFAULT_PLOT_METRICS = ("validation/accuracy", "test/accuracy", "train/loss")
 _RECORD_KEYS = ("step", "epoch", "split")
 
 
@@ -310,7 +310,7 @@ def plot_runs(
     Args:
       directories: one or more run directories.
       metric: ``split/metric`` as logged in ``metrics.jsonl``, e.g. ``test/accuracy``;
-        by default ``test/accuracy`` if every run has it, else ``train/loss``.
+        by default the first of ``validation/accuracy``, ``test/accuracy`` and ``train/loss`` that every run has.
       path: the PNG file to write.
 
     Returns:

@@ -23,14 +23,14 @@ from fundl._core import Layer, Params, State
 from fundl.distributed._mesh import MeshSpec, resolve_mesh
 from fundl.distributed._placement import Placement
 from fundl.train._data import check_batch_size, in_order, num_examples
-from fundl.train._step import LossFn, default_eval_fn
+from fundl.train._step import EvalFn, LossFn, default_eval_fn
 
 
 # One compiled function per loss function (or model) and batch shape, kept by jit's cache,
 # so that calling evaluate or predict again (after each epoch, say) compiles nothing new.
-@functools.partial(jax.jit, static_argnames="loss_fn")
-def _eval_batch(params: Params, state: State, batch: Any, *, loss_fn: LossFn) -> dict[str, jax.Array]:
-    return default_eval_fn(loss_fn)(params, state, batch)
+@functools.partial(jax.jit, static_argnames=("loss_fn", "eval_fn"))
+def _eval_batch(params: Params, state: State, batch: Any, *, loss_fn: LossFn, eval_fn: EvalFn | None) -> dict[str, jax.Array]:
+    return (eval_fn or default_eval_fn(loss_fn))(params, state, batch)
 
 
 @functools.partial(jax.jit, static_argnames="apply")
@@ -39,7 +39,8 @@ def _predict_batch(params: Params, state: State, x_batch: Any, *, apply: Callabl
 
 
 def evaluate(
-    loss_fn: LossFn, params: Params, state: State, data: Any, *, batch_size: int = 256, mesh: MeshSpec = 1
+    loss_fn: LossFn, params: Params, state: State, data: Any, *, batch_size: int = 256, mesh: MeshSpec = 1,
+    eval_fn: EvalFn | None = None,
 ) -> dict[str, float]:
     """The loss and metrics of ``loss_fn`` over every example of ``data``, in evaluation mode.
 
@@ -59,15 +60,18 @@ def evaluate(
       mesh: the devices, as ``fit``'s ``mesh``: ``1`` (the default) is one device, ``None``
         every visible device (each batch is cut over them; the few examples that do not
         fill a row per device go as one more, replicated batch).
+      eval_fn: ``(params, state, batch) -> metrics`` to call instead of the loss function
+        in evaluation mode, as ``fit``'s ``eval_fn``.
 
     Returns:
-      ``{"loss": float, **metrics}``, each the mean over all examples.
+      ``{"loss": float, **metrics}`` (or ``eval_fn``'s metrics), each the mean over all examples.
 
     Example:
       >>> evaluate(classification_loss(model), params, state, (x_test, y_test))
       {'loss': 0.1123, 'accuracy': 0.9666}
     """
-    default_eval_fn(loss_fn)  # an error now if it takes no `train` keyword
+    if eval_fn is None:
+        default_eval_fn(loss_fn)  # an error now if it takes no `train` keyword
     size = num_examples(data, "data")
     check_batch_size(batch_size, None, "evaluation")
     data = jax.tree.map(np.asarray, data)
@@ -79,7 +83,7 @@ def evaluate(
         if placement.mesh is not None:
             params, state = jax.device_put((params, state), placement.replicated)
         batches = placement.eval_batches(data, batch_size)
-        results = [(_eval_batch(params, state, batch, loss_fn=loss_fn), n) for batch, n in batches]
+        results = [(_eval_batch(params, state, batch, loss_fn=loss_fn, eval_fn=eval_fn), n) for batch, n in batches]
         results = jax.device_get(results)
     return {
         name: float(math.fsum(float(metrics[name]) * n for metrics, n in results) / size) for name in results[0][0]

@@ -22,7 +22,8 @@ class Event(NamedTuple):
     Attributes:
       kind: ``"step"`` (every training step), ``"log"`` (training metrics averaged since
         the last log), ``"eval"`` (metrics over a whole evaluation split), ``"epoch_end"``,
-        or ``"end"`` (training is over, for whatever reason: close files here).
+        ``"end"`` (training is over, for whatever reason: close files here), or, after
+        ``"end"``, ``"test"`` (``fundl run`` scored a test split once, with the final params).
       record: ``{"step", "epoch", "split", **metrics}`` with Python floats; ``step`` is
         the number of updates done.
       train_state: the current train state, except for ``"step"`` events, which arrive a
@@ -179,7 +180,7 @@ def log_learning_rate(schedule: Callable[[Any], Any]) -> Hook:
 
 
 def derived_metric(name: str, fn: Callable[[dict[str, Any]], float]) -> Hook:
-    """Adds ``name = fn(record)`` to every log and evaluation record.
+    """Adds ``name = fn(record)`` to every log, evaluation and test record.
 
     For metrics that are not means over examples: computing them from the exact split
     means keeps them exact, e.g. perplexity from the mean cross-entropy (averaging per-batch
@@ -190,7 +191,7 @@ def derived_metric(name: str, fn: Callable[[dict[str, Any]], float]) -> Hook:
     """
 
     def hook(event: Event) -> None:
-        if event.kind in ("log", "eval"):
+        if event.kind in ("log", "eval", "test"):
             event.record[name] = float(fn(event.record))
 
     return hook

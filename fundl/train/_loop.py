@@ -317,7 +317,7 @@ def fit(
 
 def _is_count(value: Any, least: int) -> bool:
     """An integer (Python or NumPy, not a bool) of at least ``least``."""
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)) and value >= least
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)) and bool(value >= least)
 
 
 def check_options(
@@ -352,7 +352,7 @@ def _budget(epochs: int | None, steps: int | None, per_epoch: int) -> int:
     if (epochs is None) == (steps is None):
         raise ValueError(f"give exactly one training budget, epochs or steps; got epochs={epochs}, steps={steps}")
     value, name = (epochs, "epochs") if steps is None else (steps, "steps")
-    if not _is_count(value, 0):
+    if value is None or not _is_count(value, 0):
         raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
     return int(value) * per_epoch if name == "epochs" else int(value)
 
