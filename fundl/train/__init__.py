@@ -4,7 +4,7 @@ Example:
   >>> optimizer = optax.sgd(0.1)
   >>> train_state = TrainState.create(params, state, optimizer, jax.random.key(1))
   >>> train_state, history = fit(classification_loss(model), optimizer, train_state,
-  ...                            data["train"], batch_size=32, epochs=15, eval_data={"test": data["test"]})
+  ...                            data["train"], batch_size=32, epochs=15, eval_data={"validation": data["validation"]})
 """
 
 from fundl.train._checks import check_finite as check_finite

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import jax
 import numpy as np
@@ -17,9 +16,10 @@ from fundl.distributed._placement import Placement
 from fundl.train._checks import check_finite, check_opt_state, check_params
 from fundl.train._compiled import abstract, compiled_functions
 from fundl.train._data import Shuffled, num_examples
-from fundl.train._hooks import Event, Hook, first_nonfinite
+from fundl.train._hooks import Hook
 from fundl.train._plan import CallPlan
 from fundl.train._progress import CompileTimer, ProgressReport
+from fundl.train._records import CheckpointSaves, InFlight, Recorder
 from fundl.train._state import TrainState
 from fundl.train._step import (
     EvalFn,
@@ -124,8 +124,8 @@ def fit(
         step of :func:`fundl.distributed.shard_map_step`; ``loss_fn`` still checks the
         batches and evaluates.
       checkpoint: where and when to save the train state and the hooks' state during
-        training (see :class:`Checkpointer`; ``fundl.runs`` gives one backed by
-        orbax-checkpoint). It may also ask ``fit`` to stop early, as if preempted: the
+        training (see :class:`Checkpointer`; ``fundl.runs`` gives one that writes
+        a verified file per step). It may also ask ``fit`` to stop early, as if preempted: the
         run then logs the training metrics, skips the evaluation, saves a checkpoint and
         returns with ``history["interrupted"]`` set. Never saved: a state with a
         non-finite loss (the last good checkpoint is kept).
@@ -189,116 +189,55 @@ def fit(
     traces_before = {name: guard.traces for name, guard in compiled.guards.items()}
 
     plan = CallPlan(total, per_epoch, eval_every, log_every, fused, checkpoint.next_step if checkpoint else None)
+    feed = BatchFeed(train, placement, plan, batch_size, rows, resident)
+    evaluate = Evaluation(compiled.evaluate, eval_data, placement, eval_batch_size)
 
-    def load(step: int) -> tuple[int, Any]:
-        """The next call's size and its index array (or batches): this process's rows, placed on the devices."""
-        n = plan.call_size(step)
-        epoch, index = divmod(step, per_epoch)
-        if resident is not None:
-            return n, placement.batch(train.indices(epoch, index, n, rows), batch_size, stacked=n > 1)
-        if n > 1:
-            return n, placement.batch(train.batches(epoch, index, n, rows), batch_size, stacked=True)
-        return n, placement.batch(train.batch(epoch, index, rows), batch_size)
-
+    # --- The loop: dispatch a call, prepare the next one, read back older results ---------
     # The compiled steps reuse (donate) the train state's buffers: work on a copy, so that
     # the caller's arrays stay valid.
     train_state = placement.place_state(train_state)
     step = start = int(train_state.step)
-    records: list[dict[str, Any]] = []
-    since_log: list[dict[str, np.ndarray]] = []  # the metrics of each call since the last log
-    pending: deque = deque()
-    stop_reason: str | None = None
-    nonfinite = interrupted = False
-    saved_at: int | None = None
     progress = ProgressReport(total, math.ceil(total / per_epoch), quiet)
     where = "" if placement.mesh is None else f" on {placement.shards} devices {describe_mesh(placement.mesh)['axes']}"
     progress.print(f"training {total - start} steps from step {start}{where}")  # how many per call: history["steps_per_call_reason"]
-
-    def emit(kind: str, record: dict[str, Any], state: TrainState | None) -> None:
-        for hook in hooks:
-            stop(hook(Event(kind, record, state)))
-
-    def stop(reason: str | None) -> None:
-        nonlocal stop_reason
-        if reason and stop_reason is None:
-            stop_reason = reason
-            progress.print(f"stopping: {reason}")
-
-    def save(step: int) -> None:
-        nonlocal saved_at
-        if checkpoint is None or nonfinite or saved_at == step:
-            return
-        latest = {f"{r['split']}/{k}": v for r in records for k, v in r.items() if k not in ("step", "epoch", "split")}
-        checkpoint.save(step, train_state, [getattr(h, "state_dict", lambda: None)() for h in hooks], latest)
-        saved_at = step
-
-    def drain(keep: int) -> None:
-        """Reads back finished calls until at most ``keep`` are in flight; runs the step hooks."""
-        nonlocal nonfinite
-        while len(pending) > keep:
-            first, n, metrics = pending.popleft()
-            metrics = {name: np.reshape(v, (n,)) for name, v in jax.device_get(metrics).items()}
-            since_log.append(metrics)
-            if stop_on_nan and (reason := first_nonfinite(metrics, first)):
-                nonfinite = True  # this state is never saved
-                stop(reason)
-            for i in range(n) if hooks else ():
-                s = first + i + 1
-                emit("step", {"step": s, "epoch": s / per_epoch, "split": "train", **{k: float(v[i]) for k, v in metrics.items()}}, None)
-            done = first + n - start
-            speed = done * batch_size / max(time.perf_counter() - clock - timer.seconds, 1e-9)
-            progress.update(first + n, (first + n - 1) // per_epoch, float(metrics["loss"][-1]), speed)
-
-    def log_and_evaluate(step: int) -> None:
-        if since_log and (step % log_every == 0 or step == total or stop_reason):
-            means = {name: float(np.mean(np.concatenate([m[name] for m in since_log]), dtype=np.float64)) for name in since_log[0]}
-            since_log.clear()
-            record = {"step": step, "epoch": step / per_epoch, "split": "train", **means}
-            emit("log", record, train_state)
-            records.append(record)
-            progress.record_line(record)
-        # An interruption evaluates only where the schedule says so: a resumed run must see the same evaluations.
-        if compiled.evaluate and (step % eval_every == 0 or step == total or (stop_reason and not interrupted)):
-            for name, split in eval_data.items():
-                metrics = _evaluate(compiled.evaluate, train_state, placement.eval_batches(split, eval_batch_size))
-                record = {"step": step, "epoch": step / per_epoch, "split": name, **metrics}
-                emit("eval", record, train_state)
-                records.append(record)
-                progress.record_line(record)
-
-    # --- The loop: dispatch a call, prepare the next batches, read back old results -----
+    interrupted = False
     clock = time.perf_counter()
     with CompileTimer() as timer, placement.context():
+        recorder = Recorder(hooks, progress, per_epoch, stop_on_nan=stop_on_nan,
+                            speed=lambda done: (done - start) * batch_size / max(time.perf_counter() - clock - timer.seconds, 1e-9))
+        in_flight = InFlight(recorder.steps_done)
+        save = CheckpointSaves(checkpoint, recorder)
         try:
             progress.start(step)
-            upcoming = load(step) if step < total else None
-            while upcoming is not None and stop_reason is None:
+            upcoming = feed.call(step) if step < total else None
+            while upcoming is not None and recorder.stop_reason is None:
                 n, batches = upcoming
                 train_state, metrics = (compiled.fused if n > 1 else compiled.single)(train_state, resident, batches)
-                pending.append((step, n, metrics))
+                in_flight.add(step, n, metrics)
                 step += n
                 if checkpoint and (reason := checkpoint.interrupted(step)):
                     interrupted = True
-                    stop(reason)
-                upcoming = load(step) if step < total and stop_reason is None else None  # overlaps with the running call
-                drain(keep=max_in_flight)
-                if plan.is_boundary(step) or stop_reason:
-                    drain(keep=0)
-                    log_and_evaluate(step)
+                    recorder.stop(reason)
+                upcoming = feed.call(step) if step < total and recorder.stop_reason is None else None  # overlaps the running call
+                in_flight.drain(keep=max_in_flight)
+                if plan.is_boundary(step) or recorder.stop_reason:
+                    in_flight.drain()
+                    record_boundary(recorder, plan, evaluate, step, train_state, interrupted=interrupted)
                     if step % per_epoch == 0:
-                        emit("epoch_end", {"step": step, "epoch": step / per_epoch}, train_state)
+                        recorder.emit("epoch_end", {"step": step, "epoch": step / per_epoch}, train_state)
                     if plan.checkpoint_due(step) or interrupted:
-                        save(step)
-            drain(keep=0)
-            if not records or records[-1]["step"] != step:
-                log_and_evaluate(step)
-            save(step)
-            emit("end", {"step": step, "epoch": step / per_epoch}, train_state)
+                        save(step, train_state)
+            in_flight.drain()
+            if not recorder.records or recorder.records[-1]["step"] != step:  # no step ran, or the last boundary was not reached
+                record_boundary(recorder, plan, evaluate, step, train_state, interrupted=interrupted)
+            save(step, train_state)
+            recorder.emit("end", {"step": step, "epoch": step / per_epoch}, train_state)
         finally:
             progress.close()
     wall = time.perf_counter() - clock
+    stop_reason = recorder.stop_reason
     history = {
-        "records": records,
+        "records": recorder.records,
         "stop_reason": stop_reason,
         "steps": step,
         "epochs": step / per_epoch,
@@ -308,7 +247,7 @@ def fit(
         "steps_per_call_reason": how,
         "mesh": describe_mesh(placement.mesh),
         "traces": {name: guard.traces - traces_before[name] for name, guard in compiled.guards.items()},
-        "nonfinite": nonfinite,
+        "nonfinite": recorder.nonfinite,
         "interrupted": interrupted,
     }
     progress.print(f"done: {step} steps in {wall:.1f} s ({timer.seconds:.1f} s compiling)" + (f"; stopped: {stop_reason}" if stop_reason else ""))
@@ -388,9 +327,58 @@ def _steps_per_call(option, train_step, train_state, batch, train, *intervals: i
     return per_call, f"{per_call} steps per call (auto: one lax.scan per {per_call} steps)"
 
 
-def _evaluate(eval_call, train_state: TrainState, batches) -> dict[str, float]:
-    """Exact means over a split: each batch's metrics weighted by its true size."""
-    results = [(eval_call(train_state.params, train_state.state, batch), n) for batch, n in batches]
-    results = jax.device_get(results)
+class BatchFeed(NamedTuple):
+    """The input of each compiled call: this process's rows of its batches, placed on the devices."""
+
+    train: Shuffled
+    placement: Placement
+    plan: CallPlan
+    batch_size: int
+    rows: slice
+    resident: Any  # the training data on the device(s); None: the batches themselves are sent
+
+    def call(self, step: int) -> tuple[int, Any]:
+        """The size of the call after ``step`` steps, and its index array (or its batches)."""
+        n = self.plan.call_size(step)
+        epoch, index = divmod(step, self.plan.per_epoch)
+        if self.resident is not None:
+            return n, self.placement.batch(self.train.indices(epoch, index, n, self.rows), self.batch_size, stacked=n > 1)
+        if n > 1:
+            return n, self.placement.batch(self.train.batches(epoch, index, n, self.rows), self.batch_size, stacked=True)
+        return n, self.placement.batch(self.train.batch(epoch, index, self.rows), self.batch_size)
+
+
+class Evaluation(NamedTuple):
+    """Every evaluation split's exact metrics for a train state: each batch's metrics weighted by its true size."""
+
+    eval_call: Callable | None
+    eval_data: Mapping[str, Any]
+    placement: Placement
+    batch_size: int
+
+    def __call__(self, train_state: TrainState) -> dict[str, dict[str, float]]:
+        if self.eval_call is None:
+            return {}
+        return {name: _exact_means(self.eval_call, train_state, self.placement.eval_batches(split, self.batch_size))
+                for name, split in self.eval_data.items()}
+
+
+def _exact_means(eval_call: Callable, train_state: TrainState, batches) -> dict[str, float]:
+    results = jax.device_get([(eval_call(train_state.params, train_state.state, batch), n) for batch, n in batches])
     total = sum(n for _, n in results)
     return {name: float(sum(float(m[name]) * n for m, n in results) / total) for name in results[0][0]}
+
+
+def record_boundary(recorder: Recorder, plan: CallPlan, evaluate: Evaluation, step: int, train_state: TrainState, *,
+                    interrupted: bool) -> None:
+    """At a boundary after ``step`` steps: the training log and the evaluations that are due.
+
+    Stopping early logs and evaluates where it stops; an interruption (to be resumed)
+    evaluates only where the schedule says so, so that a resumed run sees the same evaluations.
+    """
+    stopping = recorder.stop_reason is not None
+    if plan.log_due(step) or stopping:
+        recorder.log(step, train_state)
+    if plan.eval_due(step) or (stopping and not interrupted):
+        for split, metrics in evaluate(train_state).items():
+            recorder.evaluation(step, split, metrics, train_state)

@@ -37,6 +37,12 @@ class CallPlan(NamedTuple):
     def checkpoint_due(self, step: int) -> bool:
         return step == self.next_checkpoint(step - 1)
 
+    def log_due(self, step: int) -> bool:
+        return step % self.log_every == 0 or step == self.total
+
+    def eval_due(self, step: int) -> bool:
+        return step % self.eval_every == 0 or step == self.total
+
     def is_boundary(self, step: int) -> bool:
         intervals = (self.per_epoch, self.eval_every, self.log_every)
         return step == self.total or self.checkpoint_due(step) or any(step % every == 0 for every in intervals)
