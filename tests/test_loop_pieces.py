@@ -113,13 +113,22 @@ def test_a_boundary_logs_and_evaluates_what_is_due(stop, interrupted, expected):
 
 def test_evaluation_weighs_each_batch_by_its_size():
     data = {"x": np.arange(10, dtype=np.float32)}
-    evaluate = Evaluation(lambda params, state, batch: {"mean": jnp.mean(batch["x"])}, {"a": data}, Placement(None), batch_size=4)
+    evaluate = Evaluation(lambda params, state, batch: {"mean": jnp.mean(batch["x"])}, {"a": data}, Placement(None), {"a": 4})
 
     class State:
         params = state = None
 
     assert evaluate(State())["a"]["mean"] == pytest.approx(4.5)  # batches of 4, 4 and 2: the exact mean
-    assert Evaluation(None, {"a": data}, Placement(None), 4)(State()) == {}
+    assert Evaluation(None, {"a": data}, Placement(None), {"a": 4})(State()) == {}
+
+
+def test_a_small_split_is_evaluated_whole_and_a_large_one_in_training_batches():
+    from fundl.train._data import WHOLE_SPLIT_BYTES, eval_batch_size_for
+
+    small, large = np.zeros((300, 64), np.float32), np.zeros((WHOLE_SPLIT_BYTES // 256 + 1, 64), np.float32)
+    assert eval_batch_size_for({"x": small}, None, 32) == 300
+    assert eval_batch_size_for({"x": large}, None, 32) == 32
+    assert eval_batch_size_for({"x": small}, 50, 32) == 50  # as given
 
 
 def test_the_batch_feed_gives_index_arrays_of_the_epochs_order():

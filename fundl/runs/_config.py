@@ -21,7 +21,7 @@ DEFAULTS: Config = {
         "epochs": 10,
         "steps": None,  # a step budget instead of epochs
         "batch_size": 32,
-        "eval_batch_size": None,  # default: train.batch_size
+        "eval_batch_size": None,  # default: a split of at most 8 MiB in one batch, else train.batch_size
         "eval_every": None,  # steps; default: once per epoch
         "log_every": None,  # steps; default: once per epoch
         "steps_per_call": "auto",

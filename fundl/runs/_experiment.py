@@ -23,7 +23,7 @@ from fundl._core import Layer, Shape
 from fundl.distributed._mesh import MeshSpec
 from fundl.runs._config import DEFAULTS, Config, merge, override
 from fundl.train import EvalFn, Hook, LossFn, TrainState, evaluate
-from fundl.train._data import check_batch_size, num_examples
+from fundl.train._data import check_batch_size, eval_batch_size_for, num_examples
 
 
 class Experiment(NamedTuple):
@@ -120,11 +120,13 @@ def total_steps(config: Config, experiment: Experiment) -> int:
 
 
 def test_metrics(
-    experiment: Experiment, loss_fn: LossFn, params: Any, state: Any, *, batch_size: int, mesh: MeshSpec = 1
+    experiment: Experiment, loss_fn: LossFn, params: Any, state: Any, *, batch_size: int, eval_batch_size: int | None = None,
+    mesh: MeshSpec = 1,
 ) -> dict[str, dict[str, float]]:
-    """The final scores on the experiment's ``test_data``, ``{split: {metric: mean}}``, as ``fit`` evaluates."""
+    """The final scores on the experiment's ``test_data``, ``{split: {metric: mean}}``, in batches as ``fit`` evaluates."""
     return {
-        name: evaluate(loss_fn, params, state, split, batch_size=batch_size, mesh=mesh, eval_fn=experiment.eval_fn)
+        name: evaluate(loss_fn, params, state, split, batch_size=eval_batch_size_for(split, eval_batch_size, batch_size), mesh=mesh,
+                       eval_fn=experiment.eval_fn)
         for name, split in (experiment.test_data or {}).items()
     }
 
@@ -138,6 +140,21 @@ def _initial_state_fn(experiment: Experiment, optimizer) -> Callable[[Any], Trai
     return make
 
 
+# The initial state is computed once, so how fast its program runs hardly matters, but
+# compiling it with LLVM's optimisations takes ~1.5 s on XLA:CPU for a two-layer MLP
+# (threefry's rounds, once per initializer): most of a short run's start. Without them it
+# compiles in ~0.3 s. The values are the same up to float rounding (the dense and conv
+# layers' bit for bit; normal draws and orthogonal recurrent kernels can differ in the
+# last bits), and every run, resume and sweep makes its initial state this same way.
+_QUICK_COMPILE: dict[str, Any] = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
+
+def _compiled_once(fn: Callable, *example_args: Any) -> Callable:
+    """``fn`` compiled for arguments like these; on the CPU without LLVM's slow optimisations."""
+    options = _QUICK_COMPILE if jax.default_backend() == "cpu" else None
+    return jax.jit(fn).lower(*example_args).compile(compiler_options=options)
+
+
 def initial_train_state(config: Config, experiment: Experiment, optimizer) -> TrainState:
     """The train state at step 0: params from ``split(key(seed))[0]``, training key the other half.
 
@@ -147,7 +164,7 @@ def initial_train_state(config: Config, experiment: Experiment, optimizer) -> Tr
     seed = config["seed"]
     make = _initial_state_fn(experiment, optimizer)
     if seed < 2**32:  # as a uint32 array, jax.random.key gives the key of the Python int
-        return jax.jit(make)(np.uint32(seed))
+        return _compiled_once(make, np.uint32(seed))(np.uint32(seed))
     return jax.jit(make, static_argnums=0)(seed)
 
 
@@ -155,6 +172,6 @@ def initial_train_states(seeds: Sequence[int], experiment: Experiment, optimizer
     """:func:`initial_train_state` for each seed (below 2**32), stacked on a leading axis."""
     if max(seeds) >= 2**32:
         raise ValueError(f"the seeds of a sweep must be below 2**32, got {max(seeds)}")
-    make = jax.jit(_initial_state_fn(experiment, optimizer))  # compiled once, called per seed (a vmapped init compiles slowly)
+    make = _compiled_once(_initial_state_fn(experiment, optimizer), np.uint32(0))  # compiled once, called per seed
     states = [make(np.uint32(seed)) for seed in seeds]
     return jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)

@@ -301,7 +301,7 @@ def _score_test_splits(prepared: Prepared, train_state: TrainState, history: dic
     ``"test"`` event to the hooks (``metrics.jsonl`` is written by one)."""
     train = prepared.config["train"]
     scores = test_metrics(prepared.experiment, with_precision(prepared.experiment.loss_fn, train["precision"]), train_state.params,
-                          train_state.state, batch_size=train["eval_batch_size"] or train["batch_size"],
+                          train_state.state, batch_size=train["batch_size"], eval_batch_size=train["eval_batch_size"],
                           mesh=prepared.mesh if prepared.mesh is not None else 1)
     step = history["steps"]
     records = [{"step": step, "epoch": step / prepared.steps_per_epoch, "split": name, **metrics} for name, metrics in scores.items()]

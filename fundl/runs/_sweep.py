@@ -191,10 +191,10 @@ def sweep(
 
 def _test_records(prepared: Prepared, loss_fn: LossFn, final: TrainState, history: dict[str, Any]) -> list[dict[str, Any]]:
     """Each member's scores on the experiment's test splits, one record a split with one value a member."""
-    batch_size = prepared.config["train"]["eval_batch_size"] or prepared.config["train"]["batch_size"]
-    mesh = prepared.mesh if prepared.mesh is not None else 1
+    train, mesh = prepared.config["train"], prepared.mesh if prepared.mesh is not None else 1
     scores = [
-        test_metrics(prepared.experiment, loss_fn, *jax.tree.map(lambda a: a[i], (final.params, final.state)), batch_size=batch_size, mesh=mesh)
+        test_metrics(prepared.experiment, loss_fn, *jax.tree.map(lambda a: a[i], (final.params, final.state)),
+                     batch_size=train["batch_size"], eval_batch_size=train["eval_batch_size"], mesh=mesh)
         for i in range(history["members"])
     ]
     return [

@@ -63,6 +63,19 @@ def num_examples(data: Any, name: str = "data") -> int:
     return size
 
 
+WHOLE_SPLIT_BYTES = 8 << 20  # an evaluation split this small is evaluated as one batch
+
+
+def eval_batch_size_for(split: Any, given: int | None, training: int) -> int:
+    """The batch size to evaluate ``split`` with: ``given`` if set; else the whole split in one
+    batch when its arrays take at most 8 MiB (one call, and one shape to compile); else
+    the training batch size."""
+    if given:
+        return int(given)
+    size = sum(getattr(leaf, "nbytes", None) or np.asarray(leaf).nbytes for leaf in jax.tree.leaves(split))
+    return num_examples(split) if size <= WHOLE_SPLIT_BYTES else training
+
+
 def check_batch_size(batch_size: Any, size: int | None, name: str) -> None:
     """Raises ValueError unless ``batch_size`` is a positive int, at most ``size`` if one is given."""
     if isinstance(batch_size, (bool, np.bool_)) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:

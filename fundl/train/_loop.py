@@ -15,7 +15,7 @@ from fundl.distributed._mesh import MeshSpec, describe_mesh, resolve_mesh
 from fundl.distributed._placement import Placement
 from fundl.train._checks import check_finite, check_opt_state, check_params
 from fundl.train._compiled import abstract, compiled_functions
-from fundl.train._data import Shuffled, num_examples
+from fundl.train._data import Shuffled, eval_batch_size_for, num_examples
 from fundl.train._hooks import Hook
 from fundl.train._plan import CallPlan
 from fundl.train._progress import CompileTimer, ProgressReport
@@ -96,7 +96,8 @@ def fit(
         exact means over the split.
       eval_fn: ``(params, state, batch) -> metrics``; by default ``loss_fn`` called with
         ``key=None, train=False``.
-      eval_batch_size: evaluation batch size (default: ``batch_size``).
+      eval_batch_size: evaluation batch size (default: the whole split in one batch when
+        its arrays take at most 8 MiB, one call and one compiled shape; else ``batch_size``).
       eval_every, log_every: in steps (default: once per epoch). Training metrics are
         logged as means over the steps since the last log, as split ``"train"``.
       hooks: callables ``hook(event) -> None | reason`` (see :class:`Event`).
@@ -153,11 +154,11 @@ def fit(
     per_epoch = train.steps_per_epoch
     total = _budget(epochs, steps, per_epoch)
     eval_data = dict(eval_data or {})
-    eval_batch_size = eval_batch_size or batch_size
     for name, split in eval_data.items():
         if name == "train":
             raise ValueError('eval split name "train" is taken by the training metrics; name it e.g. "train_eval"')
         num_examples(split, f"eval split {name!r}")  # a larger batch size is fine: one batch holds the split
+    eval_sizes = {name: eval_batch_size_for(split, eval_batch_size, batch_size) for name, split in eval_data.items()}
     eval_every = _interval("eval_every", eval_every, per_epoch)
     log_every = _interval("log_every", log_every, per_epoch)
     hooks = list(hooks)
@@ -172,25 +173,25 @@ def fit(
 
     # --- The compiled functions, checked before they are compiled ------------------------
     first_batch = train.batch(0, 0)
-    check_loss_output(loss_fn, train_state, first_batch)
+    traced_loss = check_loss_output(loss_fn, train_state, first_batch)
     eval_fn_given = eval_fn
     eval_fn = eval_fn or (default_eval_fn(loss_fn) if eval_data else None)
     train_step = step_fn or train_step_fn(loss_fn, optimizer, accumulate)
     first_checkpoint = checkpoint.next_step(0) if checkpoint else None
     intervals = [every for every in (eval_every, log_every, first_checkpoint) if every]
-    fused, how = _steps_per_call(steps_per_call, train_step, train_state, first_batch, train, *intervals)
+    fused, how = _steps_per_call(steps_per_call, uses_convolution(traced_loss), first_batch, train, *intervals)
     resident = placement.resident(train.data) if train.data_bytes <= _MAX_RESIDENT_BYTES else None
     key = (loss_fn, optimizer, accumulate, step_fn, eval_fn_given or loss_fn, placement.mesh, resident is not None, strict, fused,
-           abstract(train_state), abstract(first_batch), tuple(abstract(split) for split in eval_data.values()), eval_batch_size)
+           abstract(train_state), abstract(first_batch), tuple(abstract(split) for split in eval_data.values()), tuple(eval_sizes.values()))
     shardings = placement.state_shardings(train_state)
     compiled = compiled_functions(key, train_step, eval_fn, state_shardings=shardings,
                                   replicated=getattr(placement, "replicated", None), strict=strict,
-                                  eval_shapes=_eval_shapes(eval_data, eval_batch_size, placement.shards))
+                                  eval_shapes=_eval_shapes(eval_data, eval_sizes, placement.shards))
     traces_before = {name: guard.traces for name, guard in compiled.guards.items()}
 
     plan = CallPlan(total, per_epoch, eval_every, log_every, fused, checkpoint.next_step if checkpoint else None)
     feed = BatchFeed(train, placement, plan, batch_size, rows, resident)
-    evaluate = Evaluation(compiled.evaluate, eval_data, placement, eval_batch_size)
+    evaluate = Evaluation(compiled.evaluate, eval_data, placement, eval_sizes)
 
     # --- The loop: dispatch a call, prepare the next one, read back older results ---------
     # The compiled steps reuse (donate) the train state's buffers: work on a copy, so that
@@ -304,22 +305,22 @@ def _interval(name: str, value: int | None, per_epoch: int) -> int:
     return int(value)
 
 
-def _eval_shapes(eval_data: Mapping[str, Any], batch_size: int, shards: int) -> int:
+def _eval_shapes(eval_data: Mapping[str, Any], batch_sizes: Mapping[str, int], shards: int) -> int:
     """How many batch shapes evaluation compiles for: full batches, each split's last
     batch, and the few examples left over when the last batch does not cut evenly."""
     sizes = set()
-    for split in eval_data.values():
-        n = num_examples(split)
+    for name, split in eval_data.items():
+        n, batch_size = num_examples(split), batch_sizes[name]
         for size in {min(batch_size, n), n % batch_size or min(batch_size, n)}:
             sizes |= {s for s in (size - size % shards, size % shards) if s}
     return max(len(sizes), 1)
 
 
-def _steps_per_call(option, train_step, train_state, batch, train, *intervals: int) -> tuple[int, str]:
-    """How many steps each compiled call runs, and why."""
+def _steps_per_call(option, convolution: bool, batch, train, *intervals: int) -> tuple[int, str]:
+    """How many steps each compiled call runs, and why (``convolution``: the model has one)."""
     if option != "auto":
         return int(option), f"{option} steps per call (set by steps_per_call)"
-    if jax.default_backend() == "cpu" and uses_convolution(train_step, train_state, batch):
+    if jax.default_backend() == "cpu" and convolution:
         return 1, "1 step per call (auto: convolutions run 4-12x slower inside lax.scan on XLA:CPU)"
     span = min(train.steps_per_epoch, *intervals)  # a call never crosses an epoch end, log, eval or checkpoint
     cap = max(1, _MAX_FUSED_BYTES // sum(leaf.nbytes for leaf in jax.tree.leaves(batch)))
@@ -354,12 +355,12 @@ class Evaluation(NamedTuple):
     eval_call: Callable | None
     eval_data: Mapping[str, Any]
     placement: Placement
-    batch_size: int
+    batch_sizes: Mapping[str, int]  # by split
 
     def __call__(self, train_state: TrainState) -> dict[str, dict[str, float]]:
         if self.eval_call is None:
             return {}
-        return {name: _exact_means(self.eval_call, train_state, self.placement.eval_batches(split, self.batch_size))
+        return {name: _exact_means(self.eval_call, train_state, self.placement.eval_batches(split, self.batch_sizes[name]))
                 for name, split in self.eval_data.items()}
 
 

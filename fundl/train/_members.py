@@ -30,7 +30,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from fundl.distributed._mesh import DATA, MeshSpec, resolve_mesh
-from fundl.train._data import Shuffled, num_examples
+from fundl.train._data import Shuffled, eval_batch_size_for, num_examples
 from fundl.train._loop import _budget, check_options
 from fundl.train._progress import CompileTimer, ProgressReport
 from fundl.train._state import TrainState
@@ -89,10 +89,10 @@ def fit_members(
     per_epoch = orders[0].steps_per_epoch
     total = _budget(epochs, steps, per_epoch)
     check_options(epochs=epochs, steps=steps, eval_batch_size=eval_batch_size, steps_per_call=steps_per_call)
-    eval_batch_size = int(eval_batch_size or batch_size)
     eval_data = dict(eval_data or {})
     for name, split in eval_data.items():
         num_examples(split, f"eval split {name!r}")
+    eval_sizes = {name: eval_batch_size_for(split, eval_batch_size, batch_size) for name, split in eval_data.items()}
     mesh = resolve_mesh(mesh)
     if mesh is not None and members % mesh.size:
         raise ValueError(f"{members} members do not spread evenly over {mesh.size} devices: use a multiple of {mesh.size} members")
@@ -100,7 +100,7 @@ def fit_members(
     # --- the compiled programs: one member's step, vmapped, scanned ---------------------------
     one = jax.tree.map(lambda a: a[0], train_states)
     first_batch = orders[0].batch(0, 0)
-    check_loss_output(loss_fn, one, first_batch)
+    traced_loss = check_loss_output(loss_fn, one, first_batch)
     evaluate_one = default_eval_fn(loss_fn)
 
     def member_step(state: TrainState, hp: Hyper, alive: jax.Array, data: Any, indices: jax.Array):
@@ -127,8 +127,7 @@ def fit_members(
     train_call = jax.jit(run_steps, donate_argnums=0, **layout)
     eval_call = jax.jit(jax.vmap(evaluate_one, in_axes=(0, 0, None)))
 
-    first_hyper = {k: jnp.asarray(v[0], jnp.float32) for k, v in hyper.items()}
-    per_call = _members_per_call(steps_per_call, train_step_fn(loss_fn, optimizer_fn(first_hyper)), one, first_batch, per_epoch)
+    per_call = _members_per_call(steps_per_call, uses_convolution(traced_loss), per_epoch)
 
     states = jax.tree.map(jnp.array, train_states)  # a copy: the calls donate it
     states = jax.device_put(states, member_sharding)
@@ -161,7 +160,7 @@ def fit_members(
                     records.append(record)
                     for name, split in eval_data.items():
                         records.append({"step": step_no, "epoch": step_no / per_epoch, "split": name,
-                                        **_evaluate(eval_call, states, split, eval_batch_size)})
+                                        **_evaluate(eval_call, states, split, eval_sizes[name])})
         finally:
             progress.close()
     wall = time.perf_counter() - clock
@@ -171,11 +170,11 @@ def fit_members(
     return states, history
 
 
-def _members_per_call(option: int | str, plain_step: Callable, one: TrainState, batch: Any, per_epoch: int) -> int:
+def _members_per_call(option: int | str, convolution: bool, per_epoch: int) -> int:
     """Steps per compiled call: an epoch, or one step for convolutions on the CPU (slow inside ``lax.scan`` there)."""
     if option != "auto":
         return int(option)  # checked by check_options
-    if jax.default_backend() == "cpu" and uses_convolution(plain_step, one, batch):
+    if jax.default_backend() == "cpu" and convolution:
         return 1
     return per_epoch
 

@@ -49,9 +49,12 @@ def _describe(tree: Any) -> str:
     return str(jax.tree.map(lambda leaf: f"{leaf.dtype}{list(leaf.shape)}", tree))
 
 
-def check_loss_output(loss_fn: LossFn, train_state: TrainState, batch: Batch) -> None:
-    """Traces ``loss_fn`` abstractly once; raises a clear error if its output has the wrong form."""
-    out = jax.eval_shape(loss_fn, train_state.params, train_state.state, batch, train_state.key)
+def check_loss_output(loss_fn: LossFn, train_state: TrainState, batch: Batch) -> jex.ClosedJaxpr:
+    """Traces ``loss_fn`` abstractly once; raises a clear error if its output has the wrong form.
+
+    Returns the traced loss (a jaxpr), for what else ``fit`` asks of it (see :func:`uses_convolution`).
+    """
+    jaxpr, out = jax.make_jaxpr(loss_fn, return_shape=True)(train_state.params, train_state.state, batch, train_state.key)
     if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], tuple) and len(out[1]) == 2):
         raise ValueError(f"{_LOSS_FORM}; it returned {_describe(out)}")
     loss, (new_state, metrics) = out
@@ -69,6 +72,7 @@ def check_loss_output(loss_fn: LossFn, train_state: TrainState, batch: Batch) ->
         )
     if not isinstance(metrics, dict) or any(getattr(m, "shape", None) != () for m in metrics.values()):
         raise ValueError(f"{_LOSS_FORM} where metrics is a dict of scalars; got {_describe(metrics)}")
+    return jaxpr
 
 
 def default_eval_fn(loss_fn: LossFn) -> EvalFn:
@@ -134,8 +138,8 @@ def train_step_fn(loss_fn: LossFn, optimizer: optax.GradientTransformation, accu
     return train_step
 
 
-def uses_convolution(fn: Callable, *args: Any) -> bool:
-    """True if ``fn(*args)`` contains a convolution (looked for in its jaxpr, sub-jaxprs too)."""
+def uses_convolution(jaxpr: jex.ClosedJaxpr) -> bool:
+    """True if the traced function contains a convolution (sub-jaxprs included)."""
 
     def walk(jaxpr: jex.Jaxpr) -> bool:
         for eqn in jaxpr.eqns:
@@ -149,4 +153,4 @@ def uses_convolution(fn: Callable, *args: Any) -> bool:
                         return True
         return False
 
-    return walk(jax.make_jaxpr(fn)(*args).jaxpr)
+    return walk(jaxpr.jaxpr)
