@@ -30,6 +30,16 @@ def test_in_flight_reads_back_oldest_first_and_keeps_at_most_keep():
     assert seen[-1] == (4, [0.25, 0.125]) and len(calls) == 0
 
 
+def test_a_log_due_after_a_call_is_written_once_its_metrics_are_back():
+    events = []
+    calls = InFlight(lambda first, metrics: events.append(("steps", first)), on_log=lambda step: events.append(("log", step)))
+    calls.add(0, 5, {"loss": jnp.ones(5)}, log_after=True)
+    calls.add(5, 5, {"loss": jnp.ones(5)})
+    assert events == []  # nothing waits for the device when the calls are added
+    calls.drain()
+    assert events == [("steps", 0), ("log", 5), ("steps", 5)]
+
+
 def test_the_log_is_the_mean_over_every_step_since_the_last_one_with_step_events_for_hooks():
     events = []
     r = recorder(hooks=[lambda event: events.append((event.kind, event.record["step"]))])

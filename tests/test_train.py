@@ -104,6 +104,20 @@ def test_evaluation_metrics_are_exact_means_over_the_split(eval_batch_size):
     np.testing.assert_allclose(final["loss"], float(losses.softmax_cross_entropy(logits, test["label"])), rtol=1e-5)
 
 
+def test_logs_written_when_the_metrics_come_back_equal_the_logs_of_a_synced_loop():
+    # Without hooks, fit does not wait for the device at a boundary that needs no state (logs,
+    # epoch ends): the log is written when its call's metrics are read back, a few calls later.
+    train, _ = digits()
+    optimizer = optax.adam(1e-3)
+    run = lambda hooks: fit(LOSS, optimizer, fresh(optimizer), train, batch_size=32, epochs=3, log_every=10,  # noqa: E731
+                            steps_per_call=5, hooks=hooks, quiet=True)
+    unsynced, quick = run(())
+    synced, slow = run([lambda event: None])  # a hook may look at the state at every log: fit waits there
+    assert [r["step"] for r in quick["records"]] == [10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 110, 120, 130, 140, 141]
+    assert quick["records"] == slow["records"]
+    jax.tree.map(np.testing.assert_array_equal, unsynced.params, synced.params)
+
+
 def test_history_logs_and_evaluations_follow_the_schedule():
     train, test = digits()
     optimizer = optax.sgd(0.1)

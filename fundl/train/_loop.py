@@ -189,7 +189,7 @@ def fit(
                                   eval_shapes=_eval_shapes(eval_data, eval_sizes, placement.shards))
     traces_before = {name: guard.traces for name, guard in compiled.guards.items()}
 
-    plan = CallPlan(total, per_epoch, eval_every, log_every, fused, checkpoint.next_step if checkpoint else None)
+    plan = CallPlan(total, per_epoch, eval_every, log_every, fused, checkpoint.next_step if checkpoint else None, bool(eval_data))
     feed = BatchFeed(train, placement, plan, batch_size, rows, resident)
     evaluate = Evaluation(compiled.evaluate, eval_data, placement, eval_sizes)
 
@@ -206,7 +206,7 @@ def fit(
     with CompileTimer() as timer, placement.context():
         recorder = Recorder(hooks, progress, per_epoch, stop_on_nan=stop_on_nan,
                             speed=lambda done: (done - start) * batch_size / max(time.perf_counter() - clock - timer.seconds, 1e-9))
-        in_flight = InFlight(recorder.steps_done)
+        in_flight = InFlight(recorder.steps_done, on_log=lambda done: recorder.log(done, None))
         save = CheckpointSaves(checkpoint, recorder)
         try:
             progress.start(step)
@@ -214,14 +214,17 @@ def fit(
             while upcoming is not None and recorder.stop_reason is None:
                 n, batches = upcoming
                 train_state, metrics = (compiled.fused if n > 1 else compiled.single)(train_state, resident, batches)
-                in_flight.add(step, n, metrics)
                 step += n
                 if checkpoint and (reason := checkpoint.interrupted(step)):
                     interrupted = True
                     recorder.stop(reason)
+                # With no hooks to show the state to, a boundary that needs no state (an epoch end, a log) need not
+                # wait for the device: a log is written when this call's metrics come back, and the next call goes on.
+                passing = not hooks and plan.is_boundary(step) and not plan.needs_state(step) and recorder.stop_reason is None
+                in_flight.add(step - n, n, metrics, log_after=passing and plan.log_due(step))
                 upcoming = feed.call(step) if step < total and recorder.stop_reason is None else None  # overlaps the running call
                 in_flight.drain(keep=max_in_flight)
-                if plan.is_boundary(step) or recorder.stop_reason:
+                if (plan.is_boundary(step) and not passing) or recorder.stop_reason:
                     in_flight.drain()
                     record_boundary(recorder, plan, evaluate, step, train_state, interrupted=interrupted)
                     if step % per_epoch == 0:

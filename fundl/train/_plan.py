@@ -20,6 +20,7 @@ class CallPlan(NamedTuple):
       per_epoch, eval_every, log_every: intervals in steps.
       fused: the steps of a fused call.
       next_checkpoint_after: ``step -> the next step after it at which a checkpoint is due`` (or ``None``).
+      evaluates: whether there is anything to evaluate at ``eval_every``.
     """
 
     total: int
@@ -28,6 +29,7 @@ class CallPlan(NamedTuple):
     log_every: int
     fused: int
     next_checkpoint_after: Callable[[int], int | None] | None = None
+    evaluates: bool = True
 
     def next_checkpoint(self, step: int) -> int:
         """The first checkpoint step after ``step`` (the end, if none is due before it)."""
@@ -42,6 +44,10 @@ class CallPlan(NamedTuple):
 
     def eval_due(self, step: int) -> bool:
         return step % self.eval_every == 0 or step == self.total
+
+    def needs_state(self, step: int) -> bool:
+        """Whether the boundary after ``step`` steps needs the train state: an evaluation, a checkpoint or the end."""
+        return step == self.total or (self.evaluates and self.eval_due(step)) or self.checkpoint_due(step)
 
     def is_boundary(self, step: int) -> bool:
         intervals = (self.per_epoch, self.eval_every, self.log_every)

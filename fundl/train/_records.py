@@ -29,22 +29,26 @@ class InFlight:
     lets the host prepare the next call while the device runs the last one.
     """
 
-    def __init__(self, on_result: Callable[[int, Metrics], None]):
-        self._calls: deque[tuple[int, int, Any]] = deque()
+    def __init__(self, on_result: Callable[[int, Metrics], None], on_log: Callable[[int], None] = lambda step: None):
+        self._calls: deque[tuple[int, int, Any, bool]] = deque()
         self._on_result = on_result
+        self._on_log = on_log
 
     def __len__(self) -> int:
         return len(self._calls)
 
-    def add(self, first_step: int, steps: int, metrics: Any) -> None:
-        """A call that runs steps ``first_step + 1 ... first_step + steps``, and its metrics (still on the device)."""
-        self._calls.append((first_step, steps, metrics))
+    def add(self, first_step: int, steps: int, metrics: Any, log_after: bool = False) -> None:
+        """A call that runs steps ``first_step + 1 ... first_step + steps``, and its metrics (still on the device);
+        ``log_after``: a training log is due at its last step, to be written once its metrics are back."""
+        self._calls.append((first_step, steps, metrics, log_after))
 
     def drain(self, keep: int = 0) -> None:
         """Reads back the oldest calls until at most ``keep`` are in flight, passing each one's metrics on."""
         while len(self._calls) > keep:
-            first, steps, metrics = self._calls.popleft()
+            first, steps, metrics, log_after = self._calls.popleft()
             self._on_result(first, {name: np.reshape(values, (steps,)) for name, values in jax.device_get(metrics).items()})
+            if log_after:
+                self._on_log(first + steps)
 
 
 class Recorder:
@@ -94,8 +98,9 @@ class Recorder:
         last = first_step + steps
         self.progress.update(last, (last - 1) // self.per_epoch, float(metrics["loss"][-1]), self.speed(last))
 
-    def log(self, step: int, train_state: TrainState) -> None:
-        """Records the training metrics averaged over the steps since the last log (if any)."""
+    def log(self, step: int, train_state: TrainState | None) -> None:
+        """Records the training metrics averaged over the steps since the last log (if any); ``train_state``
+        may be ``None`` for a log written after the fact, when no hook is there to see it."""
         if not self._since_log:
             return
         names = self._since_log[0]
@@ -103,13 +108,13 @@ class Recorder:
         self._since_log.clear()
         self.add("log", {**self._position(step, "train"), **means}, train_state)
 
-    def add(self, kind: str, record: dict[str, Any], train_state: TrainState) -> None:
+    def add(self, kind: str, record: dict[str, Any], train_state: TrainState | None) -> None:
         """A log or evaluation record: to the hooks (which may add to it), the history and the console."""
         self.emit(kind, record, train_state)
         self.records.append(record)
         self.progress.record_line(record)
 
-    def evaluation(self, step: int, split: str, metrics: dict[str, float], train_state: TrainState) -> None:
+    def evaluation(self, step: int, split: str, metrics: dict[str, float], train_state: TrainState | None) -> None:
         """Records one split's evaluation after ``step`` steps."""
         self.add("eval", {**self._position(step, split), **metrics}, train_state)
 
