@@ -134,7 +134,7 @@ def fundl_setup(w: Workload) -> tuple[T.LossFn, Any, Any]:
 
 
 def fundl_run(w: Workload, data: dict[str, np.ndarray]) -> Run:
-    """``fit`` from the same initial train state every time; it compiles on every call."""
+    """``fit`` from the same initial train state every time; only its first call compiles (``fit`` keeps its programs)."""
     loss_fn, params, state = fundl_setup(w)
     optimizer = optax.adam(LR)
 
