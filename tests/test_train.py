@@ -235,7 +235,7 @@ def test_quiet_prints_nothing_and_progress_prints_lines(capfd):
     assert capfd.readouterr() == ("", "")
     fit(LOSS, optimizer, fresh(optimizer), train, batch_size=32, epochs=1, eval_data={"test": test})
     err = capfd.readouterr().err
-    assert "step     47  epoch   1.00   test: " in err and "47/47" in err and "compiling" in err
+    assert "step     47  epoch   1.00        test: " in err and "47/47" in err and "compiling" in err
 
 
 # --- errors ----------------------------------------------------------------------------

@@ -54,7 +54,7 @@ class ProgressReport:
         """One line per log or evaluation: ``step 47  epoch 1.00  test: accuracy 0.96  loss 0.13``."""
         if self._started:
             self._bar.refresh()  # the bar shows this step before its line is printed
-        self.print(f"step {record['step']:>6}  epoch {record['epoch']:>6.2f}  {record['split']:>5}: {format_metrics(record)}")
+        self.print(f"step {record['step']:>6}  epoch {record['epoch']:>6.2f}  {record['split']:>10}: {format_metrics(record)}")
 
     def close(self) -> None:
         if self._started:
