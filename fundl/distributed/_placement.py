@@ -81,7 +81,7 @@ class Placement:
         ``device_put`` can share the caller's buffers, which would then be deleted.
         """
         if self.mesh is None:
-            return _copy_tree(tree)
+            return jax.device_put(tree, may_alias=False)  # a copy, and nothing to compile
         return jax.tree.map(_copy_to, tree, self.state_shardings(tree))
 
     # --- batches ---------------------------------------------------------------------------
@@ -153,12 +153,6 @@ class Placement:
                 yield self.batch(part, whole - start), whole - start
             if stop > whole:
                 yield self.replicate(jax.tree.map(lambda a: a[whole:stop], data)), stop - whole
-
-
-@jax.jit
-def _copy_tree(tree: Any) -> Any:
-    """A copy of every array of ``tree`` on its device (one compiled program for the whole tree, not one per shape)."""
-    return jax.tree.map(jnp.copy, tree)
 
 
 def _copy_to(leaf: Any, sharding: NamedSharding) -> Any:
