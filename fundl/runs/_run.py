@@ -45,6 +45,7 @@ from fundl.train import (
     PRECISION_POLICIES,
     Event,
     Hook,
+    LossFn,
     TrainState,
     check_options,
     early_stopping,
@@ -257,12 +258,13 @@ def _train(prepared: Prepared, directory: Path | None, checkpoints: Checkpoints,
     """Trains with checkpoints and preemption signals; records the outcome (``directory``: process 0 only)."""
     config, experiment = prepared.config, prepared.experiment
     train = config["train"]
+    loss_fn = with_precision(experiment.loss_fn, train["precision"])
     if directory:
         write_status(directory, "running", int(train_state.step))
     try:
         with preemption_signals(checkpoints):
             train_state, history = fit(
-                with_precision(experiment.loss_fn, train["precision"]),
+                loss_fn,
                 prepared.optimizer,
                 train_state,
                 experiment.train_data,
@@ -283,7 +285,7 @@ def _train(prepared: Prepared, directory: Path | None, checkpoints: Checkpoints,
             )
         checkpoints.wait()
         if not (history["interrupted"] or history["nonfinite"]):
-            _score_test_splits(prepared, train_state, history, hooks)
+            _score_test_splits(prepared, loss_fn, train_state, history, hooks)
     except BaseException as error:
         checkpoints.wait()
         if directory:
@@ -296,13 +298,12 @@ def _train(prepared: Prepared, directory: Path | None, checkpoints: Checkpoints,
     return _record(prepared, directory, train_state, history, echo)
 
 
-def _score_test_splits(prepared: Prepared, train_state: TrainState, history: dict[str, Any], hooks: list[Hook]) -> None:
+def _score_test_splits(prepared: Prepared, loss_fn: LossFn, train_state: TrainState, history: dict[str, Any], hooks: list[Hook]) -> None:
     """Scores the experiment's test splits once, with the final params: a record each in the history, and a
     ``"test"`` event to the hooks (``metrics.jsonl`` is written by one)."""
     train = prepared.config["train"]
-    scores = test_metrics(prepared.experiment, with_precision(prepared.experiment.loss_fn, train["precision"]), train_state.params,
-                          train_state.state, batch_size=train["batch_size"], eval_batch_size=train["eval_batch_size"],
-                          mesh=prepared.mesh if prepared.mesh is not None else 1)
+    scores = test_metrics(prepared.experiment, loss_fn, train_state.params, train_state.state, batch_size=train["batch_size"],
+                          eval_batch_size=train["eval_batch_size"], mesh=prepared.mesh if prepared.mesh is not None else 1)
     step = history["steps"]
     records = [{"step": step, "epoch": step / prepared.steps_per_epoch, "split": name, **metrics} for name, metrics in scores.items()]
     for record in records:

@@ -28,13 +28,14 @@ import numpy as np
 
 from fundl.distributed import describe_mesh
 from fundl.runs._config import Config, ConfigError, override, parse_value
-from fundl.runs._experiment import budget, initial_train_states, load_example, resolve_config, test_metrics, total_steps
+from fundl.runs._experiment import budget, initial_train_states, load_example, resolve_config, total_steps
 from fundl.runs._files import strict_json, write_atomic, write_json
 from fundl.runs._optimizers import make_optimizer
 from fundl.runs._run import Prepared, prepare
 from fundl.runs._rundir import copy_example, create_run_directory, manifest, write_status
 from fundl.train import LossFn, TrainState, params_fingerprint, with_precision
-from fundl.train._members import fit_members
+from fundl.train._data import eval_batch_size_for
+from fundl.train._members import evaluate_members, fit_members
 
 SWEEPABLE = ("optimizer.learning_rate", "optimizer.momentum", "optimizer.weight_decay", "optimizer.clip_norm")
 _MEMORY_SHARE = 0.25  # of the machine's memory, for the members of one chunk
@@ -190,17 +191,13 @@ def sweep(
 
 
 def _test_records(prepared: Prepared, loss_fn: LossFn, final: TrainState, history: dict[str, Any]) -> list[dict[str, Any]]:
-    """Each member's scores on the experiment's test splits, one record a split with one value a member."""
-    train, mesh = prepared.config["train"], prepared.mesh if prepared.mesh is not None else 1
-    scores = [
-        test_metrics(prepared.experiment, loss_fn, *jax.tree.map(lambda a: a[i], (final.params, final.state)),
-                     batch_size=train["batch_size"], eval_batch_size=train["eval_batch_size"], mesh=mesh)
-        for i in range(history["members"])
-    ]
+    """Every member's scores on the experiment's test splits (checked by ``prepare``), one record a split."""
+    train, experiment = prepared.config["train"], prepared.experiment
     return [
         {"step": history["steps"], "epoch": history["epochs"], "split": name,
-         **{metric: [member[name][metric] for member in scores] for metric in scores[0][name]}}
-        for name in scores[0]
+         **evaluate_members(loss_fn, final, split, batch_size=eval_batch_size_for(split, train["eval_batch_size"], train["batch_size"]),
+                            eval_fn=experiment.eval_fn)}
+        for name, split in (experiment.test_data or {}).items()
     ]
 
 

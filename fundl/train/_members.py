@@ -101,7 +101,6 @@ def fit_members(
     one = jax.tree.map(lambda a: a[0], train_states)
     first_batch = orders[0].batch(0, 0)
     traced_loss = check_loss_output(loss_fn, one, first_batch)
-    evaluate_one = default_eval_fn(loss_fn)
 
     def member_step(state: TrainState, hp: Hyper, alive: jax.Array, data: Any, indices: jax.Array):
         new, metrics = train_step_fn(loss_fn, optimizer_fn(hp))(state, jax.tree.map(lambda a: a[indices], data))
@@ -125,7 +124,7 @@ def fit_members(
     index_sharding = None if mesh is None else NamedSharding(mesh, P(None, DATA))  # (steps, members, batch)
     layout: dict[str, Any] = {} if mesh is None else {"out_shardings": (member_sharding, member_sharding, index_sharding)}
     train_call = jax.jit(run_steps, donate_argnums=0, **layout)
-    eval_call = jax.jit(jax.vmap(evaluate_one, in_axes=(0, 0, None)))
+    eval_call = _members_eval_call(default_eval_fn(loss_fn))
 
     per_call = _members_per_call(steps_per_call, uses_convolution(traced_loss), per_epoch)
 
@@ -187,6 +186,18 @@ def _note_frozen(frozen: dict[int, str], alive: np.ndarray, metrics: dict[str, n
         bad = ~np.all([np.isfinite(v[:, member]) for v in metrics.values()], axis=0)
         step = first + int(np.flatnonzero(bad)[0]) + 1 if bad.any() else first + 1
         frozen[int(member)] = f"stopped being finite at step {step}: frozen at its last good state"
+
+
+def _members_eval_call(eval_fn: Callable) -> Callable:
+    """``eval_fn(params, state, batch)`` for every member at once: the params and state stacked, the batch shared."""
+    return jax.jit(jax.vmap(eval_fn, in_axes=(0, 0, None)))
+
+
+def evaluate_members(loss_fn: LossFn, train_states: TrainState, data: Any, *, batch_size: int,
+                     eval_fn: Callable | None = None) -> dict[str, list[float]]:
+    """Every member's exact metrics over ``data``, ``{metric: [one value a member]}``, as ``fit_members`` evaluates
+    (``eval_fn``, or ``loss_fn`` in evaluation mode); the members' states are stacked on a leading axis."""
+    return _evaluate(_members_eval_call(eval_fn or default_eval_fn(loss_fn)), train_states, data, batch_size)
 
 
 def _evaluate(eval_call, states: TrainState, split: Any, batch_size: int) -> dict[str, list[float]]:
