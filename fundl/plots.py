@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +17,23 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 _SKIP = ("step", "epoch", "split")
+
+
+def import_in_background() -> threading.Thread:
+    """Starts importing matplotlib on a daemon thread, for a picture drawn later.
+
+    The import takes about half a second; a run starts it before training, while the
+    main thread mostly waits for XLA, so the picture at its end costs only the drawing.
+    A later import of matplotlib waits for this one to finish (Python's import lock).
+    """
+    thread = threading.Thread(target=_import_matplotlib, name="fundl-import-matplotlib", daemon=True)
+    thread.start()
+    return thread
+
+
+def _import_matplotlib() -> None:
+    import matplotlib.backends.backend_agg  # noqa: F401  (what Figure.savefig draws PNGs with)
+    import matplotlib.figure  # noqa: F401
 
 
 def _figure(**kwargs: Any) -> Figure:
@@ -54,6 +72,38 @@ def plot_curves(records: Sequence[dict[str, Any]], path: str | os.PathLike, *, t
         ax.legend()
     if title:
         fig.suptitle(title)
+    fig.savefig(path, dpi=100)
+
+
+def plot_member_curves(records: Sequence[dict[str, Any]], path: str | os.PathLike, *, title: str = "") -> None:
+    """A sweep's curves: for every metric of every split, the members' mean against the step
+    as a line, and the band from their min to their max.
+
+    Args:
+      records: a sweep's records, each metric a list with one value per member.
+      path: the PNG file to write.
+    """
+    metrics = sorted({k for r in records for k in r if k not in (*_SKIP, "members")})
+    fig = _figure(figsize=(4.5 * len(metrics), 3.4), layout="tight")
+    for i, metric in enumerate(metrics):
+        ax = fig.add_subplot(1, len(metrics), i + 1)
+        for split in dict.fromkeys(r["split"] for r in records):
+            rows = [r for r in records if r["split"] == split and metric in r]
+            if not rows:
+                continue
+            steps = sorted({r["step"] for r in rows})
+            values = [np.concatenate([np.asarray(r[metric], float) for r in rows if r["step"] == s]) for s in steps]
+            mean = np.array([np.nanmean(v) for v in values])
+            low, high = np.array([np.nanmin(v) for v in values]), np.array([np.nanmax(v) for v in values])
+            (line,) = ax.plot(steps, mean, marker="o" if len(steps) < 30 else None, markersize=3, label=split)
+            if len(steps) > 1:
+                ax.fill_between(steps, low, high, alpha=0.25)
+            elif np.isfinite([mean, low, high]).all():  # a split scored once (the test split): the band is an error bar
+                ax.errorbar(steps, mean, yerr=[mean - low, high - mean], fmt="none", ecolor=line.get_color(), capsize=3)
+        ax.set_xlabel("step")
+        ax.set_title(metric)
+        ax.legend()
+    fig.suptitle(f"{title}: mean over members, band from min to max")
     fig.savefig(path, dpi=100)
 
 

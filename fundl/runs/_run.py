@@ -23,6 +23,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from fundl.distributed import Placement, data_mesh, describe_mesh
+from fundl.plots import import_in_background, plot_curves
 from fundl.runs._checkpoints import Checkpoints, preemption_signals
 from fundl.runs._config import Config, ConfigError, flat_keys
 from fundl.runs._experiment import Experiment, Run, budget, initial_train_state, load_example, resolve_config, test_metrics, total_steps
@@ -261,6 +262,7 @@ def _train(prepared: Prepared, directory: Path | None, checkpoints: Checkpoints,
     loss_fn = with_precision(experiment.loss_fn, train["precision"])
     if directory:
         write_status(directory, "running", int(train_state.step))
+        import_in_background()  # for curves.png at the end: the import overlaps training
     try:
         with preemption_signals(checkpoints):
             train_state, history = fit(
@@ -329,8 +331,6 @@ def _record(prepared: Prepared, directory: Path | None, train_state: TrainState,
                 save_train_state(directory / TRAIN_STATE_FILE, train_state)
                 summary["train_state_sha256"] = file_sha256(directory / TRAIN_STATE_FILE)
             write_json(directory / "summary.json", summary)
-            from fundl.plots import plot_curves
-
             plot_curves(_all_records(directory), directory / "curves.png", title=directory.name)
             if ended_well and prepared.experiment.report is not None:
                 prepared.experiment.report(finished)

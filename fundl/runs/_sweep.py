@@ -27,6 +27,7 @@ import jax
 import numpy as np
 
 from fundl.distributed import describe_mesh
+from fundl.plots import import_in_background, plot_member_curves
 from fundl.runs._config import Config, ConfigError, override, parse_value
 from fundl.runs._experiment import budget, initial_train_states, load_example, resolve_config, total_steps
 from fundl.runs._files import strict_json, write_atomic, write_json
@@ -171,6 +172,7 @@ def sweep(
         "sweep": {"seeds": seeds, "settings": sweep, "members": len(configs), "chunk": size},
     })
     finals, histories = [], []
+    import_in_background()  # for curves.png at the end: the import overlaps training
     try:
         for start in range(0, len(configs), size):
             part = slice(start, start + size)
@@ -247,30 +249,3 @@ def _record(directory, base, configs, sweep, finals, histories, size, echo) -> S
         echo(line)
     echo(f"{len(members)} members; run directory: {directory}")
     return Sweep(directory, base, members, summary, {"records": records})
-
-
-def plot_member_curves(records: list[dict[str, Any]], path: Path, title: str) -> None:
-    """Every metric of every split against the step: the members' mean as a line, min to max as a band."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    metrics = sorted({k for r in records for k in r if k not in ("step", "epoch", "split", "members")})
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.4), squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
-        for split in dict.fromkeys(r["split"] for r in records):
-            rows = [r for r in records if r["split"] == split and metric in r]
-            if not rows:
-                continue
-            steps = sorted({r["step"] for r in rows})
-            values = [np.concatenate([np.asarray(r[metric], float) for r in rows if r["step"] == s]) for s in steps]
-            ax.plot(steps, [np.nanmean(v) for v in values], label=split)
-            ax.fill_between(steps, [np.nanmin(v) for v in values], [np.nanmax(v) for v in values], alpha=0.25)
-        ax.set_xlabel("step")
-        ax.set_title(metric)
-        ax.legend()
-    fig.suptitle(f"{title}: mean over members, band from min to max")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
