@@ -189,7 +189,8 @@ def hand_written_run(w: Workload, data: dict[str, np.ndarray], variant: str) -> 
 
     def build() -> tuple[Any, float]:
         """A new jitted function, traced, lowered and compiled: the program and the seconds that took."""
-        body = (lambda ts, epoch: lax.scan(step, ts, epoch)) if variant == "scan_epoch" else (lambda ts, batch: step(ts, batch))
+        fresh_step = lambda ts, batch: step(ts, batch)  # noqa: E731  (new each time: lax.scan keeps the traces of the functions it has seen)
+        body = (lambda ts, epoch: lax.scan(fresh_step, ts, epoch)) if variant == "scan_epoch" else fresh_step
         t0 = time.perf_counter()
         compiled = jax.jit(body, donate_argnums=donate).lower(start, example).compile()
         return compiled, time.perf_counter() - t0
