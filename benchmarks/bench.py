@@ -24,21 +24,23 @@ Contenders (``--frameworks`` picks some):
   ``flax_linen`` (``TrainState`` + ``jax.jit``), ``equinox`` (``eqx.filter_jit``), ``keras``
   (Keras 3 on JAX, ``model.fit``). See ``peers.py``.
 
-Method: one process; every contender warms up (compiles) once, then all are timed back to back
-in each of ``--rounds`` interleaved rounds of the same number of epochs; reported are medians
-over the rounds. ``ratio_vs_floor`` is paired: examples/s over the floor's examples/s *of the
-same round*, then the median. Examples/s never include compilation: ``fit``'s speed is
-``steps * batch / (wall_s - compile_s)`` as it reports them (compile_s from ``jax.monitoring``
-duration events; ``fit`` keeps its compiled functions, so only its first call compiles); the
-hand-written steps are compiled ahead with ``lower().compile()``.
+Method: one process; every contender warms up (compiles) once, then all are timed back to
+back in each of ``--rounds`` interleaved rounds of the same number of epochs, a different one
+first each round; reported are medians over the rounds. ``ratio_vs_floor`` is paired:
+examples/s over the floor's examples/s *of the same round*, then the median. Examples/s never
+include compilation: ``fit``'s speed is ``steps * batch / (wall_s - compile_s)`` as it reports
+them (compile_s from ``jax.monitoring`` duration events; ``fit`` keeps its compiled functions,
+so only its first call compiles); the hand-written steps are compiled ahead with
+``lower().compile()``.
 
 Compile time: a single compilation swings by 15-25% here, and the first one in a process
 also pays JAX's one-time start-up, so each round ends by compiling fundl and the
-hand-written loops afresh, one after the other, each round starting with the next one (fundl: one epoch of ``fit`` with a new
-loss-function object, so that it keeps no program; its ``compile_s``, tracing included; the
-hand-written ones: a new ``jax.jit`` traced, lowered and compiled). ``compile_s`` is the
-median of those and ``compile_vs_floor`` the median of the per-round ratios to the floor's.
-Peers keep their programs out of reach: theirs is the warm-up epoch's compilation (the same
+hand-written loops afresh, one after the other, in the same rotating order (fundl: one
+epoch of ``fit`` with a new loss-function object, so that it keeps no program; its
+``compile_s``, tracing included; the hand-written ones: a new ``jax.jit`` of a new step
+function, traced, lowered and compiled). ``compile_s`` is the median of those and
+``compile_vs_floor`` the median of the per-round ratios to the floor's. Peers keep their
+programs out of reach: theirs is the warm-up epoch's compilation (the same
 ``jax.monitoring`` events), with no ratio.
 
 Run::
@@ -292,15 +294,14 @@ def measure(w: Workload, names: list[str], rounds: int, target_s: float, quick: 
     examples = epochs * steps_per_epoch * w.batch
     for r in range(rounds):
         this_round = {}
-        for name, run in runs.items():
-            seconds, _ = run(epochs)  # fit keeps its compiled functions: later calls compile nothing
+        for name in _rotated(list(runs), r):  # a different contender first each round: none always follows the same one
+            seconds, _ = runs[name](epochs)  # fit keeps its compiled functions: later calls compile nothing
             this_round[name] = examples / seconds
         for name, speed in this_round.items():
             speeds[name].append(speed)
             if "floor" in this_round:
                 ratios[name].append(speed / this_round["floor"])
-        order = list(recompiles)[r % len(recompiles):] + list(recompiles)[:r % len(recompiles)]  # a different one first each round
-        fresh = {name: recompiles[name]() for name in order}  # one fresh compilation each, in turn
+        fresh = {name: recompiles[name]() for name in _rotated(list(recompiles), r)}  # one fresh compilation each, in turn
         for name, seconds in fresh.items():
             compile_s[name].append(seconds)
             compile_ratios[name].append(seconds / fresh["floor"])
@@ -310,6 +311,12 @@ def measure(w: Workload, names: list[str], rounds: int, target_s: float, quick: 
              "compile_vs_floor": statistics.median(compile_ratios[name]) if compile_ratios[name] else None} for name in runs]
     notes.append(f"{w.name}: {epochs} epochs of {steps_per_epoch} steps per round")
     return rows, notes
+
+
+def _rotated(names: list[str], r: int) -> list[str]:
+    """``names`` starting at its ``r``-th (cyclically): round ``r``'s order."""
+    r %= len(names)
+    return names[r:] + names[:r]
 
 
 def busy_cpus(seconds: float = 0.5) -> float:
