@@ -41,11 +41,12 @@ epoch of ``fit`` with a new loss-function object, so that it keeps no program; i
 function, traced, lowered and compiled). ``compile_s`` is the median of those and
 ``compile_vs_floor`` the median of the per-round ratios to the floor's. Peers keep their
 programs out of reach: theirs is the warm-up epoch's compilation (the same
-``jax.monitoring`` events), with no ratio.
+``jax.monitoring`` events), with no ratio. ``--quick`` reports every contender's warm-up
+compilation (and fundl's and the hand-written loops' ratios of those to the floor's).
 
 Run::
 
-    python benchmarks/bench.py                       # full run, ~10 min on 2 vCPUs
+    python benchmarks/bench.py                       # full run, ~15 min on 2 vCPUs (~9 min without the peers)
     python benchmarks/bench.py --quick               # < 2 min quiet (2 min 8 s with 1 of 2 CPUs taken by other jobs)
     python benchmarks/bench.py --only lstm,vae --frameworks fundl,floor --json out.json
 
@@ -281,11 +282,13 @@ def measure(w: Workload, names: list[str], rounds: int, target_s: float, quick: 
         notes.append(f"{w.name}: scan_epoch skipped with --quick (convolutions inside lax.scan are 4-12x slower on XLA:CPU)")
     runs, recompiles, skipped = contenders(w, data, names)
     notes += skipped
+    if quick:  # a smoke run: the warm-up's compilations stand, fresh ones would double its time
+        recompiles = {}
     compile_s: dict[str, list[float]] = {name: [] for name in runs}
     epoch_s = {}
     for name, run in runs.items():
         epoch_s[name], compiled = run(1)  # warm-up: compiles, fills caches
-        if name not in recompiles:  # a peer: its warm-up's compilation is the one measured
+        if name not in recompiles:  # a peer (or --quick): its warm-up's compilation is the one measured
             compile_s[name].append(compiled)
     epochs = max(1, min(1000, math.ceil(target_s / max(epoch_s["floor"], 1e-9))))
     speeds: dict[str, list[float]] = {name: [] for name in runs}
@@ -309,13 +312,16 @@ def measure(w: Workload, names: list[str], rounds: int, target_s: float, quick: 
              "compile_s": statistics.median(compile_s[name]),
              "ratio_vs_floor": statistics.median(ratios[name]) if ratios[name] else None,
              "compile_vs_floor": statistics.median(compile_ratios[name]) if compile_ratios[name] else None} for name in runs]
+    if quick:  # the warm-up's compilations, against the floor's
+        for row in rows:
+            row["compile_vs_floor"] = row["compile_s"] / compile_s["floor"][0] if row["framework"] in ("fundl", *HAND_WRITTEN) else None
     notes.append(f"{w.name}: {epochs} epochs of {steps_per_epoch} steps per round")
     return rows, notes
 
 
 def _rotated(names: list[str], r: int) -> list[str]:
     """``names`` starting at its ``r``-th (cyclically): round ``r``'s order."""
-    r %= len(names)
+    r = r % len(names) if names else 0
     return names[r:] + names[:r]
 
 
