@@ -47,12 +47,12 @@ compilation (and fundl's and the hand-written loops' ratios of those to the floo
 Run::
 
     python benchmarks/bench.py                       # full run, ~15 min on 2 vCPUs (~9 min without the peers)
-    python benchmarks/bench.py --quick               # < 2 min quiet (2 min 8 s with 1 of 2 CPUs taken by other jobs)
+    python benchmarks/bench.py --quick               # < 2 min quiet (1 min 52 s measured)
     python benchmarks/bench.py --only lstm,vae --frameworks fundl,floor --json out.json
 
 ``--json PATH`` writes a list of rows ``{workload, framework, examples_per_s, compile_s,
-ratio_vs_floor, compile_vs_floor}``. The machine's speed drifts and other jobs skew timings: the first and last
-lines say how many CPUs other jobs kept busy; compare ratios within one run.
+ratio_vs_floor, compile_vs_floor}``. The machine's speed drifts and other jobs skew timings:
+the first and last lines say how many CPUs other jobs kept busy; compare ratios within one run.
 """
 
 from __future__ import annotations
@@ -285,15 +285,18 @@ def measure(w: Workload, names: list[str], rounds: int, target_s: float, quick: 
     if quick:  # a smoke run: the warm-up's compilations stand, fresh ones would double its time
         recompiles = {}
     compile_s: dict[str, list[float]] = {name: [] for name in runs}
+    compile_ratios: dict[str, list[float]] = {name: [] for name in runs}
     epoch_s = {}
     for name, run in runs.items():
         epoch_s[name], compiled = run(1)  # warm-up: compiles, fills caches
         if name not in recompiles:  # a peer (or --quick): its warm-up's compilation is the one measured
             compile_s[name].append(compiled)
+    for name in runs if quick else ():
+        if name in ("fundl", *HAND_WRITTEN):
+            compile_ratios[name].append(compile_s[name][0] / compile_s["floor"][0])
     epochs = max(1, min(1000, math.ceil(target_s / max(epoch_s["floor"], 1e-9))))
     speeds: dict[str, list[float]] = {name: [] for name in runs}
     ratios: dict[str, list[float]] = {name: [] for name in runs}
-    compile_ratios: dict[str, list[float]] = {name: [] for name in runs}
     examples = epochs * steps_per_epoch * w.batch
     for r in range(rounds):
         this_round = {}
@@ -312,9 +315,6 @@ def measure(w: Workload, names: list[str], rounds: int, target_s: float, quick: 
              "compile_s": statistics.median(compile_s[name]),
              "ratio_vs_floor": statistics.median(ratios[name]) if ratios[name] else None,
              "compile_vs_floor": statistics.median(compile_ratios[name]) if compile_ratios[name] else None} for name in runs]
-    if quick:  # the warm-up's compilations, against the floor's
-        for row in rows:
-            row["compile_vs_floor"] = row["compile_s"] / compile_s["floor"][0] if row["framework"] in ("fundl", *HAND_WRITTEN) else None
     notes.append(f"{w.name}: {epochs} epochs of {steps_per_epoch} steps per round")
     return rows, notes
 
