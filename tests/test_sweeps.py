@@ -144,3 +144,12 @@ print("OK")
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "OK" in done.stdout, done.stderr
+
+
+def test_a_sweep_evaluates_with_the_experiments_eval_fn_as_its_runs_do(tmp_path):
+    # backprop_digits' loss function takes no `train` keyword: only its eval_fn can evaluate (and reports grad_rel_diff)
+    done = runs.sweep("backprop_digits", [("train.epochs", 1)], seeds=[0, 1], out=str(tmp_path / "sweep"), **QUIET)
+    alone = runs.run("backprop_digits", [("train.epochs", 1), ("seed", 1)], out=str(tmp_path / "alone"), **QUIET)
+    for split in ("validation", "test"):
+        assert set(done.members[1]["metrics"][split]) == set(alone.summary["metrics"][split]) >= {"loss", "accuracy", "grad_rel_diff"}
+        assert done.members[1]["metrics"][split]["accuracy"] == pytest.approx(alone.summary["metrics"][split]["accuracy"], abs=1e-6)

@@ -180,7 +180,7 @@ def sweep(
             final, history = fit_members(
                 loss_fn, optimizer_fn, stacked, {k: v[part] for k, v in numbers.items()}, experiment.train_data,
                 batch_size=train["batch_size"], data_seeds=np.array([c["seed"] for c in configs[part]]), **budget(base),
-                eval_data=experiment.eval_data, eval_batch_size=train["eval_batch_size"],
+                eval_data=experiment.eval_data, eval_fn=experiment.eval_fn, eval_batch_size=train["eval_batch_size"],
                 mesh=prepared.mesh if prepared.mesh is not None else 1, steps_per_call=train["steps_per_call"], quiet=quiet,
             )
             history["records"] += _test_records(prepared, loss_fn, final, history)

@@ -34,7 +34,7 @@ from fundl.train._data import Shuffled, eval_batch_size_for, num_examples
 from fundl.train._loop import _budget, check_options
 from fundl.train._progress import CompileTimer, ProgressReport
 from fundl.train._state import TrainState
-from fundl.train._step import LossFn, check_loss_output, default_eval_fn, train_step_fn, uses_convolution
+from fundl.train._step import EvalFn, LossFn, check_loss_output, default_eval_fn, train_step_fn, uses_convolution
 
 Hyper = dict[str, jax.Array]
 
@@ -51,6 +51,7 @@ def fit_members(
     epochs: int | None = None,
     steps: int | None = None,
     eval_data: Mapping[str, Any] | None = None,
+    eval_fn: EvalFn | None = None,
     eval_batch_size: int | None = None,
     mesh: MeshSpec = None,
     steps_per_call: int | str = "auto",
@@ -59,8 +60,7 @@ def fit_members(
     """Trains M members at once; evaluates each on ``eval_data`` after every epoch.
 
     Args:
-      loss_fn: ``(params, state, batch, key) -> (loss, (new_state, metrics))``, with a
-        ``train`` keyword for evaluation.
+      loss_fn: ``(params, state, batch, key) -> (loss, (new_state, metrics))``.
       optimizer_fn: ``hyper -> optax optimizer``, called inside the compiled step with
         one member's hyperparameters (scalars), e.g. its learning rate.
       train_states: M train states stacked on a leading member axis.
@@ -70,6 +70,8 @@ def fit_members(
       data_seeds: ``(M,)`` each member's data-order seed.
       epochs, steps: the budget; give exactly one.
       eval_data: named evaluation splits, each seen whole by every member after each epoch.
+      eval_fn: ``(params, state, batch) -> metrics``, as ``fit``'s: by default ``loss_fn``
+        called with ``key=None, train=False``.
       mesh: devices to spread the members over (``None``: every device; M must divide by
         their number).
       steps_per_call: steps per compiled call, or ``"auto"`` (an epoch, except
@@ -124,7 +126,7 @@ def fit_members(
     index_sharding = None if mesh is None else NamedSharding(mesh, P(None, DATA))  # (steps, members, batch)
     layout: dict[str, Any] = {} if mesh is None else {"out_shardings": (member_sharding, member_sharding, index_sharding)}
     train_call = jax.jit(run_steps, donate_argnums=0, **layout)
-    eval_call = _members_eval_call(default_eval_fn(loss_fn))
+    eval_call = _members_eval_call(eval_fn or default_eval_fn(loss_fn)) if eval_data else None
 
     per_call = _members_per_call(steps_per_call, uses_convolution(traced_loss), per_epoch)
 
@@ -194,7 +196,7 @@ def _members_eval_call(eval_fn: Callable) -> Callable:
 
 
 def evaluate_members(loss_fn: LossFn, train_states: TrainState, data: Any, *, batch_size: int,
-                     eval_fn: Callable | None = None) -> dict[str, list[float]]:
+                     eval_fn: EvalFn | None = None) -> dict[str, list[float]]:
     """Every member's exact metrics over ``data``, ``{metric: [one value a member]}``, as ``fit_members`` evaluates
     (``eval_fn``, or ``loss_fn`` in evaluation mode); the members' states are stacked on a leading axis."""
     return _evaluate(_members_eval_call(eval_fn or default_eval_fn(loss_fn)), train_states, data, batch_size)
