@@ -31,6 +31,8 @@ RUNS = {
     "seq2seq_numbers": ["seq2seq_numbers"],
     "vae_digits": ["vae_digits"],
     "sweep mlp_digits": ["mlp_digits", "--seeds", "0-3", "--sweep", "optimizer.learning_rate=0.05,0.1"],
+    "mlp_digits accumulate 2, log every 7": ["mlp_digits", "--set", "train.accumulate=2", "--set", "train.log_every=7"],
+    "sweep cnn_digits": ["cnn_digits", "--seeds", "0-1", "--set", "train.epochs=2"],
 }
 
 
