@@ -72,6 +72,6 @@ def experiment(config: dict) -> Experiment:
         train_data=train,
         eval_data={"validation": validation},
         test_data={"test": test},
-        hooks=[derived_metric("perplexity", lambda record: math.exp(record["loss"]))],
+        hooks=[derived_metric("perplexity", lambda metrics: math.exp(metrics["loss"]))],
         sample=sample,
     )

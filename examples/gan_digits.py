@@ -54,8 +54,7 @@ from fundl.examples.mlp_digits import VALIDATION
 
 import fundl as fl
 from fundl.models import GAN, gan_loss, gan_samples, mlp_gan, sample_quality
-from fundl.runs import Experiment, Run
-from fundl.runs import run as run_example
+from fundl.runs import Experiment, Run, run as run_example
 from fundl.train import Event
 
 CONFIG = {

@@ -34,7 +34,8 @@ import optax
 
 from fundl.datasets import noise_floor, ratings, to_rating
 from fundl.models import deep_recommender, dot_recommender, rating_loss
-from fundl.runs import ConfigError, Experiment, Run, initial_train_state
+from fundl.runs import ConfigError, Experiment, Run
+from fundl.train import initial_train_state
 
 CONFIG = {
     "seed": 0,
@@ -77,7 +78,7 @@ def experiment(config: dict) -> Experiment:
     def report(run: Run) -> None:
         test = data.test
         mae = lambda predicted: float(np.mean(np.abs(predicted - test["rating"]), dtype=np.float64))  # noqa: E731
-        start = initial_train_state(run.config, run.experiment, optax.identity())
+        start = initial_train_state(run.experiment.model, run.experiment.input_shape, optax.identity(), run.config["seed"])
         trained = predict(model, run.train_state.params, run.train_state.state, test)
         untrained = predict(model, start.params, start.state, test)
         results = {

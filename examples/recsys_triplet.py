@@ -38,7 +38,8 @@ import optax
 
 from fundl.datasets import positive_pairs, positives, ratings
 from fundl.models import deep_recommender, dot_recommender, mean_user_auc, score_matrix, triplet_loss
-from fundl.runs import ConfigError, Experiment, Run, initial_train_state
+from fundl.runs import ConfigError, Experiment, Run
+from fundl.train import initial_train_state
 
 CONFIG = {
     "seed": 0,
@@ -71,7 +72,7 @@ def experiment(config: dict) -> Experiment:
         held_out = positives(data, ("test",), threshold=d["threshold"])
         negatives = ~positives(data, threshold=d["threshold"])
         auc = lambda scores: mean_user_auc(scores, held_out, negatives)  # noqa: E731
-        start = initial_train_state(run.config, run.experiment, optax.identity())
+        start = initial_train_state(run.experiment.model, run.experiment.input_shape, optax.identity(), run.config["seed"])
         popularity = np.broadcast_to(np.bincount(train["item"], minlength=data.num_items), held_out.shape).astype(np.float32)
         results = {
             "mean_user_auc": auc(score_matrix(model, run.train_state.params, run.train_state.state, data.num_users, data.num_items)),

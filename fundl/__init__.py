@@ -16,150 +16,61 @@ The subpackages ``fl.train``, ``fl.models``, ``fl.runs``, ``fl.distributed`` and
 
 # The vocabulary.
 # Losses, data.
-from fundl import datasets as datasets
-from fundl import losses as losses
+from fundl import datasets as datasets, losses as losses
 
 # Building models.
 from fundl._combinators import (
     branch as branch,
-)
-from fundl._combinators import (
     fan_in_concat as fan_in_concat,
-)
-from fundl._combinators import (
     fan_in_sum as fan_in_sum,
-)
-from fundl._combinators import (
     fan_out as fan_out,
-)
-from fundl._combinators import (
     named as named,
-)
-from fundl._combinators import (
     parallel as parallel,
-)
-from fundl._combinators import (
     residual as residual,
-)
-from fundl._combinators import (
     serial as serial,
 )
 from fundl._core import (
     ApplyFn as ApplyFn,
-)
-from fundl._core import (
     InitFn as InitFn,
-)
-from fundl._core import (
     Initializer as Initializer,
-)
-from fundl._core import (
     Key as Key,
-)
-from fundl._core import (
     Layer as Layer,
-)
-from fundl._core import (
     LayerError as LayerError,
-)
-from fundl._core import (
     LayerTypeError as LayerTypeError,
-)
-from fundl._core import (
     Params as Params,
-)
-from fundl._core import (
     Shape as Shape,
-)
-from fundl._core import (
     State as State,
 )
 from fundl._summary import summary as summary
 from fundl.layers import (
     avg_pool as avg_pool,
-)
-from fundl.layers import (
     batch_norm as batch_norm,
-)
-from fundl.layers import (
     bidirectional as bidirectional,
-)
-from fundl.layers import (
     conv1d as conv1d,
-)
-from fundl.layers import (
     conv2d as conv2d,
-)
-from fundl.layers import (
     conv2d_transpose as conv2d_transpose,
-)
-from fundl.layers import (
     dense as dense,
-)
-from fundl.layers import (
     dropout as dropout,
-)
-from fundl.layers import (
     elu as elu,
-)
-from fundl.layers import (
     embedding as embedding,
-)
-from fundl.layers import (
     flatten as flatten,
-)
-from fundl.layers import (
     from_flax as from_flax,
-)
-from fundl.layers import (
     gelu as gelu,
-)
-from fundl.layers import (
     global_avg_pool as global_avg_pool,
-)
-from fundl.layers import (
     gru as gru,
-)
-from fundl.layers import (
     identity as identity,
-)
-from fundl.layers import (
     layer_norm as layer_norm,
-)
-from fundl.layers import (
     leaky_relu as leaky_relu,
-)
-from fundl.layers import (
     log_softmax as log_softmax,
-)
-from fundl.layers import (
     lstm as lstm,
-)
-from fundl.layers import (
     max_pool as max_pool,
-)
-from fundl.layers import (
     relu as relu,
-)
-from fundl.layers import (
     reshape as reshape,
-)
-from fundl.layers import (
     sigmoid as sigmoid,
-)
-from fundl.layers import (
     silu as silu,
-)
-from fundl.layers import (
     simple_rnn as simple_rnn,
-)
-from fundl.layers import (
     softmax as softmax,
-)
-from fundl.layers import (
     softplus as softplus,
-)
-from fundl.layers import (
     tanh as tanh,
 )
 

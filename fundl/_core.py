@@ -14,10 +14,16 @@ state it updates goes out as ``new_state``. ``train`` is a runtime keyword.
 
 Every user error a layer raises is a :class:`LayerError`; combinators prefix its message
 with the path of the layer that raised it, e.g. ``encoder/dense_1: ...``.
+
+A **loss** is a pure function ``loss_fn(params, state, batch, key) -> (loss, (new_state,
+metrics))``; the training loop takes it as a :class:`Loss`, a small record that also
+carries how to evaluate it and how to check a whole split of data before training.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
@@ -35,6 +41,16 @@ State = dict[str, Any]
 Shape = tuple[Any, ...]
 """An array shape ``(batch, ...)``, or a tuple of shapes for layers with several inputs."""
 Initializer = Callable[..., Array]
+Batch = Any
+"""One batch of data, in whatever form the loss takes (a dict of arrays, a tuple ``(x, y)``)."""
+Metrics = dict[str, Array]
+LossFn = Callable[[Params, State, Batch, Key | None], tuple[Array, tuple[State, Metrics]]]
+"""``loss_fn(params, state, batch, key) -> (loss, (new_state, metrics))``: a float scalar loss,
+the model state after the batch and a dict of float scalar metrics."""
+EvalFn = Callable[[Params, State, Batch], Metrics]
+"""``eval_fn(params, state, batch) -> metrics``: the loss and metrics in evaluation mode."""
+DataCheck = Callable[[Any, str], None]
+"""``check_data(data, name)``: raises a ``ValueError`` naming ``name`` if a whole split cannot be trained on."""
 
 
 class NamedInitializer:
@@ -210,3 +226,78 @@ def check_indices(kind: str, x: Any, size: int, what: str, error: type[ValueErro
         low, high = int(jnp.min(x)), int(jnp.max(x))
         if low < 0 or high >= size:
             raise error(f"{kind}: {what} must lie in [0, {size}), got values from {low} to {high}")
+
+
+# ---------------------------------------------------------------------------------------
+# The loss as a value.
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalMode:
+    """A loss function that takes a ``train`` keyword, called in evaluation mode: an :data:`EvalFn`.
+
+    ``eval_fn(params, state, batch)`` is ``{"loss": loss, **metrics}`` of
+    ``loss_fn(params, state, batch, None, train=False)``. Two of them are equal when their
+    loss functions are, so a rebuilt :class:`Loss` finds its compiled programs again.
+    """
+
+    loss_fn: Callable[..., Any]
+
+    def __call__(self, params: Params, state: State, batch: Batch) -> Metrics:
+        loss, (_, metrics) = self.loss_fn(params, state, batch, None, train=False)
+        return {"loss": loss, **metrics}
+
+
+class Loss(NamedTuple):
+    """A loss function and what the training loop asks of it besides its value.
+
+    Attributes:
+      fn: ``(params, state, batch, key) -> (loss, (new_state, metrics))``, in training mode.
+      evaluate: ``(params, state, batch) -> metrics``, how a split is evaluated; ``None``
+        if it cannot be (then only training metrics are reported).
+      check_data: ``(data, name) -> None``, checks a whole split once on the host before
+        training (labels within the classes, finite inputs); ``None``: finite float
+        inputs only.
+
+    A ``Loss`` is called like its ``fn``, so it can stand wherever a loss function does.
+    Wrappers such as :func:`fundl.train.with_precision` return a new ``Loss`` with each
+    part wrapped, so nothing is lost on the way.
+
+    Example:
+      >>> loss = Loss.of(loss_fn)                           # evaluate: loss_fn(..., train=False) if it takes `train`
+      >>> loss = Loss(loss_fn, evaluate=my_eval_fn)        # or say how to evaluate
+    """
+
+    fn: LossFn
+    evaluate: EvalFn | None = None
+    check_data: DataCheck | None = None
+
+    def __call__(self, params: Params, state: State, batch: Batch, key: Key | None, /, **kwargs: Any) -> Any:
+        return self.fn(params, state, batch, key, **kwargs)
+
+    @classmethod
+    def of(cls, loss_fn: Any, eval_fn: EvalFn | None = None) -> "Loss":
+        """``loss_fn`` as a :class:`Loss`; a plain function is read once, here, at the API's edge.
+
+        A ``Loss`` comes back as it is (with ``eval_fn`` as its evaluation, if given). A plain
+        function evaluates with ``eval_fn`` if given, else, if it declares a ``train``
+        keyword, as ``loss_fn(params, state, batch, None, train=False)``; else it cannot evaluate.
+        """
+        if isinstance(loss_fn, Loss):
+            return loss_fn if eval_fn is None else loss_fn._replace(evaluate=eval_fn)
+        if isinstance(loss_fn, Layer) or not callable(loss_fn):
+            what = "a model (an (init, apply) Layer)" if isinstance(loss_fn, Layer) else f"a {type(loss_fn).__name__}"
+            raise TypeError(
+                f"expected a loss function (params, state, batch, key) -> (loss, (new_state, metrics)), got {what}: "
+                "build one from the model, e.g. fundl.losses.classification_loss(model)"
+            )
+        if eval_fn is None and _takes_train_keyword(loss_fn):
+            eval_fn = EvalMode(loss_fn)
+        return cls(loss_fn, eval_fn)
+
+
+def _takes_train_keyword(fn: Callable[..., Any]) -> bool:
+    try:
+        return "train" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # a callable without a signature
+        return False

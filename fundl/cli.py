@@ -157,12 +157,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.devices is not None:
                 settings.append(("train.devices", args.devices))
             if args.seeds or args.sweep:
-                if args.seed is not None or args.stop_after_steps is not None:
-                    raise ValueError("a sweep takes --seeds (not --seed) and cannot --stop-after-steps")
+                if args.seed is not None:
+                    raise ValueError("a sweep takes --seeds (not --seed)")
                 seeds = runs.parse_seeds(args.seeds) if args.seeds else [runs.resolve_config(runs.load_example(args.example), settings)["seed"]]
-                runs.sweep(args.example, settings, seeds=seeds, sweep=runs.parse_sweep(args.sweep), out=args.out, quiet=args.quiet)
-                return 0
-            result = runs.run(args.example, settings, out=args.out, quiet=args.quiet, stop_after_steps=args.stop_after_steps)
+                result = runs.sweep(args.example, settings, seeds=seeds, sweep=runs.parse_sweep(args.sweep), out=args.out,
+                                    quiet=args.quiet, stop_after_steps=args.stop_after_steps)
+            else:
+                result = runs.run(args.example, settings, out=args.out, quiet=args.quiet, stop_after_steps=args.stop_after_steps)
     except (ValueError, OSError) as error:
         print(f"fundl: error: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -171,12 +172,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ABORTED
     history = result.history
     assert history is not None  # a run or a resume has just trained
-    if history["nonfinite"]:
+    if history.nonfinite:
         return EXIT_NONFINITE
-    if history["interrupted"]:
+    if history.interrupted:
         return EXIT_INTERRUPTED
-    if history["stop_reason"]:
-        print(f"stopped early: {history['stop_reason']}", file=sys.stderr)
+    if history.stop_reason:
+        print(f"stopped early: {history.stop_reason}", file=sys.stderr)
     return 0
 
 
@@ -192,9 +193,7 @@ def _start_jax(args: argparse.Namespace) -> None:
     if args.distributed:
         distributed.initialize(*multi)
     if not args.no_compilation_cache:
-        from fundl.train._compiled import use_persistent_cache
-
-        use_persistent_cache(compilation_cache_directory())
+        distributed.use_persistent_cache(compilation_cache_directory())
 
 
 def compilation_cache_directory() -> Path:

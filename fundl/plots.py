@@ -16,7 +16,7 @@ import numpy as np
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-_SKIP = ("step", "epoch", "split")
+    from fundl.train import Record
 
 
 def import_in_background() -> threading.Thread:
@@ -43,15 +43,15 @@ def _figure(**kwargs: Any) -> Figure:
     return Figure(**kwargs)
 
 
-def plot_curves(records: Sequence[dict[str, Any]], path: str | os.PathLike, *, title: str = "") -> None:
+def plot_curves(records: Sequence[Record], path: str | os.PathLike, *, title: str = "") -> None:
     """One panel per metric (loss, accuracy, ...), one line per split, against the training step.
 
     Args:
-      records: the history records of :func:`fundl.train.fit` (or the lines of ``metrics.jsonl``).
+      records: the history's records (``fit``'s ``history.records``, or a run directory's).
       path: the PNG file to write.
     """
-    metrics = list(dict.fromkeys(k for r in records for k in r if k not in _SKIP))
-    splits = list(dict.fromkeys(r["split"] for r in records))
+    metrics = list(dict.fromkeys(k for r in records for k in r.metrics))
+    splits = list(dict.fromkeys(r.split for r in records))
     cols = min(len(metrics), 3) or 1
     rows = math.ceil(len(metrics) / cols) or 1
     width, height = 4.5 * cols, 3.2 * rows
@@ -62,7 +62,7 @@ def plot_curves(records: Sequence[dict[str, Any]], path: str | os.PathLike, *, t
     for i, metric in enumerate(metrics):
         ax = fig.add_subplot(rows, cols, i + 1)
         for split in splits:
-            points = [(r["step"], r[metric]) for r in records if r["split"] == split and metric in r]
+            points = [(r.step, r.metrics[metric]) for r in records if r.split == split and metric in r.metrics]
             if points:
                 steps, values = zip(*points)
                 ax.plot(steps, values, marker="o" if len(points) < 30 else None, markersize=3, label=split)
@@ -75,24 +75,24 @@ def plot_curves(records: Sequence[dict[str, Any]], path: str | os.PathLike, *, t
     fig.savefig(path, dpi=100)
 
 
-def plot_member_curves(records: Sequence[dict[str, Any]], path: str | os.PathLike, *, title: str = "") -> None:
+def plot_member_curves(records: Sequence[Record], path: str | os.PathLike, *, title: str = "") -> None:
     """A sweep's curves: for every metric of every split, the members' mean against the step
     as a line, and the band from their min to their max.
 
     Args:
-      records: a sweep's records, each metric a list with one value per member.
+      records: a sweep's records, each with its ``member``.
       path: the PNG file to write.
     """
-    metrics = sorted({k for r in records for k in r if k not in (*_SKIP, "members")})
+    metrics = sorted({k for r in records for k in r.metrics})
     fig = _figure(figsize=(4.5 * len(metrics), 3.4), layout="tight")
     for i, metric in enumerate(metrics):
         ax = fig.add_subplot(1, len(metrics), i + 1)
-        for split in dict.fromkeys(r["split"] for r in records):
-            rows = [r for r in records if r["split"] == split and metric in r]
+        for split in dict.fromkeys(r.split for r in records):
+            rows = [r for r in records if r.split == split and metric in r.metrics]
             if not rows:
                 continue
-            steps = sorted({r["step"] for r in rows})
-            values = [np.concatenate([np.asarray(r[metric], float) for r in rows if r["step"] == s]) for s in steps]
+            steps = sorted({r.step for r in rows})
+            values = [np.array([r.metrics[metric] for r in rows if r.step == s], float) for s in steps]
             mean = np.array([np.nanmean(v) for v in values])
             low, high = np.array([np.nanmin(v) for v in values]), np.array([np.nanmax(v) for v in values])
             (line,) = ax.plot(steps, mean, marker="o" if len(steps) < 30 else None, markersize=3, label=split)

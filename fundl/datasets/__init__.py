@@ -13,15 +13,15 @@ cuts next-character training windows.
 
 from fundl.datasets._digits import digits
 from fundl.datasets._idx import mnist, read_idx, write_idx
-from fundl.datasets._ratings import Ratings as Ratings
-from fundl.datasets._ratings import noise_floor as noise_floor
-from fundl.datasets._ratings import positive_pairs as positive_pairs
-from fundl.datasets._ratings import positives as positives
-from fundl.datasets._ratings import ratings as ratings
-from fundl.datasets._ratings import to_rating as to_rating
-from fundl.datasets._seq2seq import NumberTranslation as NumberTranslation
-from fundl.datasets._seq2seq import TokenVocabulary as TokenVocabulary
-from fundl.datasets._seq2seq import number_translation as number_translation
+from fundl.datasets._ratings import (
+    Ratings as Ratings,
+    noise_floor as noise_floor,
+    positive_pairs as positive_pairs,
+    positives as positives,
+    ratings as ratings,
+    to_rating as to_rating,
+)
+from fundl.datasets._seq2seq import NumberTranslation as NumberTranslation, TokenVocabulary as TokenVocabulary, number_translation as number_translation
 from fundl.datasets._split import train_validation_split as train_validation_split
 from fundl.datasets._text import Vocabulary, number_words, numbers_text, read_text, sequences
 

@@ -36,7 +36,7 @@ def train_validation_split(data: Any, fraction: float = 0.2, *, seed: int = 0, s
       >>> train, validation = train_validation_split(data["train"], 0.2, seed=0)
       >>> fit(loss_fn, optimizer, train_state, train, batch_size=32, epochs=15, eval_data={"validation": validation})
     """
-    from fundl.train._data import num_examples  # here: importing fundl.train at import time would slow `import fundl`
+    from fundl._data import num_examples
 
     n = num_examples(data, "data")
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float, np.floating)) or not 0 < fraction < 1:

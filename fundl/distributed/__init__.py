@@ -1,4 +1,4 @@
-"""Parallel training: device meshes, where arrays go, multi-host start-up.
+"""Parallel training: device meshes, where arrays go (and how they come back to the host), process start-up.
 
 ``fit`` trains data-parallel over every visible device by default; this package holds
 the pieces it uses and the ones a user may want directly. (The per-device ``shard_map``
@@ -9,11 +9,23 @@ Example:
   >>> fit(loss_fn, optimizer, train_state, data, batch_size=64, mesh=mesh)
 """
 
-from fundl.distributed._mesh import DATA as DATA
-from fundl.distributed._mesh import FSDP as FSDP
-from fundl.distributed._mesh import data_mesh as data_mesh
-from fundl.distributed._mesh import describe_mesh as describe_mesh
-from fundl.distributed._placement import Placement as Placement
-from fundl.distributed._placement import fsdp_spec as fsdp_spec
-from fundl.distributed._start import initialize as initialize
-from fundl.distributed._start import use_cpu_devices as use_cpu_devices
+from fundl.distributed._mesh import (
+    DATA as DATA,
+    FSDP as FSDP,
+    MeshSpec as MeshSpec,
+    data_mesh as data_mesh,
+    describe_mesh as describe_mesh,
+    resolve_mesh as resolve_mesh,
+)
+from fundl.distributed._placement import (
+    Placement as Placement,
+    fsdp_spec as fsdp_spec,
+    host_copy as host_copy,
+    key_data as key_data,
+    wrap_keys as wrap_keys,
+)
+from fundl.distributed._start import (
+    initialize as initialize,
+    use_cpu_devices as use_cpu_devices,
+    use_persistent_cache as use_persistent_cache,
+)

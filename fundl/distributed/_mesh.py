@@ -61,8 +61,12 @@ def data_mesh(devices: int | Sequence[jax.Device] | None = None, *, fsdp: int = 
     return jax.make_mesh((len(chosen) // fsdp, fsdp), (DATA, FSDP), (AxisType.Auto, AxisType.Auto), devices=chosen)
 
 
-def resolve_mesh(mesh: MeshSpec) -> Mesh | None:
-    """The mesh ``fit`` trains on: ``None`` means every device; one device means no mesh."""
+def resolve_mesh(mesh: MeshSpec) -> Mesh:
+    """The mesh to train on, resolved once at the API's edge: always a mesh, one device included.
+
+    ``None`` means every visible device, an int the first that many, a sequence those
+    devices; a ``Mesh`` is checked (its axes must be ``data`` and optionally ``fsdp``).
+    """
     if isinstance(mesh, Mesh):
         if DATA not in mesh.axis_names:
             raise ValueError(f"the mesh needs a {DATA!r} axis to cut the batch along; its axes are {mesh.axis_names}")
@@ -70,15 +74,14 @@ def resolve_mesh(mesh: MeshSpec) -> Mesh | None:
         if unknown:
             raise ValueError(f"fundl's data-parallel step knows the axes {DATA!r} and {FSDP!r}; the mesh also has {sorted(unknown)}")
         return mesh
-    mesh = data_mesh(mesh)
-    return mesh if mesh.size > 1 else None
+    return data_mesh(mesh)
 
 
-def describe_mesh(mesh: Mesh | None) -> dict[str, Any]:
-    """The mesh as plain data (for ``environment.json`` and the history)."""
-    devices = jax.devices()[:1] if mesh is None else list(mesh.devices.flat)
+def describe_mesh(mesh: Mesh) -> dict[str, Any]:
+    """The mesh as plain data (for ``environment.json`` and the history); one device has no axes."""
+    devices = list(mesh.devices.flat)
     return {
-        "axes": {} if mesh is None else dict(zip(mesh.axis_names, mesh.devices.shape)),
+        "axes": {} if mesh.size == 1 else dict(zip(mesh.axis_names, mesh.devices.shape)),
         "devices": len(devices),
         "device_kinds": sorted({d.device_kind for d in devices}),
         "process_count": jax.process_count(),

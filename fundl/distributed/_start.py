@@ -1,6 +1,12 @@
-"""Multi-host start-up: ``jax.distributed.initialize`` with a timeout and a clear error."""
+"""Process start-up: joining a multi-host run, fake CPU devices, the persistent compilation cache.
+
+Everything here must happen before JAX starts computing, so it is what a command line
+or a launch script calls first.
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import jax
 
@@ -68,3 +74,17 @@ def use_cpu_devices(count: int) -> None:
             f"cannot make {count} CPU devices: JAX has already started in this process (set them before any array "
             "is made or device listed, or start Python with XLA_FLAGS=--xla_force_host_platform_device_count=N)"
         ) from None
+
+
+def use_persistent_cache(directory: Path | str | None) -> str | None:
+    """Turns on JAX's persistent compilation cache in ``directory`` (``None``: leave it off).
+
+    A later process that compiles the same program (a repeated run) loads it from there
+    instead of compiling. Every program is cached, however quick its compilation.
+    """
+    if directory is None:
+        return None
+    jax.config.update("jax_compilation_cache_dir", str(directory))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return str(directory)

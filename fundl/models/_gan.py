@@ -34,9 +34,8 @@ import optax
 from jax import lax
 
 from fundl._combinators import apply_child, check_entries, child_key, init_child, keep_nonempty, serial
-from fundl._core import Array, Key, Layer, LayerError, Params, Shape, State, check_positive
+from fundl._core import Array, EvalMode, Key, Layer, LayerError, Loss, Params, Shape, State, check_positive
 from fundl.layers import dense, flatten, leaky_relu, reshape, sigmoid
-from fundl.train import LossFn
 
 PLAYERS = ["generator", "discriminator"]
 
@@ -130,7 +129,7 @@ def mlp_gan(
     return gan(generator, discriminator, latent=latent)
 
 
-def gan_loss(g: GAN, *, inputs: str = "image") -> LossFn:
+def gan_loss(g: GAN, *, inputs: str = "image") -> Loss:
     """Both players' non-saturating GAN losses as one loss for ``fit`` (see the module docstring).
 
     The noise ``z (batch, latent)`` comes from the step's key; evaluation (``key=None``)
@@ -171,7 +170,7 @@ def gan_loss(g: GAN, *, inputs: str = "image") -> LossFn:
         new_state = keep_nonempty({"generator": g_state, "discriminator": d_state})
         return d_loss + g_loss, (new_state, metrics)
 
-    return loss_fn
+    return Loss(loss_fn, EvalMode(loss_fn))
 
 
 def gan_optimizer(

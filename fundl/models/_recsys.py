@@ -31,10 +31,9 @@ from jax.nn import initializers
 
 from fundl import losses
 from fundl._combinators import branch, fan_in_concat, named, parallel, serial
-from fundl._core import Layer, LayerError, check_positive, stateless
+from fundl._core import EvalMode, Layer, LayerError, Loss, check_positive, stateless
 from fundl.layers import embedding
 from fundl.models._mlp import mlp
-from fundl.train import LossFn
 
 RATING_LOSSES = ("mae", "mse")
 
@@ -139,7 +138,7 @@ def _split_key(key):
     return (None, None) if key is None else tuple(jax.random.split(key))
 
 
-def rating_loss(model: Layer, loss: str = "mae") -> LossFn:
+def rating_loss(model: Layer, loss: str = "mae") -> Loss:
     """The loss ``fit`` takes for explicit ratings: MAE or MSE of ``model``'s predictions.
 
     The batch is ``{"user": (batch,) int, "item": (batch,) int, "rating": (batch,) float}``;
@@ -153,7 +152,7 @@ def rating_loss(model: Layer, loss: str = "mae") -> LossFn:
         metrics = {"mae": losses.mae(predicted, batch["rating"]), "mse": losses.mse(predicted, batch["rating"])}
         return metrics[loss], (state, metrics)
 
-    return loss_fn
+    return Loss(loss_fn, EvalMode(loss_fn))
 
 
 def triplet_margin(positive_scores: jax.Array, negative_scores: jax.Array, margin: float = 1.0) -> jax.Array:
@@ -161,7 +160,7 @@ def triplet_margin(positive_scores: jax.Array, negative_scores: jax.Array, margi
     return jnp.mean(jax.nn.relu(margin - positive_scores + negative_scores))
 
 
-def triplet_loss(model: Layer, num_items: int, *, margin: float = 1.0) -> LossFn:
+def triplet_loss(model: Layer, num_items: int, *, margin: float = 1.0) -> Loss:
     """The loss ``fit`` takes for implicit feedback: a margin between a liked and a random item.
 
     The batch is ``{"user": (batch,) int, "item": (batch,) int}``, each pair one positive.
@@ -188,7 +187,7 @@ def triplet_loss(model: Layer, num_items: int, *, margin: float = 1.0) -> LossFn
         metrics = {"ordered": jnp.mean((positive > negative).astype(jnp.float32))}
         return triplet_margin(positive, negative, margin), (state, metrics)
 
-    return loss_fn
+    return Loss(loss_fn, EvalMode(loss_fn))
 
 
 def score_matrix(model: Layer, params, state, num_users: int, num_items: int) -> np.ndarray:

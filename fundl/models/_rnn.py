@@ -11,8 +11,7 @@ from jax import lax
 
 from fundl._combinators import named, serial
 from fundl._core import Array, Key, Layer, LayerError, Params
-from fundl.layers import bidirectional as make_bidirectional
-from fundl.layers import dense, embedding, gru, lstm, simple_rnn
+from fundl.layers import bidirectional as make_bidirectional, dense, embedding, gru, lstm, simple_rnn
 
 CELLS = {"lstm": lstm, "gru": gru, "simple_rnn": simple_rnn}
 

@@ -29,9 +29,8 @@ import jax.numpy as jnp
 import optax
 
 from fundl._combinators import apply_child, branch, check_entries, child_key, init_child, keep_nonempty, named, serial
-from fundl._core import Array, Key, Layer, LayerError, Params, Shape, State, check_positive
+from fundl._core import Array, EvalMode, Key, Layer, LayerError, Loss, Params, Shape, State, check_positive
 from fundl.layers import conv2d, conv2d_transpose, dense, flatten, relu, reshape
-from fundl.train import LossFn
 
 PARTS = ["encoder", "decoder"]
 LIKELIHOODS = ("bernoulli", "gaussian")
@@ -248,7 +247,7 @@ def conv_vae(
     return vae(encoder, decoder, latent=latent, likelihood=likelihood)
 
 
-def neg_elbo_loss(v: VAE, *, sigma: float = 0.1, inputs: str = "image") -> LossFn:
+def neg_elbo_loss(v: VAE, *, sigma: float = 0.1, inputs: str = "image") -> Loss:
     """The negative ELBO, averaged over the batch, as a loss function for ``fit``.
 
     Metrics: ``neg_elbo`` (the loss), ``reconstruction`` and ``kl`` (batch means). Training
@@ -277,7 +276,7 @@ def neg_elbo_loss(v: VAE, *, sigma: float = 0.1, inputs: str = "image") -> LossF
         neg_elbo = jnp.mean(reconstruction + kl)
         return neg_elbo, (new_state, {"neg_elbo": neg_elbo, "reconstruction": jnp.mean(reconstruction), "kl": jnp.mean(kl)})
 
-    return loss_fn
+    return Loss(loss_fn, EvalMode(loss_fn))
 
 
 def encode(v: VAE, params: Params, x: Array, *, state: State | None = None) -> tuple[Array, Array]:

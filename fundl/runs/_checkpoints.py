@@ -2,8 +2,9 @@
 
 A checkpoint holds everything a run needs to go on exactly as if it had never stopped:
 the whole train state (step, params, model state, optimizer state, key; the step is also
-the position in the data, whose order depends only on the seed and the epoch) and the
-state of the hooks (early-stopping counters, the best params so far).
+the position in the data, whose order depends only on the seed and the epoch; for a sweep,
+every member's, their settings and which still train), the state of the hooks
+(early-stopping counters, the best params so far) and how each member of a sweep ended.
 
 Each checkpoint is one file, ``checkpoints/<step>.ckpt``: a SHA-256 digest, then the
 flax msgpack of the state. It is written by a background thread (training goes on)
@@ -30,11 +31,10 @@ import flax.serialization
 import jax
 import jax.numpy as jnp
 
+from fundl.distributed import host_copy
 from fundl.runs._files import write_atomic, write_json
-from fundl.runs._state_file import from_host, host_copy
-from fundl.train import TrainState
+from fundl.runs._state_file import from_host
 
-CHECKPOINTS = "checkpoints"
 SUFFIX = ".ckpt"
 _INDEX = "index.json"  # the watched metric of each checkpoint, for keeping the best
 _MAX_PENDING = 3  # saves queued for the writer thread before save() waits
@@ -44,7 +44,7 @@ class Checkpoints:
     """When and where a run saves checkpoints: a :class:`fundl.train.Checkpointer` for ``fit``.
 
     Args:
-      directory: the run directory; checkpoints go to ``directory/checkpoints/<step>.ckpt``.
+      directory: where the checkpoints go, ``<directory>/<step>.ckpt`` (a run's ``checkpoints/``).
       steps_per_epoch: to turn ``every_epochs`` into steps.
       every_steps, every_epochs: how often to save (the more frequent wins); a run
         always saves at its end too.
@@ -74,7 +74,7 @@ class Checkpoints:
         intervals = [every for every in (every_steps, every_epochs and every_epochs * steps_per_epoch) if every]
         self.every = min(intervals) if intervals else None
         self.stop_after_steps = stop_after_steps
-        self.directory = Path(directory) / CHECKPOINTS
+        self.directory = Path(directory)
         self.keep, self.best, self.best_mode, self.run_id = keep, best, best_mode, run_id
         self.preemption: str | None = None  # set by a signal handler (see preemption_signals)
         self._writer = jax.process_index() == 0  # in a multi-process run, process 0 writes
@@ -92,7 +92,7 @@ class Checkpoints:
         due = [s for s in (self.every and step + self.every - step % self.every, self.stop_after_steps) if s and s > step]
         return min(due) if due else None
 
-    def save(self, step: int, train_state: TrainState, hook_states: list[Any], metrics: dict[str, float]) -> None:
+    def save(self, step: int, train_state: Any, extra: dict[str, Any], metrics: dict[str, float]) -> None:
         if jax.process_count() > 1:
             train_state = host_copy(train_state)  # a collective: every process takes part; process 0 writes
         else:
@@ -102,7 +102,7 @@ class Checkpoints:
         while len(self._pending) >= _MAX_PENDING or (self._pending and self._pending[0].done()):
             self._pending.pop(0).result()  # bounded memory; raises if an earlier save failed
         score = metrics.get(self.best) if self.best else None
-        self._pending.append(self._pool.submit(self._write, step, train_state, hook_states, score))
+        self._pending.append(self._pool.submit(self._write, step, train_state, extra, score))
 
     def interrupted(self, step: int) -> str | None:
         if self.preemption:
@@ -113,9 +113,9 @@ class Checkpoints:
 
     # --- writing, in the background ------------------------------------------------------------
 
-    def _write(self, step: int, train_state: TrainState, hook_states: list[Any], score: float | None) -> None:
+    def _write(self, step: int, train_state: Any, extra: dict[str, Any], score: float | None) -> None:
         host = flax.serialization.to_state_dict(host_copy(train_state))
-        data = flax.serialization.msgpack_serialize({"run_id": self.run_id, "step": step, "train_state": host, "hooks": hook_states})
+        data = flax.serialization.msgpack_serialize({"run_id": self.run_id, "step": step, "train_state": host, **extra})
         write_atomic(self.directory / f"{step}{SUFFIX}", hashlib.sha256(data).digest() + data, sync_directory=False)
         if score is not None:
             self._scores[step] = score
@@ -150,8 +150,8 @@ class Checkpoints:
             return []
         return sorted(int(p.name[: -len(SUFFIX)]) for p in self.directory.glob(f"*{SUFFIX}") if p.name[: -len(SUFFIX)].isdigit())
 
-    def restore(self, like: TrainState, step: int | None = None) -> tuple[int, TrainState, list[Any]]:
-        """The train state and hook states of the checkpoint at ``step`` (default: the latest).
+    def restore(self, like: Any, step: int | None = None) -> tuple[int, Any, dict[str, Any]]:
+        """The train state and what was saved with it (``extra``) of the checkpoint at ``step`` (default: the latest).
 
         Args:
           like: a train state of the same model and optimizer (arrays or
@@ -176,11 +176,12 @@ class Checkpoints:
             raise ValueError(f"the checkpoint {path} cannot be read: {type(error).__name__}: {error}") from None
         if payload.get("run_id") != self.run_id:
             raise ValueError(f"the checkpoint {path} was written by another run ({payload.get('run_id')}), not by {self.run_id}")
-        return payload["step"], from_host(payload["train_state"], like, f"the checkpoint {path}"), payload["hooks"]
+        extra = {k: v for k, v in payload.items() if k not in ("run_id", "step", "train_state")}
+        return payload["step"], from_host(payload["train_state"], like, f"the checkpoint {path}"), extra
 
 
 @jax.jit
-def _device_copy(train_state: TrainState) -> TrainState:
+def _device_copy(train_state: Any) -> Any:
     """A copy in new device buffers: the next training step reuses (donates) the old ones."""
     return jax.tree.map(jnp.copy, train_state)
 

@@ -15,15 +15,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, NamedTuple
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-
-from fundl._core import Layer, Shape
-from fundl.distributed._mesh import MeshSpec
+from fundl._core import EvalFn, Layer, Loss, LossFn, Shape
+from fundl._data import check_batch_size, num_examples
 from fundl.runs._config import DEFAULTS, Config, merge, override
-from fundl.train import EvalFn, Hook, LossFn, TrainState, evaluate
-from fundl.train._data import check_batch_size, eval_batch_size_for, num_examples
+from fundl.train import History, Hook, TrainState
 
 
 class Experiment(NamedTuple):
@@ -32,7 +27,7 @@ class Experiment(NamedTuple):
     Attributes:
       model: the model to train.
       input_shape: the shape of one training batch's model input, batch axis included.
-      loss_fn: ``(params, state, batch, key) -> (loss, (new_state, metrics))``.
+      loss_fn: a :class:`~fundl.Loss`, or ``(params, state, batch, key) -> (loss, (new_state, metrics))``.
       train_data: a pytree of arrays with a leading example axis.
       eval_data: named splits evaluated during training, e.g. ``{"validation": ...}``:
         what the curves show, early stopping watches and the best checkpoint is chosen by.
@@ -40,7 +35,7 @@ class Experiment(NamedTuple):
         training, e.g. ``{"test": ...}``: nothing during training looks at them, so their
         scores are not tuned on.
       eval_fn: ``(params, state, batch) -> metrics``, if ``loss_fn`` takes no ``train`` keyword.
-      hooks: extra hooks for ``fit``.
+      hooks: extra hooks for ``fit`` (in a sweep, each member gets its own deep copy).
       report: called with the finished :class:`Run`, e.g. to draw pictures into its directory.
       sample: ``sample(run, prompt, temperature=..., length=..., seed=...) -> str`` for
         generative examples, used by ``fundl sample RUN_DIR``.
@@ -48,7 +43,7 @@ class Experiment(NamedTuple):
 
     model: Layer
     input_shape: Shape
-    loss_fn: LossFn
+    loss_fn: Loss | LossFn
     train_data: Any
     eval_data: dict[str, Any] | None = None
     test_data: dict[str, Any] | None = None
@@ -62,14 +57,22 @@ class Run(NamedTuple):
     """A finished (or loaded) run: its directory, config, experiment, final train state and results.
 
     ``directory`` is ``None`` on the processes of a multi-process run that do not write (all but process 0).
+    A sweep's ``train_state`` holds every member's, stacked; ``members`` says who each member is and how it did
+    (``None`` for a single run).
     """
 
     directory: Path | None
     config: Config
     experiment: Experiment
     train_state: TrainState
-    history: dict[str, Any] | None
+    history: History | None
     summary: dict[str, Any]
+    members: list[dict[str, Any]] | None = None
+
+    @property
+    def loss(self) -> Loss:
+        """The experiment's loss as a :class:`~fundl.Loss` (with its ``eval_fn``)."""
+        return Loss.of(self.experiment.loss_fn, self.experiment.eval_fn)
 
 
 def bundled_examples() -> list[str]:
@@ -105,73 +108,9 @@ def resolve_config(module: ModuleType, settings: Iterable[tuple[str, Any]] = ())
     return override(merge(DEFAULTS, module.CONFIG), settings)
 
 
-def budget(config: Config) -> dict[str, Any]:
-    """``fit``'s budget argument from the config: ``{"steps": n}`` or ``{"epochs": n}``."""
-    steps = config["train"]["steps"]
-    return {"steps": steps} if steps is not None else {"epochs": config["train"]["epochs"]}
-
-
 def total_steps(config: Config, experiment: Experiment) -> int:
     """The run's length in steps (for learning-rate schedules); checks the batch size first."""
     n, batch_size = num_examples(experiment.train_data, "train data"), config["train"]["batch_size"]
     check_batch_size(batch_size, n, "train data")
-    given = budget(config)
-    return given["steps"] if "steps" in given else given["epochs"] * (n // batch_size)
-
-
-def test_metrics(
-    experiment: Experiment, loss_fn: LossFn, params: Any, state: Any, *, batch_size: int, eval_batch_size: int | None = None,
-    mesh: MeshSpec = 1,
-) -> dict[str, dict[str, float]]:
-    """The final scores on the experiment's ``test_data``, ``{split: {metric: mean}}``, in batches as ``fit`` evaluates."""
-    return {
-        name: evaluate(loss_fn, params, state, split, batch_size=eval_batch_size_for(split, eval_batch_size, batch_size), mesh=mesh,
-                       eval_fn=experiment.eval_fn)
-        for name, split in (experiment.test_data or {}).items()
-    }
-
-
-def _initial_state_fn(experiment: Experiment, optimizer) -> Callable[[Any], TrainState]:
-    def make(seed):
-        init_key, train_key = jax.random.split(jax.random.key(seed))
-        _, params, state = experiment.model.init(init_key, experiment.input_shape)
-        return TrainState.create(params, state, optimizer, train_key)
-
-    return make
-
-
-# The initial state is computed once, so how fast its program runs hardly matters, but
-# compiling it with LLVM's optimisations takes ~1.5 s on XLA:CPU for a two-layer MLP
-# (threefry's rounds, once per initializer): most of a short run's start. Without them it
-# compiles in ~0.3 s. The values are the same up to float rounding (the dense and conv
-# layers' bit for bit; normal draws and orthogonal recurrent kernels can differ in the
-# last bits), and every run, resume and sweep makes its initial state this same way.
-_QUICK_COMPILE: dict[str, Any] = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
-
-
-def _compiled_once(fn: Callable, *example_args: Any) -> Callable:
-    """``fn`` compiled for arguments like these; on the CPU without LLVM's slow optimisations."""
-    options = _QUICK_COMPILE if jax.default_backend() == "cpu" else None
-    return jax.jit(fn).lower(*example_args).compile(compiler_options=options)
-
-
-def initial_train_state(config: Config, experiment: Experiment, optimizer) -> TrainState:
-    """The train state at step 0: params from ``split(key(seed))[0]``, training key the other half.
-
-    The whole of it is made by one compiled program (made eagerly, every initializer of
-    every layer would be compiled and run on its own: a large part of a short run).
-    """
-    seed = config["seed"]
-    make = _initial_state_fn(experiment, optimizer)
-    if seed < 2**32:  # as a uint32 array, jax.random.key gives the key of the Python int
-        return _compiled_once(make, np.uint32(seed))(np.uint32(seed))
-    return jax.jit(make, static_argnums=0)(seed)
-
-
-def initial_train_states(seeds: Sequence[int], experiment: Experiment, optimizer) -> TrainState:
-    """:func:`initial_train_state` for each seed (below 2**32), stacked on a leading axis."""
-    if max(seeds) >= 2**32:
-        raise ValueError(f"the seeds of a sweep must be below 2**32, got {max(seeds)}")
-    make = _compiled_once(_initial_state_fn(experiment, optimizer), np.uint32(0))  # compiled once, called per seed
-    states = [make(np.uint32(seed)) for seed in seeds]
-    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
+    steps = config["train"]["steps"]
+    return steps if steps is not None else config["train"]["epochs"] * (n // batch_size)

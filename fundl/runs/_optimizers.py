@@ -36,8 +36,9 @@ def make_optimizer(
     if opt["schedule"] not in SCHEDULES:
         raise ConfigError(f"unknown schedule {opt['schedule']!r} (optimizer.schedule); available: {', '.join(SCHEDULES)}")
     lr, warmup = opt["learning_rate"], opt["warmup_steps"] or 0
-    if opt["schedule"] == "cosine":
-        schedule = optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(total_steps, warmup + 1))
+    if opt["schedule"] == "cosine":  # optax.warmup_cosine_decay_schedule's, but the rate may be traced (a sweep's)
+        decay = max(total_steps, warmup + 1) - warmup
+        schedule = optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), optax.cosine_decay_schedule(lr, decay)], [warmup])
     elif warmup:
         schedule = optax.linear_schedule(0.0, lr, warmup)
     else:

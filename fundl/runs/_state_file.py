@@ -1,4 +1,4 @@
-"""A whole train state in one file (flax msgpack), and the host copies that checkpoints write."""
+"""A whole train state (or any pytree of arrays and keys) in one file: flax msgpack, written atomically."""
 
 from __future__ import annotations
 
@@ -10,48 +10,27 @@ import flax.serialization
 import jax
 import numpy as np
 
+from fundl.distributed import host_copy, key_data, wrap_keys
 from fundl.runs._files import write_atomic
-from fundl.train import TrainState
 
 
-def _saveable(train_state: TrainState) -> TrainState:
-    """The train state with its typed PRNG key as raw key data, which serializes."""
-    return train_state._replace(key=jax.random.key_data(train_state.key))
-
-
-def host_copy(train_state: TrainState) -> TrainState:
-    """The whole train state as fresh NumPy arrays (key as raw key data).
-
-    A copy, never a view: the training step reuses (donates) the device buffers, and on
-    the CPU a NumPy view of them would change under a writer. A state spread over several
-    processes is gathered: then every process must call it (a collective).
-    """
-    raw = _saveable(train_state)
-    if any(isinstance(leaf, jax.Array) and not leaf.is_fully_addressable for leaf in jax.tree.leaves(raw)):
-        from jax.experimental import multihost_utils
-
-        return jax.tree.map(np.asarray, multihost_utils.process_allgather(raw, tiled=True))
-    return jax.tree.map(lambda leaf: np.array(leaf, copy=True), jax.device_get(raw))
-
-
-def from_host(state_dict: Any, like: TrainState, where: str) -> TrainState:
-    """A train state from its serialized state dict, checked against ``like`` (names the first difference)."""
-    target = jax.eval_shape(_saveable, like)
+def from_host(state_dict: Any, like: Any, where: str) -> Any:
+    """A train state (or any tree) from its serialized state dict, checked against ``like`` (names the first difference)."""
+    target = jax.eval_shape(key_data, like)
     try:
         restored = flax.serialization.from_state_dict(target, state_dict)
     except (ValueError, KeyError, TypeError) as error:
         raise ValueError(f"{where} does not hold a train state of this model and optimizer: {error}") from None
     _check_like(where, restored, target)
-    impl = jax.random.key_impl(like.key) if isinstance(like.key, jax.Array) else None  # None: JAX's default
-    return jax.device_put(restored)._replace(key=jax.random.wrap_key_data(restored.key, impl=impl))
+    return wrap_keys(jax.device_put(restored), like)
 
 
-def save_train_state(path: str | os.PathLike, train_state: TrainState) -> None:
+def save_train_state(path: str | os.PathLike, train_state: Any) -> None:
     """Writes the whole train state (step, params, state, optimizer state, key) atomically."""
     write_atomic(path, flax.serialization.to_bytes(host_copy(train_state)))
 
 
-def restore_train_state(path: str | os.PathLike, like: TrainState) -> TrainState:
+def restore_train_state(path: str | os.PathLike, like: Any) -> Any:
     """Reads a train state saved by :func:`save_train_state`.
 
     Args:

@@ -27,8 +27,8 @@ def tensorboard_writer(directory: Path) -> Hook:
             writer.close()  # writes what the writer's thread still holds
         elif event.kind in ("log", "eval"):
             record = event.record
-            for name, value in record.items():
-                if name not in ("step", "epoch", "split") and math.isfinite(value):
-                    writer.add_scalar(f"{record['split']}/{name}", value, record["step"])
+            for name, value in record.metrics.items():
+                if math.isfinite(value):
+                    writer.add_scalar(f"{record.split}/{name}", value, record.step)
 
     return hook

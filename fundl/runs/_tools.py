@@ -18,79 +18,24 @@ from pathlib import Path
 from typing import Any
 
 from fundl.runs._config import flat_keys
-from fundl.runs._files import read_json
+from fundl.runs._directory import RunDirectory
+from fundl.train._history import final_metrics
 
-NOT_A_RUN = "{path} is not a fundl run directory: no config.json"
 NO_RUNS_DIR = "{path} does not exist: nothing to list (`fundl run` writes its runs under runs/ unless --out says otherwise)"
 HEADLINE_METRICS = ("accuracy", "loss")
 DEFAULT_PLOT_METRICS = ("validation/accuracy", "test/accuracy", "train/loss")
-_RECORD_KEYS = ("step", "epoch", "split")
 
 
 # Reading one run.
 
 
-def _run_directory(directory: str | os.PathLike) -> Path:
-    """The run directory as a path, checked: it exists, is a directory and holds ``config.json``."""
-    path = Path(directory)
-    if not path.exists():
-        raise FileNotFoundError(f"run directory {path} does not exist")
-    if not path.is_dir():
-        raise ValueError(f"{path} is not a directory: give a run directory (one that holds config.json)")
-    if not (path / "config.json").is_file():
-        raise ValueError(NOT_A_RUN.format(path=path))
-    return path
-
-
-def _read_object(path: Path) -> dict[str, Any]:
-    value = read_json(path)
-    if not isinstance(value, dict):
-        raise ValueError(f"{path} should hold a JSON object, found {type(value).__name__}")
-    return value
-
-
-def _optional_object(path: Path) -> dict[str, Any] | None:
-    return _read_object(path) if path.is_file() else None
-
-
-def read_records(directory: str | os.PathLike) -> list[dict[str, Any]]:
-    """The records of ``metrics.jsonl`` (an empty list if the run has logged nothing yet)."""
-    path = Path(directory) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    records = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path} line {number} is not valid JSON: {error}") from None
-        if not isinstance(record, dict) or "step" not in record or "split" not in record:
-            raise ValueError(f"{path} line {number} is not a metrics record (a JSON object with step and split)")
-        records.append(record)
-    return records
-
-
-def _final_metrics(summary: dict[str, Any] | None, directory: Path) -> dict[str, dict[str, Any]]:
-    """``{split: {metric: value}}``: the summary's, or for an unfinished run the last record of each split."""
+def _final_metrics(files: RunDirectory, summary: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """``{split: {metric: value}}``: the summary's, or for an unfinished run the last record of each split
+    (of member 0, for a sweep)."""
     if summary is not None:
         return summary.get("metrics") or {}
-    final: dict[str, dict[str, Any]] = {}
-    for record in read_records(directory):
-        final[record["split"]] = {k: v for k, v in record.items() if k not in _RECORD_KEYS}
-    return final
-
-
-def _status(directory: Path, summary: dict[str, Any] | None) -> str:
-    """``status.json``'s word (``running``, ``finished``, ``stopped_early``, ``interrupted``,
-    ``failed``); for a run directory older than status files, what the summary says."""
-    status = _optional_object(directory / "status.json")
-    if status is not None:
-        return str(status.get("status"))
-    if summary is None:
-        return "incomplete"
-    return "stopped_early" if summary.get("stop_reason") else "finished"
+    records = files.records()
+    return final_metrics(records, records[0].member if records else None)
 
 
 def _headline(metrics: dict[str, dict[str, Any]]) -> tuple[str, Any] | None:
@@ -104,27 +49,46 @@ def _headline(metrics: dict[str, dict[str, Any]]) -> tuple[str, Any] | None:
     return None
 
 
-def _describe(directory: Path) -> dict[str, Any]:
+def _describe(files: RunDirectory) -> dict[str, Any]:
     """One run as plain data (what ``fundl ls`` prints a line of)."""
-    _read_object(directory / "config.json")  # a broken config is an error here too
-    environment = _optional_object(directory / "environment.json") or {}
-    summary = _optional_object(directory / "summary.json")
-    metrics = _final_metrics(summary, directory)
+    files.config()  # a broken config is an error here too
+    environment = files.manifest()
+    summary = files.summary()
+    metrics = _final_metrics(files, summary)
     if summary is not None:
         steps = summary.get("steps")
     else:
-        records = read_records(directory)
-        steps = records[-1]["step"] if records else None
+        records = files.records()
+        steps = records[-1].step if records else None
+    sweep = environment.get("sweep")
     return {
-        "name": directory.name,
-        "path": str(directory),
+        "name": files.path.name,
+        "path": str(files.path),
         "example": environment.get("example"),
-        "status": _status(directory, summary),
+        "status": files.status().get("status"),
         "steps": steps,
-        "headline": _headline(metrics),
+        "headline": _headline(metrics) or _best_setting(summary),
         "fingerprint": summary.get("params_fingerprint") if summary else None,
         "metrics": metrics,
+        "members": sweep["members"] if sweep else None,
+        "settings": (summary or {}).get("settings"),
     }
+
+
+def _best_setting(summary: dict[str, Any] | None) -> tuple[str, Any] | None:
+    """A sweep of several settings: the best setting's mean headline metric, ``("test/accuracy (lr=0.1)", 0.97)``."""
+    settings = (summary or {}).get("settings") or []
+    scored = []
+    for setting in settings:
+        headline = _headline({split: {k: v["mean"] for k, v in m.items()} for split, m in setting["metrics"].items()})
+        if headline:
+            scored.append((headline, setting["settings"]))
+    if not scored:
+        return None
+    better = max if scored[0][0][0].endswith("accuracy") else min
+    (name, value), named = better(scored, key=lambda item: item[0][1])
+    short = ", ".join(f"{key.rsplit('.', 1)[-1]}={setting}" for key, setting in named.items())
+    return f"{name} ({short})", value
 
 
 # Formatting.
@@ -179,8 +143,8 @@ def list_runs(directory: str | os.PathLike = "runs") -> list[dict[str, Any]]:
         raise FileNotFoundError(NO_RUNS_DIR.format(path=path))
     if not path.is_dir():
         raise ValueError(f"{path} is not a directory: give the directory that holds the run directories")
-    found = sorted(p for p in path.iterdir() if p.is_dir() and (p / "config.json").is_file())
-    return [_describe(p) for p in found]
+    found = sorted(p for p in path.iterdir() if p.is_dir() and RunDirectory.is_run(p))
+    return [_describe(RunDirectory(p)) for p in found]
 
 
 def format_runs(runs: Sequence[dict[str, Any]]) -> str:
@@ -224,13 +188,13 @@ def _metric_lines(metrics: dict[str, dict[str, Any]], indent: str = "  ") -> lis
 
 def show_run(directory: str | os.PathLike) -> str:
     """What ``fundl show`` prints: the run's status, environment, flattened config and final metrics."""
-    path = _run_directory(directory)
-    config = _read_object(path / "config.json")
-    environment = _optional_object(path / "environment.json")
-    summary = _optional_object(path / "summary.json")
-    described = _describe(path)
+    files = RunDirectory.open(directory)
+    path = files.path
+    config = files.config()
+    environment = files.manifest()
+    summary = files.summary()
+    described = _describe(files)
 
-    environment = environment or {}
     versions = environment.get("versions") or {}
     status = described["status"]
     if summary is not None:
@@ -255,7 +219,14 @@ def show_run(directory: str | os.PathLike) -> str:
     flat = flat_keys(config)
     lines += ["", "config", *_table([[key, _value(value)] for key, value in flat.items()], "  ")]
     source = "" if summary is not None else " (last logged: the run did not finish)"
-    lines += ["", f"metrics{source}", *_metric_lines(described["metrics"])]
+    if described["settings"]:
+        lines += ["", f"sweep: {described['members']} members, mean ± std over each setting's seeds"]
+        for setting in described["settings"]:
+            named = ", ".join(f"{k}={_value(v)}" for k, v in setting["settings"].items()) or "seeds"
+            spread = {split: {k: f"{_number(v['mean'])} ± {_number(v['std'])}" for k, v in m.items()} for split, m in setting["metrics"].items()}
+            lines += [f"  {named} ({len(setting['seeds'])} seeds)", *_metric_lines(spread, "    ")]
+    else:
+        lines += ["", f"metrics{source}", *_metric_lines(described["metrics"])]
     return "\n".join(lines)
 
 
@@ -266,10 +237,10 @@ def compare_runs(directories: Sequence[str | os.PathLike]) -> str:
     """What ``fundl compare`` prints: final metrics side by side, the config keys that differ, the fingerprints."""
     if len(directories) < 2:
         raise ValueError(f"compare needs two or more run directories, got {len(directories)}")
-    paths = [_run_directory(d) for d in directories]
-    labels = _labels(paths)
-    described = [_describe(p) for p in paths]
-    configs = [flat_keys(_read_object(p / "config.json")) for p in paths]
+    runs = [RunDirectory.open(d) for d in directories]
+    labels = _labels([files.path for files in runs])
+    described = [_describe(files) for files in runs]
+    configs = [flat_keys(files.config()) for files in runs]
 
     names = list(dict.fromkeys(f"{s}/{m}" for run in described for s, values in run["metrics"].items() for m in values))
     rows = [["metric", *labels]]
@@ -318,9 +289,9 @@ def plot_runs(
     """
     if not directories:
         raise ValueError("plot needs at least one run directory")
-    paths = [_run_directory(d) for d in directories]
-    runs = [read_records(p) for p in paths]
-    logged = [{f"{r['split']}/{k}" for r in records for k in r if k not in _RECORD_KEYS} for records in runs]
+    paths = [RunDirectory.open(d).path for d in directories]
+    runs = [RunDirectory(p).records() for p in paths]
+    logged = [{f"{r.split}/{k}" for r in records for k in r.metrics} for records in runs]
     everywhere = sorted(set.intersection(*logged))
     if metric is None:
         metric = next((m for m in DEFAULT_PLOT_METRICS if m in everywhere), None)
@@ -332,7 +303,7 @@ def plot_runs(
                          f"available: {', '.join(everywhere) or 'none'}")
     split, name = metric.split("/", 1)
     series = {
-        label: [(r["step"], r[name]) for r in records if r["split"] == split and name in r]
+        label: [(r.step, r.metrics[name]) for r in records if r.split == split and name in r.metrics and r.member in (None, 0)]
         for label, records in zip(_labels(paths), runs)
     }
     from fundl.plots import plot_runs_metric  # matplotlib only when a plot is drawn

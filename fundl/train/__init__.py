@@ -1,4 +1,4 @@
-"""Training: the pure train step and the one loop, ``fit``, that trains every fundl model.
+"""Training: the pure train step and the one loop that trains every fundl model, one run or many.
 
 Example:
   >>> optimizer = optax.sgd(0.1)
@@ -7,48 +7,39 @@ Example:
   ...                            data["train"], batch_size=32, epochs=15, eval_data={"validation": data["validation"]})
 """
 
-from fundl.train._checks import check_finite as check_finite
-from fundl.train._checks import check_opt_state as check_opt_state
-from fundl.train._checks import check_params as check_params
-from fundl.train._evaluate import evaluate as evaluate
-from fundl.train._evaluate import history_arrays as history_arrays
-from fundl.train._evaluate import predict as predict
+from fundl._core import EvalFn as EvalFn, Loss as Loss, LossFn as LossFn
+from fundl._data import check_finite as check_finite
+from fundl.models._classification import classification_loss as classification_loss
+from fundl.train._checks import check_opt_state as check_opt_state, check_params as check_params
+from fundl.train._evaluate import evaluate as evaluate, history_arrays as history_arrays, predict as predict, score as score
+from fundl.train._fit import fit as fit, fit_members as fit_members
+from fundl.train._history import History as History, MemberEnd as MemberEnd, Record as Record
 from fundl.train._hooks import (
     BestParams as BestParams,
-)
-from fundl.train._hooks import (
     EarlyStopping as EarlyStopping,
-)
-from fundl.train._hooks import (
     Event as Event,
-)
-from fundl.train._hooks import (
     Hook as Hook,
-)
-from fundl.train._hooks import (
     derived_metric as derived_metric,
-)
-from fundl.train._hooks import (
     early_stopping as early_stopping,
-)
-from fundl.train._hooks import (
     log_learning_rate as log_learning_rate,
-)
-from fundl.train._hooks import (
     stop_on_nonfinite as stop_on_nonfinite,
 )
-from fundl.train._loop import Checkpointer as Checkpointer
-from fundl.train._loop import check_options as check_options
-from fundl.train._loop import fit as fit
-from fundl.train._members import fit_members as fit_members
-from fundl.train._precision import PRECISION_POLICIES as PRECISION_POLICIES
-from fundl.train._precision import with_precision as with_precision
-from fundl.train._retrace import RetraceError as RetraceError
-from fundl.train._retrace import RetraceWarning as RetraceWarning
+from fundl.train._loop import loop as loop
+from fundl.train._options import (
+    Budget as Budget,
+    Callbacks as Callbacks,
+    Checkpointer as Checkpointer,
+    Evaluation as Evaluation,
+    Execution as Execution,
+)
+from fundl.train._population import Members as Members, MemberStates as MemberStates, OneRun as OneRun
+from fundl.train._precision import PRECISION_POLICIES as PRECISION_POLICIES, with_precision as with_precision
+from fundl.train._retrace import RetraceError as RetraceError, RetraceWarning as RetraceWarning
 from fundl.train._shard_map import shard_map_step as shard_map_step
-from fundl.train._state import TrainState as TrainState
-from fundl.train._state import params_fingerprint as params_fingerprint
-from fundl.train._step import EvalFn as EvalFn
-from fundl.train._step import LossFn as LossFn
+from fundl.train._state import (
+    TrainState as TrainState,
+    initial_train_state as initial_train_state,
+    initial_train_states as initial_train_states,
+    params_fingerprint as params_fingerprint,
+)
 from fundl.train._step import train_step_fn as train_step_fn
-from fundl.train._tasks import classification_loss as classification_loss

@@ -8,7 +8,6 @@ the path and the index of the first bad entry.
 Example:
   >>> check_params(train_state.params)
   >>> check_opt_state(optimizer, train_state.params, train_state.opt_state)
-  >>> check_finite(train_data, "train data")
 """
 
 from __future__ import annotations
@@ -37,32 +36,6 @@ def _describe(leaf: Any) -> str:
     if hasattr(leaf, "shape") and hasattr(leaf, "dtype"):
         return f"{leaf.dtype}{list(leaf.shape)}"
     return f"a {type(leaf).__name__} ({leaf!r})"
-
-
-def check_finite(data: Any, name: str = "data") -> None:
-    """Raises ValueError at the first NaN or infinity in the float arrays of ``data``.
-
-    Args:
-      data: a pytree of arrays with a leading example axis, e.g. ``{"image": (n, 8, 8), ...}``.
-      name: the split, for the message, e.g. ``"train data"``.
-
-    Raises:
-      ValueError: naming the split, the leaf's path, the example's index and the value.
-    """
-    for path, leaf in jax.tree_util.tree_leaves_with_path(data):
-        if not hasattr(leaf, "dtype") or not jnp.issubdtype(leaf.dtype, jnp.inexact):
-            continue
-        values = np.asarray(leaf)
-        finite = np.isfinite(values)
-        if finite.all():
-            continue
-        where = tuple(int(i) for i in np.argwhere(~finite)[0])
-        index = f" at index {where[0]}" if where else ""
-        position = f" (position {where})" if len(where) > 1 else ""
-        raise ValueError(
-            f"{name}: {jax.tree_util.keystr(path) or 'the array'} has the non-finite value {values[where]}{index}"
-            f"{position}: drop or repair those examples before training, e.g. keep = np.isfinite(x).all(axis=1)"
-        )
 
 
 def check_params(params: Any) -> None:

@@ -1,10 +1,12 @@
-"""The compiled functions of ``fit``, made once and reused by every later call with the same pieces.
+"""The compiled functions of a training, made once per :class:`Program` and reused by every later call.
 
-``jax.jit`` keeps its compiled programs on the jitted function object; ``fit`` used to make
-new ones on every call, so each call compiled again. Here they are kept in a small cache
-keyed by what they are made of (the loss, the optimizer or step, the evaluation function,
-the layout on the devices, and the abstract shapes of the train state and the data), so
-a notebook or a sweep that calls ``fit`` again with the same pieces compiles nothing.
+``jax.jit`` keeps its compiled programs on the jitted function object, so making new
+jitted functions on every ``fit`` would compile again each time. Here they are kept in a
+small cache whose key is the :class:`Program` itself: a frozen record of *everything*
+they are made of (the population's step rule, the loss, the options that shape the step,
+the layout on the devices, the abstract shapes of the train state and the data).
+:func:`compiled_functions` reads nothing else, so the key cannot drift from what is
+compiled: an option that changes the program changes the key.
 
 The training calls take the whole training data, kept on the device(s) once, and an
 index array: each call gathers its batches inside the compiled program, so nothing but
@@ -14,22 +16,60 @@ batch instead (``data=None``; the "indices" are then the batches themselves).
 
 from __future__ import annotations
 
+import dataclasses
 from collections import OrderedDict
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
 from jax import lax
 
+from fundl._core import Loss
+from fundl.distributed import Placement
+from fundl.train._population import Members, OneRun
 from fundl.train._retrace import TraceGuard
 
-_CACHE: OrderedDict[Any, Compiled] = OrderedDict()
+_CACHE: OrderedDict[Program, Compiled] = OrderedDict()
 _CACHE_SIZE = 8
 
 
+def abstract(tree: Any) -> tuple:
+    """A hashable description of a pytree's structure, shapes and dtypes."""
+    leaves, treedef = jax.tree.flatten(tree)
+    return treedef, tuple((getattr(leaf, "shape", ()), str(getattr(leaf, "dtype", type(leaf)))) for leaf in leaves)
+
+
+@dataclasses.dataclass(frozen=True)
+class Program:
+    """Everything the compiled functions of one training are made of; equal programs share them.
+
+    Attributes:
+      population: one run or a population, and its step rule (optimizer, custom step).
+      loss: the loss; its ``evaluate`` is the compiled evaluation (``None``: nothing to evaluate).
+      accumulate: micro-batches per update.
+      placement: the devices and the layout of the train state and batches.
+      resident: the training data lives on the device(s) and calls take indices.
+      fused: steps per fused call (each new count would be a new trace).
+      strict: a recompilation raises instead of warning.
+      eval_shapes: how many batch shapes evaluation is expected to compile for.
+      carry, batch, eval_data: abstract shapes of the train state, a training batch, the evaluation splits.
+    """
+
+    population: OneRun | Members
+    loss: Loss
+    accumulate: int
+    placement: Placement
+    resident: bool
+    fused: int
+    strict: bool
+    eval_shapes: int
+    carry: tuple
+    batch: tuple
+    eval_data: tuple
+
+
 class Compiled(NamedTuple):
-    """``single(train_state, data, indices)``, ``fused(...)`` over stacked indices, ``evaluate(params, state, batch)``."""
+    """``single(carry, data, indices)``, ``fused(...)`` over stacked indices, ``evaluate(params, state, batch)``."""
 
     single: Callable
     fused: Callable
@@ -41,61 +81,38 @@ def _gather(data: Any, indices: Any) -> Any:
     return indices if data is None else jax.tree.map(lambda a: a[indices], data)
 
 
-def abstract(tree: Any) -> tuple:
-    """A hashable description of a pytree's structure, shapes, dtypes and shardings."""
-    leaves, treedef = jax.tree.flatten(tree)
-    return treedef, tuple((getattr(leaf, "shape", ()), str(getattr(leaf, "dtype", type(leaf)))) for leaf in leaves)
-
-
-def compiled_functions(
-    key: tuple,
-    train_step: Callable,
-    eval_fn: Callable | None,
-    *,
-    state_shardings: Any,
-    replicated: Any,
-    eval_shapes: int,
-    strict: bool,
-) -> Compiled:
-    """The cached compiled functions for ``key`` (made from ``train_step`` and ``eval_fn`` on a miss)."""
-    if key in _CACHE:
-        _CACHE.move_to_end(key)
-        return _CACHE[key]
+def compiled_functions(program: Program, carry_like: Any) -> Compiled:
+    """The cached compiled functions of ``program`` (made on a miss; ``carry_like`` gives the layout's shapes)."""
+    if program in _CACHE:
+        _CACHE.move_to_end(program)
+        return _CACHE[program]
+    strict = program.strict
     guards = {
         "train_step": TraceGuard("train_step", ("train_state", "data", "batch"), strict=strict),
         "fused_steps": TraceGuard("fused_steps", ("train_state", "data", "batches"), strict=strict),
-        "eval_step": TraceGuard("eval_step", ("params", "state", "batch"), eval_shapes, strict),
+        "eval_step": TraceGuard("eval_step", ("params", "state", "batch"), program.eval_shapes, strict),
     }
+    train_step = program.population.step(program.loss, program.accumulate)
 
-    def single(train_state, data, indices):
-        return train_step(train_state, _gather(data, indices))
+    def single(carry, data, indices):
+        return train_step(carry, _gather(data, indices))
 
-    def fused(train_state, data, indices):
-        return lax.scan(lambda state, step_indices: train_step(state, _gather(data, step_indices)), train_state, indices)
+    def fused(carry, data, indices):
+        return lax.scan(lambda state, step_indices: train_step(state, _gather(data, step_indices)), carry, indices)
 
+    placement = program.placement
+    state_shardings = placement.state_shardings(carry_like)
     # On a mesh, the train state keeps its layout and metrics come back replicated.
-    layout: dict[str, Any] = {} if state_shardings is None else {"out_shardings": (state_shardings, replicated)}
+    layout: dict[str, Any] = {} if state_shardings is None else {"out_shardings": (state_shardings, placement.replicated)}
+    evaluate = program.loss.evaluate
+    eval_layout: dict[str, Any] = {"out_shardings": placement.replicated} if placement.sharded else {}
     compiled = Compiled(
         jax.jit(guards["train_step"].wrap(single), donate_argnums=0, **layout),
         jax.jit(guards["fused_steps"].wrap(fused), donate_argnums=0, **layout),
-        jax.jit(guards["eval_step"].wrap(eval_fn), **({} if replicated is None else {"out_shardings": replicated})) if eval_fn else None,
+        jax.jit(guards["eval_step"].wrap(program.population.eval_fn(evaluate)), **eval_layout) if evaluate else None,
         guards,
     )
-    _CACHE[key] = compiled
+    _CACHE[program] = compiled
     if len(_CACHE) > _CACHE_SIZE:
         _CACHE.popitem(last=False)
     return compiled
-
-
-def use_persistent_cache(directory: Path | str | None) -> str | None:
-    """Turns on JAX's persistent compilation cache in ``directory`` (``None``: leave it off).
-
-    A later process that compiles the same program (a repeated run) loads it from there
-    instead of compiling. Every program is cached, however quick its compilation.
-    """
-    if directory is None:
-        return None
-    jax.config.update("jax_compilation_cache_dir", str(directory))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    return str(directory)

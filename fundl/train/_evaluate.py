@@ -1,7 +1,11 @@
-"""After training: exact metrics over a split, predictions in batches, the history as arrays.
+"""Evaluation: the one exact-mean evaluator, and what a Keras user reaches for after training.
 
-The conveniences a Keras user reaches for (``model.evaluate``, ``model.predict``,
-``history.history``) as plain functions of a loss function or a model and its params.
+Every evaluation of fundl (``fit``'s evaluation splits, a sweep's members, the test splits
+of a run, :func:`evaluate`) goes through :func:`exact_means`: each batch's metrics weighted
+by its true size, summed in float64, so the result is the mean over every example of the
+split whatever the batch size. ``model.evaluate``, ``model.predict`` and
+``history.history`` are plain functions here: :func:`evaluate`, :func:`predict`,
+:func:`history_arrays`.
 
 Example:
   >>> metrics = evaluate(loss_fn, train_state.params, train_state.state, data["test"])  # {"loss": ..., "accuracy": ...}
@@ -12,25 +16,90 @@ Example:
 from __future__ import annotations
 
 import functools
-import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import jax
 import numpy as np
 
-from fundl._core import Layer, Params, State
-from fundl.distributed._mesh import MeshSpec, resolve_mesh
-from fundl.distributed._placement import Placement
-from fundl.train._data import check_batch_size, in_order, num_examples
-from fundl.train._step import EvalFn, LossFn, default_eval_fn
+from fundl._core import EvalFn, Layer, Loss, Params, State
+from fundl._data import check_batch_size, check_finite, eval_batch_size_for, in_order, num_examples
+from fundl.distributed import MeshSpec, Placement, resolve_mesh
+from fundl.train._history import History, Record
+
+_NO_EVAL = (
+    "evaluation needs either an eval_fn(params, state, batch) -> metrics, or a loss function that "
+    "takes a `train` keyword (it is then called as loss_fn(params, state, batch, None, train=False)), "
+    "or a fundl.Loss with its `evaluate`"
+)
 
 
-# One compiled function per loss function (or model) and batch shape, kept by jit's cache,
+def evaluation_of(loss: Loss) -> EvalFn:
+    """The loss's evaluation function; a clear error if it has none."""
+    if loss.evaluate is None:
+        raise ValueError(_NO_EVAL)
+    return loss.evaluate
+
+
+def exact_means(eval_call: Callable, params: Any, state: Any, batches: Iterable[tuple[Any, int]]) -> dict[str, np.ndarray]:
+    """The mean of each metric over every example of ``batches`` (``(batch, size)`` pairs): each batch's metrics,
+    computed by ``eval_call(params, state, batch)``, weighted by its size and summed in float64.
+
+    Dispatches every batch before reading any back. A metric is a scalar for one run, or ``(M,)`` for a
+    population's members (their params and state stacked, the batch shared).
+    """
+    results = jax.device_get([(eval_call(params, state, batch), n) for batch, n in batches])
+    total = sum(n for _, n in results)
+    names = results[0][0]
+    return {name: sum(np.asarray(metrics[name], np.float64) * n for metrics, n in results) / total for name in names}
+
+
+class Evaluator:
+    """Every evaluation split's exact metrics for a carry, per lane: ``{split: [metrics of each lane]}``."""
+
+    def __init__(self, eval_call: Callable | None, population: Any, placement: Placement, splits: Mapping[str, Any],
+                 batch_sizes: Mapping[str, int]):
+        self.eval_call, self.population, self.placement = eval_call, population, placement
+        self.splits, self.batch_sizes = splits, batch_sizes
+
+    def __call__(self, carry: Any, splits: Mapping[str, Any] | None = None) -> dict[str, list[dict[str, float]]]:
+        """The metrics of ``splits`` (default: the evaluation splits) for ``carry``."""
+        if self.eval_call is None:
+            return {}
+        params, state = self.population.eval_args(carry)
+        return {
+            name: self.population.lane_means(exact_means(self.eval_call, params, state,
+                                                         self.placement.eval_batches(split, self.batch_sizes[name])))
+            for name, split in (self.splits if splits is None else splits).items()
+        }
+
+
+def score(population: Any, loss: Loss, carry: Any, splits: Mapping[str, Any], *, mesh: Any, batch_size: int,
+          eval_batch_size: int | None = None) -> dict[str, list[dict[str, float]]]:
+    """Each split's exact metrics for a trained carry (one run's train state, or a population's), per member.
+
+    What a run does once, after training, with its test splits: the same evaluator as the
+    loop's, batches sized as the loop sizes them, on the carry's devices.
+
+    Returns:
+      ``{split: [metrics of each member]}`` (one dict for a single run).
+    """
+    placement = Placement(mesh, population.size)
+    sizes = {name: eval_batch_size_for(split, eval_batch_size, batch_size) for name, split in splits.items()}
+    with placement.context():
+        return Evaluator(_scoring_call(population, evaluation_of(loss)), population, placement, splits, sizes)(carry)
+
+
+@functools.lru_cache(maxsize=16)
+def _scoring_call(population: Any, evaluate: EvalFn) -> Callable:
+    return jax.jit(population.eval_fn(evaluate))
+
+
+# One compiled function per evaluation function (or model) and batch shape, kept by jit's cache,
 # so that calling evaluate or predict again (after each epoch, say) compiles nothing new.
-@functools.partial(jax.jit, static_argnames=("loss_fn", "eval_fn"))
-def _eval_batch(params: Params, state: State, batch: Any, *, loss_fn: LossFn, eval_fn: EvalFn | None) -> dict[str, jax.Array]:
-    return (eval_fn or default_eval_fn(loss_fn))(params, state, batch)
+@functools.partial(jax.jit, static_argnames="evaluate")
+def _eval_batch(params: Params, state: State, batch: Any, *, evaluate: EvalFn) -> dict[str, jax.Array]:
+    return evaluate(params, state, batch)
 
 
 @functools.partial(jax.jit, static_argnames="apply")
@@ -39,29 +108,28 @@ def _predict_batch(params: Params, state: State, x_batch: Any, *, apply: Callabl
 
 
 def evaluate(
-    loss_fn: LossFn, params: Params, state: State, data: Any, *, batch_size: int = 256, mesh: MeshSpec = 1,
+    loss_fn: Loss | Callable[..., Any], params: Params, state: State, data: Any, *, batch_size: int = 256, mesh: MeshSpec = 1,
     eval_fn: EvalFn | None = None,
 ) -> dict[str, float]:
     """The loss and metrics of ``loss_fn`` over every example of ``data``, in evaluation mode.
 
-    The loss function is called as ``fit`` evaluates, ``loss_fn(params, state, batch, None,
-    train=False)``, on batches of ``batch_size`` (the last may be smaller), and each
-    batch's metrics are weighted by its size: the results are exact means over the split,
-    whatever the batch size. One compiled function per batch shape (at most three).
+    The loss is evaluated as ``fit`` evaluates it (its ``evaluate``; for a plain function
+    with a ``train`` keyword, ``loss_fn(params, state, batch, None, train=False)``), on
+    batches of ``batch_size`` (the last may be smaller), and each batch's metrics are
+    weighted by its size: the results are exact means over the split, whatever the batch
+    size. One compiled function per batch shape (at most three).
 
     Args:
-      loss_fn: ``(params, state, batch, key, *, train) -> (loss, (new_state, metrics))``.
+      loss_fn: a :class:`~fundl.Loss` or ``(params, state, batch, key, *, train) -> (loss, (new_state, metrics))``.
       params, state: the model's, e.g. ``train_state.params`` and ``train_state.state``.
       data: a pytree of arrays with a leading example axis, in the form the loss function
-        takes, e.g. ``{"image": (n, 8, 8), "label": (n,)}`` or ``(x, y)``. If the loss
-        function has a ``check_data`` method (as :func:`classification_loss`'s does), the
-        data is checked with it first.
+        takes, e.g. ``{"image": (n, 8, 8), "label": (n,)}`` or ``(x, y)``. It is checked
+        first with the loss's ``check_data`` (finite inputs by default).
       batch_size: examples per evaluation batch.
       mesh: the devices, as ``fit``'s ``mesh``: ``1`` (the default) is one device, ``None``
         every visible device (each batch is cut over them; the few examples that do not
         fill a row per device go as one more, replicated batch).
-      eval_fn: ``(params, state, batch) -> metrics`` to call instead of the loss function
-        in evaluation mode, as ``fit``'s ``eval_fn``.
+      eval_fn: ``(params, state, batch) -> metrics`` to call instead of the loss in evaluation mode.
 
     Returns:
       ``{"loss": float, **metrics}`` (or ``eval_fn``'s metrics), each the mean over all examples.
@@ -70,24 +138,19 @@ def evaluate(
       >>> evaluate(classification_loss(model), params, state, (x_test, y_test))
       {'loss': 0.1123, 'accuracy': 0.9666}
     """
-    if eval_fn is None:
-        default_eval_fn(loss_fn)  # an error now if it takes no `train` keyword
+    loss = Loss.of(loss_fn, eval_fn)
+    evaluation = evaluation_of(loss)
     size = num_examples(data, "data")
     check_batch_size(batch_size, None, "evaluation")
     data = jax.tree.map(np.asarray, data)
-    if (check_data := getattr(loss_fn, "check_data", None)) is not None:
-        check_data(data, "data")
+    (loss.check_data or check_finite)(data, "data")
     placement = Placement(resolve_mesh(mesh))
-    batch_size = min(batch_size, size)
     with placement.context():
-        if placement.mesh is not None:
+        if placement.sharded:
             params, state = jax.device_put((params, state), placement.replicated)
-        batches = placement.eval_batches(data, batch_size)
-        results = [(_eval_batch(params, state, batch, loss_fn=loss_fn, eval_fn=eval_fn), n) for batch, n in batches]
-        results = jax.device_get(results)
-    return {
-        name: float(math.fsum(float(metrics[name]) * n for metrics, n in results) / size) for name in results[0][0]
-    }
+        call = functools.partial(_eval_batch, evaluate=evaluation)
+        means = exact_means(call, params, state, placement.eval_batches(data, min(batch_size, size)))
+    return {name: float(value) for name, value in means.items()}
 
 
 def predict(model: Layer, params: Params, state: State, x: Any, *, batch_size: int = 256) -> Any:
@@ -117,11 +180,12 @@ def predict(model: Layer, params: Params, state: State, x: Any, *, batch_size: i
     return jax.tree.map(lambda *parts: np.concatenate([np.asarray(p) for p in parts]), *outputs)
 
 
-def history_arrays(history: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> dict[str, dict[str, np.ndarray]]:
+def history_arrays(history: History | Sequence[Record], member: int | None = None) -> dict[str, dict[str, np.ndarray]]:
     """``fit``'s history records as one array per split and column, ready to plot.
 
     Args:
-      history: the history ``fit`` returns (or its ``"records"`` list).
+      history: the :class:`~fundl.train.History` ``fit`` returns (or its records).
+      member: in a population's history, the member whose records to take.
 
     Returns:
       ``{split: {"step": int64 (records,), "epoch": float64 (records,), metric: float64
@@ -133,15 +197,17 @@ def history_arrays(history: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> 
       >>> curves = history_arrays(history)
       >>> plt.plot(curves["train"]["epoch"], curves["train"]["loss"])
     """
-    records = history["records"] if isinstance(history, Mapping) else history
-    by_split: dict[str, list[Mapping[str, Any]]] = {}
+    records = history.records if isinstance(history, History) else history
+    by_split: dict[str, list[Record]] = {}
     for record in records:
-        by_split.setdefault(record["split"], []).append(record)
+        if record.member == member:
+            by_split.setdefault(record.split, []).append(record)
     arrays = {}
     for split, rows in by_split.items():
-        columns = list(dict.fromkeys(key for row in rows for key in row if key != "split"))
+        names = list(dict.fromkeys(name for row in rows for name in row.metrics))
         arrays[split] = {
-            key: np.array([row.get(key, -1 if key == "step" else np.nan) for row in rows], np.int64 if key == "step" else np.float64)
-            for key in columns
+            "step": np.array([row.step for row in rows], np.int64),
+            "epoch": np.array([row.epoch for row in rows], np.float64),
+            **{name: np.array([row.metrics.get(name, np.nan) for row in rows], np.float64) for name in names},
         }
     return arrays

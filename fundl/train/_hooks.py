@@ -1,8 +1,9 @@
 """Hooks: plain callables that ``fit`` calls on its events, and the ready-made ones.
 
-A hook is ``hook(event) -> None | str``. Returning a string stops training; the string is
-the reason, recorded in the history. Hooks may add entries to ``event.record``: records
-of ``"log"`` and ``"eval"`` events are kept in the history (and in ``metrics.jsonl``).
+A hook is ``hook(event) -> None | str``. Returning a string stops training (in a sweep: the
+member the hook belongs to); the string is the reason, recorded in the history. Hooks may
+add metrics to ``event.record.metrics``: records of ``"log"`` and ``"eval"`` events are
+kept in the history (and in ``metrics.jsonl``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
+from fundl.train._history import Record
 from fundl.train._state import TrainState
 
 
@@ -24,15 +26,15 @@ class Event(NamedTuple):
         the last log), ``"eval"`` (metrics over a whole evaluation split), ``"epoch_end"``,
         ``"end"`` (training is over, for whatever reason: close files here), or, after
         ``"end"``, ``"test"`` (``fundl run`` scored a test split once, with the final params).
-      record: ``{"step", "epoch", "split", **metrics}`` with Python floats; ``step`` is
-        the number of updates done.
-      train_state: the current train state, except for ``"step"`` events, which arrive a
-        few steps late (the loop keeps steps in flight). Its buffers are reused by the
-        next step: copy what you keep (``jax.device_get``).
+      record: the :class:`~fundl.train.Record` (``step``, ``epoch``, ``split``, ``metrics``
+        as Python floats, and ``member`` in a sweep); ``step`` is the number of updates done.
+      train_state: the current train state (a sweep member's own), except for ``"step"``
+        events, which arrive a few steps late (the loop keeps steps in flight). Its
+        buffers are reused by the next step: copy what you keep (``jax.device_get``).
     """
 
     kind: str
-    record: dict[str, Any]
+    record: Record
     train_state: TrainState | None
 
 
@@ -66,8 +68,7 @@ def stop_on_nonfinite() -> Hook:
     def hook(event: Event) -> str | None:
         if event.kind != "step":
             return None
-        metrics = {k: np.array([v]) for k, v in event.record.items() if k not in ("step", "epoch", "split")}
-        return first_nonfinite(metrics, event.record["step"] - 1)
+        return first_nonfinite({k: np.array([v]) for k, v in event.record.metrics.items()}, event.record.step - 1)
 
     return hook
 
@@ -81,12 +82,11 @@ def _better(mode: str, min_delta: float) -> Callable[[float, float | None], bool
 
 def _watched(event: Event, split: str, metric: str) -> float | None:
     """The watched metric's value if ``event`` is an evaluation of ``split``."""
-    if event.kind != "eval" or event.record.get("split") != split:
+    if event.kind != "eval" or event.record.split != split:
         return None
-    if metric not in event.record:
-        names = [k for k in event.record if k not in ("step", "epoch", "split")]
-        raise ValueError(f"metric {metric!r} is not reported for split {split!r}; available: {names}")
-    return event.record[metric]
+    if metric not in event.record.metrics:
+        raise ValueError(f"metric {metric!r} is not reported for split {split!r}; available: {list(event.record.metrics)}")
+    return event.record.metrics[metric]
 
 
 class EarlyStopping:
@@ -157,7 +157,7 @@ class BestParams:
         value = _watched(event, self.split, self.metric)
         if value is not None and self._better(value, self.value):
             assert event.train_state is not None  # evaluations carry the train state
-            self.value, self.step = value, event.record["step"]
+            self.value, self.step = value, event.record.step
             self.params = jax.device_get(event.train_state.params)
             self.state = jax.device_get(event.train_state.state)
 
@@ -174,24 +174,24 @@ def log_learning_rate(schedule: Callable[[Any], Any]) -> Hook:
 
     def hook(event: Event) -> None:
         if event.kind == "log":
-            event.record["learning_rate"] = float(np.asarray(schedule(max(event.record["step"] - 1, 0))))
+            event.record.metrics["learning_rate"] = float(np.asarray(schedule(max(event.record.step - 1, 0))))
 
     return hook
 
 
-def derived_metric(name: str, fn: Callable[[dict[str, Any]], float]) -> Hook:
-    """Adds ``name = fn(record)`` to every log, evaluation and test record.
+def derived_metric(name: str, fn: Callable[[dict[str, float]], float]) -> Hook:
+    """Adds ``name = fn(metrics)`` to the metrics of every log, evaluation and test record.
 
     For metrics that are not means over examples: computing them from the exact split
     means keeps them exact, e.g. perplexity from the mean cross-entropy (averaging per-batch
     perplexities would not give the split's perplexity).
 
     Example:
-      >>> derived_metric("perplexity", lambda record: math.exp(record["loss"]))
+      >>> derived_metric("perplexity", lambda metrics: math.exp(metrics["loss"]))
     """
 
     def hook(event: Event) -> None:
         if event.kind in ("log", "eval", "test"):
-            event.record[name] = float(fn(event.record))
+            event.record.metrics[name] = float(fn(event.record.metrics))
 
     return hook

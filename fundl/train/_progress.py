@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.monitoring
+import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from fundl.train._history import Record
 
-def format_metrics(record: dict[str, Any]) -> str:
+
+def format_metrics(metrics: dict[str, Any]) -> str:
     """``accuracy 0.9704  loss 0.09827  learning_rate 1e-05``: 4 significant digits, never ``0.0000``."""
-    return "  ".join(f"{k} {v:.4g}" for k, v in record.items() if k not in ("step", "epoch", "split"))
+    return "  ".join(f"{k} {v:.4g}" for k, v in metrics.items())
 
 
 class ProgressReport:
@@ -50,11 +54,24 @@ class ProgressReport:
             self._task, completed=step, epoch=min(epoch + 1, self.epochs), loss=f"{loss:.4g}", speed=f"{examples_per_s:,.0f}"
         )
 
-    def record_line(self, record: dict[str, Any]) -> None:
+    def record_line(self, record: Record) -> None:
         """One line per log or evaluation: ``step 47  epoch 1.00  test: accuracy 0.96  loss 0.13``."""
         if self._started:
             self._bar.refresh()  # the bar shows this step before its line is printed
-        self.print(f"step {record['step']:>6}  epoch {record['epoch']:>6.2f}  {record['split']:>10}: {format_metrics(record)}")
+        member = "" if record.member is None else f"  member {record.member:>3}"
+        self.print(f"step {record.step:>6}  epoch {record.epoch:>6.2f}{member}  {record.split:>10}: {format_metrics(record.metrics)}")
+
+    def population_line(self, records: Sequence[Record]) -> None:
+        """One line for the members' records of one split: ``... validation: accuracy 0.9621 ± 0.0074  (16 members)``."""
+        if self._started:
+            self._bar.refresh()
+        first = records[0]
+        names = list(dict.fromkeys(name for record in records for name in record.metrics))
+        spread = []
+        for name in names:
+            values = np.array([r.metrics[name] for r in records if name in r.metrics], np.float64)
+            spread.append(f"{name} {np.mean(values):.4g} ± {np.std(values):.2g}")
+        self.print(f"step {first.step:>6}  epoch {first.epoch:>6.2f}  {first.split:>10}: {'  '.join(spread)}  ({len(records)} members)")
 
     def close(self) -> None:
         if self._started:

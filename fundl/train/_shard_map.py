@@ -16,12 +16,11 @@ from typing import Any
 import jax
 import optax
 from jax import lax
-from jax.sharding import Mesh
-from jax.sharding import PartitionSpec as P
+from jax.sharding import Mesh, PartitionSpec as P
 
+from fundl._core import LossFn, Metrics
 from fundl.distributed._mesh import DATA
 from fundl.train._state import TrainState
-from fundl.train._step import LossFn, Metrics
 
 
 def shard_map_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, mesh: Mesh):

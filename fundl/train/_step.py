@@ -1,19 +1,13 @@
-"""The pure training and evaluation steps, and the checks made before they are compiled.
+"""The pure training step, and the checks made of a loss function before it is compiled.
 
-A **loss function** has the form::
-
-    loss_fn(params, state, batch, key) -> (loss, (new_state, metrics))
-
-where ``loss`` is a float scalar, ``new_state`` has the structure of ``state`` and
-``metrics`` is a dict of float scalars. If it also takes a ``train`` keyword, evaluation
-calls it as ``loss_fn(params, state, batch, None, train=False)``.
+A loss function has the form ``loss_fn(params, state, batch, key) -> (loss, (new_state,
+metrics))`` (see :class:`fundl.Loss`); the step differentiates it and applies one optax
+update.
 """
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 import jax
 import jax.extend.core as jex
@@ -21,28 +15,10 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from fundl._core import Key, Params, State
+from fundl._core import Batch, Key, LossFn, Metrics
 from fundl.train._state import TrainState
 
-Batch = Any
-Metrics = dict[str, jax.Array]
-LossFn = Callable[[Params, State, Batch, Key], tuple[jax.Array, tuple[State, Metrics]]]
-EvalFn = Callable[[Params, State, Batch], Metrics]
-
-
-class CheckedLossFn(Protocol):
-    """A loss function with a ``check_data(data, name)`` method, which checks a whole split on the host before training."""
-
-    check_data: Callable[..., None]
-
-    def __call__(self, params: Params, state: State, batch: Batch, key: Key | None, /, **kwargs: Any) -> tuple[jax.Array, tuple[State, Metrics]]: ...
-
-
 _LOSS_FORM = "loss_fn(params, state, batch, key) must return (loss, (new_state, metrics))"
-_NO_EVAL = (
-    "evaluation needs either an eval_fn(params, state, batch) -> metrics, or a loss_fn that "
-    "takes a `train` keyword (it is then called as loss_fn(params, state, batch, None, train=False))"
-)
 
 
 def _describe(tree: Any) -> str:
@@ -73,22 +49,6 @@ def check_loss_output(loss_fn: LossFn, train_state: TrainState, batch: Batch) ->
     if not isinstance(metrics, dict) or any(getattr(m, "shape", None) != () for m in metrics.values()):
         raise ValueError(f"{_LOSS_FORM} where metrics is a dict of scalars; got {_describe(metrics)}")
     return jaxpr
-
-
-def default_eval_fn(loss_fn: LossFn) -> EvalFn:
-    """``loss_fn`` in evaluation mode, as an eval_fn; an error if it takes no ``train`` keyword."""
-    try:
-        takes_train = "train" in inspect.signature(loss_fn).parameters
-    except (TypeError, ValueError):  # a callable without a signature
-        takes_train = False
-    if not takes_train:
-        raise ValueError(_NO_EVAL)
-
-    def eval_fn(params, state, batch):
-        loss, (_, metrics) = loss_fn(params, state, batch, None, train=False)
-        return {"loss": loss, **metrics}
-
-    return eval_fn
 
 
 def train_step_fn(loss_fn: LossFn, optimizer: optax.GradientTransformation, accumulate: int = 1):

@@ -1,18 +1,18 @@
-"""Ready-made loss functions in the form ``fit`` takes, for the common tasks."""
+"""Classification: softmax cross-entropy of a model's logits, as a :class:`~fundl.Loss` that checks its labels."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
-from typing import Any, cast
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from fundl import losses
-from fundl._core import Layer
-from fundl.train._checks import check_finite
-from fundl.train._step import CheckedLossFn, LossFn
+from fundl._core import EvalMode, Layer, Loss
+from fundl._data import check_finite
 
 _BATCH_FORMS = (
     "classification_loss takes batches in one of these forms: a dict {{{inputs!r}: x, {labels!r}: y}}, "
@@ -48,41 +48,36 @@ def _first_bad(bad: np.ndarray) -> tuple[int, ...]:
     return tuple(int(i) for i in np.argwhere(bad)[0])
 
 
-def classification_loss(model: Layer, *, inputs: str = "image", labels: str = "label") -> LossFn:
-    """Softmax cross-entropy of ``model``'s logits, with accuracy as a metric.
+@dataclasses.dataclass(frozen=True)
+class _Classifier:
+    """The cross-entropy of ``model``'s logits on batches ``{inputs: x, labels: y}``; equal for equal arguments."""
 
-    A batch is a dict ``{inputs: x, labels: y}`` (by default ``{"image": x, "label": y}``),
-    a dict ``{"x": x, "y": y}``, or a tuple ``(x, y)``: ``x`` the model's input
-    ``(batch, ...)``, ``y`` integer classes ``(batch,)`` in ``[0, num_classes)`` (not
-    one-hot). The returned function takes a ``train`` keyword, so ``fit`` can evaluate
-    with it too.
+    model: Layer
+    inputs: str
+    labels: str
 
-    It also has a method ``check_data(data, name)`` that checks a whole split once on
-    the host, with NumPy, before training: labels are integers in ``[0, num_classes)``
-    (``num_classes`` from the model's output shape) and float inputs are finite. Under
-    ``jit`` such errors could not be named; a label outside the classes makes the loss
-    NaN there.
-
-    Example:
-      >>> loss_fn = classification_loss(fl.serial(fl.flatten(), fl.dense(10)))
-      >>> loss_fn.check_data((x_train, y_train), "train data")
-      >>> loss, (state, metrics) = loss_fn(params, state, (x, y), key)
-    """
-
-    def loss_fn(params, state, batch, key, *, train=True):
-        x, y = split_batch(batch, inputs, labels)
-        logits, new_state = model.apply(params, state, x, key=key, train=train)
+    def __call__(self, params, state, batch, key, *, train=True):
+        x, y = split_batch(batch, self.inputs, self.labels)
+        logits, new_state = self.model.apply(params, state, x, key=key, train=train)
         loss = losses.softmax_cross_entropy(logits, y)
         return loss, (new_state, {"accuracy": losses.accuracy(logits, y)})
 
-    def check_data(data: Any, name: str = "data") -> None:
+
+@dataclasses.dataclass(frozen=True)
+class _LabelCheck:
+    """Checks a whole split of a classifier's data on the host: integer labels within the classes, finite inputs."""
+
+    task: _Classifier
+
+    def __call__(self, data: Any, name: str = "data") -> None:
         """Raises ValueError naming ``name``, the first bad example's index and its value.
 
         Args:
           data: a whole split, in any form a batch may take (leaves ``(n, ...)``).
           name: the split, for the message, e.g. ``"train data"``.
         """
-        x, y = split_batch(data, inputs, labels, name)
+        model = self.task.model
+        x, y = split_batch(data, self.task.inputs, self.task.labels, name)
         y = np.asarray(y)
         check_finite(x, name)
         one = jax.tree.map(lambda a: jax.ShapeDtypeStruct((1, *np.shape(a)[1:]), jnp.asarray(a[:1]).dtype), x)
@@ -115,6 +110,28 @@ def classification_loss(model: Layer, *, inputs: str = "image", labels: str = "l
                 f"model's last layer as many units as there are classes"
             )
 
-    checked = cast(CheckedLossFn, loss_fn)
-    checked.check_data = check_data
-    return checked
+
+def classification_loss(model: Layer, *, inputs: str = "image", labels: str = "label") -> Loss:
+    """Softmax cross-entropy of ``model``'s logits, with accuracy as a metric.
+
+    A batch is a dict ``{inputs: x, labels: y}`` (by default ``{"image": x, "label": y}``),
+    a dict ``{"x": x, "y": y}``, or a tuple ``(x, y)``: ``x`` the model's input
+    ``(batch, ...)``, ``y`` integer classes ``(batch,)`` in ``[0, num_classes)`` (not
+    one-hot). It evaluates in evaluation mode (``train=False``: no dropout, running
+    batch statistics).
+
+    Its ``check_data(data, name)`` checks a whole split once on the host, with NumPy,
+    before training: labels are integers in ``[0, num_classes)`` (``num_classes`` from
+    the model's output shape) and float inputs are finite. Under ``jit`` such errors
+    could not be named; a label outside the classes makes the loss NaN there.
+
+    Two calls with the same model and keys give equal losses, so a notebook cell that
+    builds it again finds ``fit``'s compiled programs again.
+
+    Example:
+      >>> loss_fn = classification_loss(fl.serial(fl.flatten(), fl.dense(10)))
+      >>> loss_fn.check_data((x_train, y_train), "train data")
+      >>> loss, (state, metrics) = loss_fn(params, state, (x, y), key)
+    """
+    task = _Classifier(model, inputs, labels)
+    return Loss(task, EvalMode(task), _LabelCheck(task))

@@ -1,0 +1,308 @@
+"""From a config to what the loop trains: one function that checks everything before a run directory exists.
+
+:func:`prepare` turns an example's config (and, for a sweep, its seeds and swept
+settings) into a :class:`Plan`: the experiment, its loss under the precision policy,
+the population (one run, or members), the loop's option records and each member's
+config. Every check that can be made before training is made here, and a bad value is a
+:class:`~fundl.runs.ConfigError` naming its key, so a failed start leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from types import ModuleType
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+import optax
+
+from fundl._core import Loss
+from fundl._data import check_finite, num_examples
+from fundl.distributed import Placement, data_mesh
+from fundl.runs._config import Config, ConfigError, override, parse_value
+from fundl.runs._experiment import Experiment, total_steps
+from fundl.runs._optimizers import make_optimizer
+from fundl.train import (
+    PRECISION_POLICIES,
+    Budget,
+    Evaluation,
+    Execution,
+    Hook,
+    Members,
+    MemberStates,
+    OneRun,
+    TrainState,
+    early_stopping,
+    initial_train_state,
+    initial_train_states,
+    log_learning_rate,
+    with_precision,
+)
+
+MAX_SEED = 2**63
+SWEEPABLE = ("optimizer.learning_rate", "optimizer.momentum", "optimizer.weight_decay", "optimizer.clip_norm")
+_MEMORY_SHARE = 0.25  # of the machine's memory, for the stacked train states of a sweep
+
+
+class Plan(NamedTuple):
+    """An experiment, checked and ready to train: everything but the directory.
+
+    Attributes:
+      config: the run's config (a sweep's shared one, before each member's seed and settings).
+      experiment: what the example built from it.
+      loss: the experiment's loss under the precision policy.
+      population: one run (:class:`OneRun`, with its optimizer) or a sweep's :class:`Members`.
+      members: each member's config (``None`` for a single run).
+      sweep: the swept settings, ``{dotted_key: [values]}`` (empty for a single run or seeds only).
+      budget, execution, evaluation: the loop's options.
+      steps_per_epoch, total: the length of an epoch and of the run, in steps.
+    """
+
+    config: Config
+    experiment: Experiment
+    loss: Loss
+    population: OneRun | Members
+    members: list[Config] | None
+    sweep: dict[str, list[Any]]
+    budget: Budget
+    execution: Execution
+    evaluation: Evaluation
+    steps_per_epoch: int
+    total: int
+
+    @property
+    def configs(self) -> list[Config]:
+        """Each lane's config: the run's, or each member's."""
+        return self.members if self.members is not None else [self.config]
+
+    @property
+    def seeds(self) -> list[int]:
+        return [c["seed"] for c in self.configs]
+
+    def schedule(self, lane: int) -> optax.Schedule:
+        """The learning-rate schedule of a lane (a member's, with its own rate)."""
+        return make_optimizer(self.configs[lane], self.total)[1]
+
+    def initial_carry(self) -> TrainState | MemberStates:
+        """The train state at step 0 (a sweep's: every member's, stacked, with their settings)."""
+        e = self.experiment
+        if isinstance(self.population, OneRun):
+            return initial_train_state(e.model, e.input_shape, self.population.optimizer, self.config["seed"])
+        optimizer = make_optimizer(self.configs[0], self.total)[0]
+        return MemberStates.of(initial_train_states(e.model, e.input_shape, optimizer, self.seeds), self.hyper())
+
+    def hyper(self) -> dict[str, np.ndarray]:
+        """Each swept setting's value for every member, ``{dotted_key: (M,)}``."""
+        return {key: np.array([float(c["optimizer"][key.split(".", 1)[1]]) for c in self.configs]) for key in self.sweep}
+
+    def settings(self, lane: int) -> dict[str, Any]:
+        """A member's swept settings, ``{dotted_key: value}``."""
+        return {key: self.configs[lane]["optimizer"][key.split(".", 1)[1]] for key in self.sweep}
+
+
+def loop_options(config: Config, experiment: Experiment) -> tuple[Budget, Execution, Evaluation]:
+    """The loop's option records from a config: the one place where config keys become options."""
+    train = config["train"]
+    try:
+        mesh = data_mesh(train["devices"], fsdp=train["fsdp"])
+    except ValueError as error:
+        raise ConfigError(f"train.devices={train['devices']}, train.fsdp={train['fsdp']}: {error}") from None
+    try:
+        budget = Budget(train["epochs"] if train["steps"] is None else None, train["steps"], train["eval_every"], train["log_every"])
+        evaluation = Evaluation(dict(experiment.eval_data or {}), train["eval_batch_size"])
+        execution = Execution(mesh, accumulate=train["accumulate"], steps_per_call=train["steps_per_call"])
+    except ValueError as error:
+        raise ConfigError(f"train.{error}") from None
+    if train["batch_size"] % train["accumulate"]:
+        raise ConfigError(f"train.accumulate must divide train.batch_size={train['batch_size']}, got {train['accumulate']}")
+    return budget, execution, evaluation
+
+
+def prepare(module: ModuleType, config: Config, seeds: list[int] | None = None, sweep: dict[str, list[Any]] | None = None) -> Plan:
+    """Builds the experiment and makes every check the loop would make, naming config keys.
+
+    Args:
+      module: the example.
+      config: its resolved config.
+      seeds, sweep: for a sweep, the members' seeds and swept settings (crossed: every
+        setting with every seed); ``None`` for a single run.
+    """
+    sweep = dict(sweep or {})
+    members = None if seeds is None and not sweep else _member_configs(config, seeds or [config["seed"]], sweep)
+    for c in members or [config]:
+        _check_seed(c["seed"])
+    experiment = module.experiment(config)
+    total = total_steps(config, experiment)
+    for c in members or [config]:
+        make_optimizer(c, total)  # each member's settings are checked before anything is made
+    train = config["train"]
+    if train["precision"] not in PRECISION_POLICIES:
+        raise ConfigError(f"unknown train.precision {train['precision']!r}; available: {', '.join(PRECISION_POLICIES)}")
+    budget, execution, evaluation = loop_options(config, experiment)
+    placement = Placement(execution.mesh, None if members is None else len(members))
+    try:
+        placement.check_batch_size(train["batch_size"], "training")
+    except ValueError as error:
+        raise ConfigError(f"train.devices={train['devices']}, train.fsdp={train['fsdp']}, train.batch_size={train['batch_size']}: {error}") from None
+    _check_checkpoint_config(config["checkpoint"], members is not None)
+    _check_early_stopping_config(config["early_stopping"], experiment)
+    loss = with_precision(Loss.of(experiment.loss_fn, experiment.eval_fn), train["precision"])
+    _check_test_data(experiment, loss)
+    per_epoch = num_examples(experiment.train_data) // train["batch_size"]
+    if members is None:
+        population: OneRun | Members = OneRun(make_optimizer(config, total)[0])
+    else:
+        if jax.process_count() > 1:
+            raise ConfigError("a sweep trains in one process: run its members separately across processes")
+        population = Members(_optimizer_fn(config, total), len(members))
+    plan = Plan(config, experiment, loss, population, members, sweep, budget, execution, evaluation, per_epoch, total)
+    if members is not None:
+        _check_memory(plan)
+    return plan
+
+
+def lane_hooks(plan: Plan, lane: int, writer: Hook | None, tensorboard: Path | None) -> list[Hook]:
+    """A lane's hooks, always in this order: a checkpoint stores their states by position.
+
+    A sweep's members each get their own deep copy of the example's hooks (so a stateful
+    hook, such as early stopping, acts on its member alone) and their own schedule.
+    """
+    own = plan.experiment.hooks if plan.members is None else copy.deepcopy(list(plan.experiment.hooks))
+    hooks: list[Hook] = [*own, log_learning_rate(plan.schedule(lane))]
+    stopping = plan.config["early_stopping"]
+    if stopping["metric"]:
+        split, metric = stopping["metric"].split("/", 1)
+        hooks.append(early_stopping(split, metric, mode=stopping["mode"], patience=stopping["patience"], min_delta=stopping["min_delta"]))
+    if plan.config["log"]["tensorboard"]:
+        from fundl.runs._tensorboard import tensorboard_writer
+
+        hooks.append(tensorboard_writer(tensorboard) if tensorboard else lambda event: None)
+    return [*hooks, writer] if writer else hooks
+
+
+# --- sweeps -------------------------------------------------------------------------------------
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0-31"``, ``"0,1,5"`` or ``"0-3,8"`` as a list of seeds."""
+    seeds: list[int] = []
+    for part in text.split(","):
+        first, dash, last = part.strip().partition("-")
+        try:
+            seeds += list(range(int(first), int(last) + 1)) if dash else [int(first)]
+        except ValueError:
+            raise ConfigError(f"--seeds takes ranges and lists of non-negative integers, e.g. 0-31 or 0,1,5; got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise ConfigError(f"--seeds needs distinct non-negative seeds, got {text!r}")
+    return seeds
+
+
+def parse_sweep(items: Iterable[str]) -> dict[str, list[Any]]:
+    """``["optimizer.learning_rate=0.01,0.1"]`` as ``{"optimizer.learning_rate": [0.01, 0.1]}``."""
+    sweep: dict[str, list[Any]] = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        if not sep or not values:
+            raise ConfigError(f"--sweep takes KEY=V1,V2,... (e.g. optimizer.learning_rate=0.01,0.1), got {item!r}")
+        sweep[key.strip()] = [parse_value(v.strip()) for v in values.split(",")]
+    return sweep
+
+
+def _member_configs(base: Config, seeds: list[int], sweep: dict[str, list[Any]]) -> list[Config]:
+    """One config per (setting, seed): the settings in order, each crossed with every seed."""
+    for key in sweep:
+        override(base, [(key, sweep[key][0])])  # an unknown key or a wrong type is the usual config error
+        if key not in SWEEPABLE:
+            raise ConfigError(
+                f"--sweep {key}: only {', '.join(SWEEPABLE)} (and --seeds) can be members of one compiled program; "
+                f"{key} changes the model, the data or the shapes, so run each value separately "
+                f"(fundl run NAME --set {key}=VALUE)"
+            )
+        if any(value is None for value in sweep[key]):
+            raise ConfigError(f"--sweep {key}: every value must be a number (null turns the setting off: run it separately)")
+    keys = list(sweep)
+    return [override(base, [("seed", seed), *zip(keys, values)])
+            for values in itertools.product(*(sweep[k] for k in keys)) for seed in seeds]
+
+
+def _optimizer_fn(base: Config, total: int) -> Any:
+    """``hyper -> optimizer``: the config's optimizer with the swept settings as (traced) numbers."""
+
+    def optimizer_fn(hyper: dict[str, Any]) -> optax.GradientTransformation:
+        config = {**base, "optimizer": dict(base["optimizer"])}
+        for key, value in hyper.items():
+            config["optimizer"][key.split(".", 1)[1]] = value
+        return make_optimizer(config, total)[0]
+
+    return optimizer_fn
+
+
+def _check_memory(plan: Plan) -> None:
+    """A sweep's stacked train states must fit a share of the machine's memory: refused before anything is made."""
+    e = plan.experiment
+    params, state = jax.eval_shape(lambda: e.model.init(jax.random.key(0), e.input_shape)[1:])
+    opt_state = jax.eval_shape(make_optimizer(plan.config, plan.total)[0].init, params)
+    member_bytes = 4 * sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves((params, state, opt_state)))  # with updates
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        memory = 8 << 30
+    members = len(plan.configs)
+    if members * member_bytes > memory * _MEMORY_SHARE:
+        most = int(memory * _MEMORY_SHARE // max(member_bytes, 1))
+        raise ConfigError(f"a sweep of {members} members needs about {members * member_bytes / 2**30:.1f} GiB for its train states "
+                          f"(params, optimizer state and their updates), more than a quarter of this machine's memory: "
+                          f"sweep at most {most} members at once")
+
+
+# --- checks ---------------------------------------------------------------------------------------
+
+
+def _check_seed(seed: Any) -> None:
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < MAX_SEED:
+        raise ConfigError(f"seed must be an integer in [0, 2**63), got {seed!r}")
+
+
+def _check_checkpoint_config(checkpoint: dict[str, Any], sweep: bool) -> None:
+    for key in ("every_epochs", "every_steps", "keep"):
+        value = checkpoint[key]
+        if value is not None and value < 1:
+            raise ConfigError(f"checkpoint.{key} must be a positive integer (or null), got {value!r}")
+    if checkpoint["best_mode"] not in ("max", "min"):
+        raise ConfigError(f"checkpoint.best_mode must be 'max' or 'min', got {checkpoint['best_mode']!r}")
+    if checkpoint["best"] is not None and "/" not in checkpoint["best"]:
+        raise ConfigError(f"checkpoint.best names a 'split/metric', e.g. 'validation/accuracy'; got {checkpoint['best']!r}")
+    if checkpoint["best"] is not None and sweep:
+        raise ConfigError("checkpoint.best keeps the checkpoint of one run's best evaluation; a sweep's checkpoints hold every "
+                          "member at one step, so it cannot: drop checkpoint.best (each member's metrics are in metrics.jsonl)")
+
+
+def _check_early_stopping_config(stopping: dict[str, Any], experiment: Experiment) -> None:
+    if stopping["metric"] is None:
+        return
+    split = stopping["metric"].partition("/")[0]
+    splits = sorted(experiment.eval_data or {})
+    if split in (experiment.test_data or {}):
+        raise ConfigError(f"early_stopping.metric {stopping['metric']!r}: the test split is scored once, after training, so that "
+                          f"nothing is tuned on it; watch an evaluated split instead ({', '.join(splits)})")
+    if "/" not in stopping["metric"] or split not in splits:
+        raise ConfigError(f"early_stopping.metric names an evaluated 'split/metric' (splits: {', '.join(splits)}), got {stopping['metric']!r}")
+    try:
+        early_stopping(split, "x", mode=stopping["mode"], patience=stopping["patience"], min_delta=stopping["min_delta"])
+    except ValueError as error:
+        raise ConfigError(f"early_stopping: {error}") from None
+
+
+def _check_test_data(experiment: Experiment, loss: Loss) -> None:
+    """The test splits, checked before training as the loop checks its evaluation splits: an error now, not after training."""
+    clash = sorted(set(experiment.test_data or {}) & {"train", *(experiment.eval_data or {})})
+    if clash:
+        raise ValueError(f"the experiment's test_data and eval_data (or the training metrics) both name split(s) {clash}: give each its own name")
+    for name, split in (experiment.test_data or {}).items():
+        num_examples(split, f"test split {name!r}")
+        (loss.check_data or check_finite)(split, f"test split {name!r}")
