@@ -248,7 +248,8 @@ class EvalMode:
         return {"loss": loss, **metrics}
 
 
-class Loss(NamedTuple):
+@dataclasses.dataclass(frozen=True)
+class Loss:
     """A loss function and what the training loop asks of it besides its value.
 
     Attributes:
@@ -259,9 +260,10 @@ class Loss(NamedTuple):
         training (labels within the classes, finite inputs); ``None``: finite float
         inputs only.
 
-    A ``Loss`` is called like its ``fn``, so it can stand wherever a loss function does.
-    Wrappers such as :func:`fundl.train.with_precision` return a new ``Loss`` with each
-    part wrapped, so nothing is lost on the way.
+    A ``Loss`` is called like its ``fn``, so it can stand wherever a loss function does
+    (``jax.jit(loss)`` and ``jax.grad(loss)`` included). Wrappers such as
+    :func:`fundl.train.with_precision` return a new ``Loss`` with each part wrapped, so
+    nothing is lost on the way. Two losses are equal when their parts are.
 
     Example:
       >>> loss = Loss.of(loss_fn)                           # evaluate: loss_fn(..., train=False) if it takes `train`
@@ -284,7 +286,7 @@ class Loss(NamedTuple):
         keyword, as ``loss_fn(params, state, batch, None, train=False)``; else it cannot evaluate.
         """
         if isinstance(loss_fn, Loss):
-            return loss_fn if eval_fn is None else loss_fn._replace(evaluate=eval_fn)
+            return loss_fn if eval_fn is None else dataclasses.replace(loss_fn, evaluate=eval_fn)
         if isinstance(loss_fn, Layer) or not callable(loss_fn):
             what = "a model (an (init, apply) Layer)" if isinstance(loss_fn, Layer) else f"a {type(loss_fn).__name__}"
             raise TypeError(

@@ -46,13 +46,13 @@ STOPPING = [("optimizer.schedule", "cosine"), ("early_stopping.metric", "validat
 
 def test_stop_inside_an_epoch_and_resume_equals_the_run_that_never_stopped(tmp_path):
     whole = runs.run("mlp_digits", STOPPING, out=str(tmp_path / "whole"), **QUIET)
-    assert whole.history["stop_reason"].startswith("early stopping")  # the hook's state matters below
+    assert whole.history.stop_reason.startswith("early stopping")  # the hook's state matters below
     stopped = runs.run("mlp_digits", STOPPING, out=str(tmp_path / "stopped"), stop_after_steps=100, **QUIET)
-    assert stopped.history["interrupted"] and stopped.history["steps"] == 100  # inside epoch 3 (38 steps each)
+    assert stopped.history.interrupted and stopped.history.steps == 100  # inside epoch 3 (38 steps each)
     assert status(tmp_path / "stopped")["status"] == "interrupted" and not (tmp_path / "stopped" / "summary.json").exists()
     resumed = runs.resume(str(tmp_path / "stopped"), **QUIET)
     assert fingerprint(tmp_path / "stopped") == fingerprint(tmp_path / "whole")
-    assert resumed.history["stop_reason"] == whole.history["stop_reason"] and resumed.history["steps"] == whole.history["steps"]
+    assert resumed.history.stop_reason == whole.history.stop_reason and resumed.history.steps == whole.history.steps
     evals = lambda d: [r for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines()) if r["split"] != "train"]  # noqa: E731
     assert evals(tmp_path / "stopped") == evals(tmp_path / "whole")
     assert status(tmp_path / "stopped")["status"] == "stopped_early"
@@ -78,10 +78,10 @@ def test_an_adam_state_comes_back_bit_for_bit(tmp_path):
         updates, opt_state = optimizer.update(grads, train_state.opt_state, train_state.params)
         train_state = train_state._replace(step=train_state.step + 1, params=optax.apply_updates(train_state.params, updates), opt_state=opt_state)
     checkpoints = Checkpoints(tmp_path, steps_per_epoch=10, run_id="r")
-    checkpoints.save(5, train_state, [{"best": 0.5, "waited": 1}], {})
+    checkpoints.save(5, train_state, {"hooks": [[{"best": 0.5, "waited": 1}]]}, {})
     checkpoints.wait()
-    step, restored, hooks = checkpoints.restore(jax.eval_shape(lambda: train_state))
-    assert step == 5 and hooks == [{"best": 0.5, "waited": 1}]
+    step, restored, extra = checkpoints.restore(jax.eval_shape(lambda: train_state))
+    assert step == 5 and extra == {"hooks": [[{"best": 0.5, "waited": 1}]]}
     assert jax.tree.structure(restored) == jax.tree.structure(train_state)  # optax NamedTuples, not dicts
     for got, want in zip(jax.tree.leaves(restored._replace(key=jax.random.key_data(restored.key))),
                          jax.tree.leaves(train_state._replace(key=jax.random.key_data(train_state.key)))):
@@ -271,7 +271,7 @@ def test_a_killed_save_is_ignored_and_cleaned_up(interrupted, tmp_path):
     half = run / "checkpoints" / ".80.ckpt.k2j4h1.tmp"
     half.write_bytes(b"half written")
     done = runs.resume(str(run), **QUIET)
-    assert done.history["steps"] == 3 * 38 and not half.exists()
+    assert done.history.steps == 3 * 38 and not half.exists()
 
 
 # --- load_run verifies what it loads ------------------------------------------------------------------

@@ -9,7 +9,7 @@ import pytest
 
 import fundl as fl
 from fundl.models import char_lm, generate
-from fundl.train import Event, early_stopping, stop_on_nonfinite
+from fundl.train import Event, Record, early_stopping, stop_on_nonfinite
 
 
 @pytest.mark.parametrize("layer, shape, fans", [
@@ -32,7 +32,7 @@ def test_default_initializers_print_readably():
 
 
 def evaluation(value, step):
-    return Event("eval", {"step": step, "epoch": 1.0, "split": "test", "loss": value}, None)
+    return Event("eval", Record(step, 1.0, "test", {"loss": value}), None)
 
 
 def test_early_stopping_counts_improvements_smaller_than_min_delta_as_none():
@@ -50,10 +50,10 @@ def test_early_stopping_counts_improvements_smaller_than_min_delta_as_none():
 
 def test_stop_on_nonfinite_names_the_step_and_metric():
     hook = stop_on_nonfinite()
-    record = lambda step, loss: Event("step", {"step": step, "epoch": 0.1, "split": "train", "loss": loss, "accuracy": 0.5}, None)  # noqa: E731
+    record = lambda step, loss: Event("step", Record(step, 0.1, "train", {"loss": loss, "accuracy": 0.5}), None)  # noqa: E731
     assert hook(record(7, 0.3)) is None
     assert hook(record(8, float("nan"))) == "loss became nan at step 8"
-    assert hook(Event("step", {"step": 9, "epoch": 0.1, "split": "train", "loss": 0.2, "accuracy": float("inf")}, None)) == (
+    assert hook(Event("step", Record(9, 0.1, "train", {"loss": 0.2, "accuracy": float("inf")}), None)) == (
         "accuracy became inf at step 9"
     )
 

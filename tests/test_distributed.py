@@ -67,15 +67,15 @@ def test_fit_on_8_devices_equals_one_device():
     sgd = optax.sgd(lr)
     # Initial params: placed on all 8 devices, replicated, equal to one device's.
     placed, history = run(model, sgd, None, steps=0)
-    assert history["mesh"]["axes"] == {"data": 8}
+    assert history.mesh["axes"] == {"data": 8}
     for leaf in jax.tree.leaves(placed.params):
         assert leaf.sharding.spec == P() and len(leaf.sharding.device_set) == 8
     close(placed.params, start(model, sgd).params, 0)
     # One step (dropout and batch norm in it): the same loss and gradients.
     one, h1 = run(model, sgd, 1, log_every=1)
     eight, h8 = run(model, sgd, 8, log_every=1)
-    assert h1["mesh"]["devices"] == 1 and h8["mesh"]["devices"] == 8
-    assert abs(h1["records"][0]["loss"] - h8["records"][0]["loss"]) <= 1e-6 * h1["records"][0]["loss"]
+    assert h1.mesh["devices"] == 1 and h8.mesh["devices"] == 8
+    assert abs(h1.records[0].metrics["loss"] - h8.records[0].metrics["loss"]) <= 1e-6 * h1.records[0].metrics["loss"]
     p0 = start(model, sgd).params
     grads = lambda p: jax.tree.map(lambda a, b: (np.asarray(a) - np.asarray(b)) / lr, p0, p)
     close(grads(eight.params), grads(one.params), 1e-5)
@@ -89,10 +89,10 @@ def test_fit_on_8_devices_equals_one_device():
     # Evaluation is an exact mean however the split cuts: 270 = 96 + 4 | 96 + 4 | 64 + 6.
     _, e1 = run(model, sgd, 1, steps=5, eval_data={"test": test}, eval_batch_size=100)
     _, e8 = run(model, sgd, 8, steps=5, eval_data={"test": test}, eval_batch_size=100)
-    assert e8["traces"]["eval_step"] == 4  # 96, 4, 64, 6 examples
-    r1, r8 = e1["records"][-1], e8["records"][-1]
-    assert r1["split"] == r8["split"] == "test" and abs(r1["accuracy"] - r8["accuracy"]) < 1e-9
-    assert abs(r1["loss"] - r8["loss"]) < 1e-5 * r1["loss"]
+    assert e8.traces["eval_step"] == 4  # 96, 4, 64, 6 examples
+    r1, r8 = e1.records[-1], e8.records[-1]
+    assert r1.split == r8.split == "test" and abs(r1.metrics["accuracy"] - r8.metrics["accuracy"]) < 1e-9
+    assert abs(r1.metrics["loss"] - r8.metrics["loss"]) < 1e-5 * r1.metrics["loss"]
     print("OK")
     """)
 
@@ -242,10 +242,10 @@ def test_two_processes_train_one_run(tmp_path):
     assert json.loads((out / "environment.json").read_text())["mesh"]["process_count"] == 2
     single = runs.run("mlp_digits", [("train.steps", 20), ("train.log_every", 5)], out=str(tmp_path / "one"), quiet=True, echo=lambda _: None)
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    reference = [r for r in single.history["records"]]
-    assert [r["step"] for r in lines] == [r["step"] for r in reference]
+    reference = single.history.records
+    assert [r["step"] for r in lines] == [r.step for r in reference]
     for got, want in zip(lines, reference):
-        assert got["loss"] == pytest.approx(want["loss"], rel=1e-5)
+        assert got["loss"] == pytest.approx(want.metrics["loss"], rel=1e-5)
     assert two["metrics"]["test"]["accuracy"] == pytest.approx(single.summary["metrics"]["test"]["accuracy"], rel=1e-6)
     assert two["params_fingerprint"] != ""  # both processes gathered the same final state ...
     assert all(f"params {two['params_fingerprint']}" in stdout for stdout, _ in outputs)  # ... and printed it
@@ -290,7 +290,7 @@ def test_accumulating_k_micro_batches_is_one_batch_of_k_times_b():
     assert int(micro.step) == 3  # steps count optimizer updates
     for a, b in zip(jax.tree.leaves(micro.params), jax.tree.leaves(whole.params)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    assert [r["loss"] for r in h4["records"]] == pytest.approx([r["loss"] for r in h1["records"]], rel=1e-5)
+    assert [r.metrics["loss"] for r in h4.records] == pytest.approx([r.metrics["loss"] for r in h1.records], rel=1e-5)
     with pytest.raises(ValueError, match="accumulate must be a positive integer that divides the batch size 32, got 5"):
         fit(classification_loss(model), optimizer, start, data, batch_size=32, steps=1, accumulate=5, quiet=True)
 

@@ -54,17 +54,17 @@ def test_cnn_with_batch_norm_trains_and_evaluates_with_running_statistics():
     _, params, state = model.init(jax.random.key(0), (32, 8, 8, 1))
     start = TrainState.create(params, state, optimizer, jax.random.key(1))
     trained, history = fit(classification_loss(model), optimizer, start, train, batch_size=32, epochs=3, eval_data={"test": test}, quiet=True)
-    assert history["steps_per_call"] == 1  # convolutions on the CPU: one step per call
+    assert history.steps_per_call == 1  # convolutions on the CPU: one step per call
     # The running statistics moved away from their initial values (mean 0, var 1) ...
     bn = trained.state["batch_norm_0"]
     assert float(jnp.abs(bn["mean"]).max()) > 0.01 and float(jnp.abs(bn["var"] - 1).max()) > 0.01
     # ... and evaluation used them: fit's test metrics equal apply(train=False) with the final state.
     logits, _ = model.apply(trained.params, trained.state, test["image"], train=False)
-    final = history["records"][-1]
-    np.testing.assert_allclose(final["accuracy"], float(losses.accuracy(logits, test["label"])), rtol=1e-6)
+    final = history.records[-1]
+    np.testing.assert_allclose(final.metrics["accuracy"], float(losses.accuracy(logits, test["label"])), rtol=1e-6)
     batch_logits, _ = model.apply(trained.params, trained.state, test["image"], train=True)
     assert not np.allclose(logits, batch_logits, atol=1e-3)  # batch statistics give other outputs
-    assert final["accuracy"] > 0.85
+    assert final.metrics["accuracy"] > 0.85
 
 
 def test_generation_is_deterministic_for_a_key():

@@ -13,7 +13,7 @@ from fundl.examples import backprop_digits as bp
 import fundl as fl
 from fundl import runs
 from fundl.models import gan, gan_loss, gan_optimizer, gan_samples, mlp_gan, sample_quality
-from fundl.train import TrainState, fit
+from fundl.train import TrainState, fit, initial_train_state
 
 
 def quiet_run(example, settings, out):
@@ -215,7 +215,7 @@ def test_initial_loss_is_ln_10(model):
     module = runs.load_example("backprop_digits")
     config = runs.resolve_config(module, [("model", model)])
     experiment = module.experiment(config)
-    train_state = runs.initial_train_state(config, experiment, optax.sgd(0.01))
+    train_state = initial_train_state(experiment.model, experiment.input_shape, optax.sgd(0.01), config["seed"])
     loss, _ = jax.jit(experiment.loss_fn)(train_state.params, train_state.state, experiment.train_data, None)
     assert abs(float(loss) - math.log(10)) < 1e-3
 

@@ -183,7 +183,7 @@ def quiet_run(example, settings, out):
 
 
 def train_losses(done):
-    return [r["loss"] for r in done.history["records"] if r["split"] == "train"]
+    return [r.metrics["loss"] for r in done.history.records if r.split == "train"]
 
 
 @pytest.mark.parametrize("kind", ["dot", "deep"])

@@ -200,7 +200,7 @@ def broken(root, tmp_path):
     (["show", "{tmp}/summary_json"], "{tmp}/summary_json/summary.json is not valid JSON"),
     (["compare", "{a}"], "compare needs two or more run directories, got 1"),
     (["compare", "{a}", "{tmp}/plain"], "{tmp}/plain is not a fundl run directory: no config.json"),
-    (["plot", "{tmp}/metrics_jsonl"], "{tmp}/metrics_jsonl/metrics.jsonl line 6 is not valid JSON"),
+    (["plot", "{tmp}/metrics_jsonl"], "{tmp}/metrics_jsonl/metrics.jsonl line 6 is not a metrics record"),
     (["plot", "{a}", "--metric", "test/bleu"], "unknown metric 'test/bleu' (want SPLIT/METRIC logged by every run); "
                                                "available: test/accuracy, test/loss, train/accuracy, train/learning_rate, train/loss, "
                                                "validation/accuracy, validation/loss"),

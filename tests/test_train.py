@@ -43,7 +43,7 @@ def test_fit_reproduces_a_hand_written_loop_bit_for_bit():
     train, _ = digits()
     optimizer = optax.adam(1e-3)
     trained, history = fit(LOSS, optimizer, fresh(optimizer), train, batch_size=32, epochs=3, data_seed=3, quiet=True)
-    assert history["steps_per_call"] > 1  # the fused path is the one compared
+    assert history.steps_per_call > 1  # the fused path is the one compared
 
     # The same training written out by hand, following the documented rules: the order of
     # epoch e is default_rng([seed, e]).permutation(n); step s uses fold_in(key, s).
@@ -74,8 +74,8 @@ def test_fused_and_single_steps_give_identical_params():
     for steps_per_call in ("auto", 1, 5):
         trained, history = fit(LOSS, optimizer, fresh(optimizer), train, batch_size=32, epochs=2, steps_per_call=steps_per_call, quiet=True)
         prints[steps_per_call] = params_fingerprint(trained.params)
-        assert history["steps"] == 94
-    assert history["traces"] == {"train_step": 1, "fused_steps": 1, "eval_step": 0}  # 5-step calls, then single steps
+        assert history.steps == 94
+    assert history.traces == {"train_step": 1, "fused_steps": 1, "eval_step": 0}  # 5-step calls, then single steps
     assert len(set(prints.values())) == 1, prints
 
 
@@ -85,7 +85,7 @@ def test_continuing_from_a_returned_train_state_is_identical_to_one_run():
     straight, _ = fit(LOSS, optimizer, fresh(optimizer), train, batch_size=32, epochs=3, quiet=True)
     first, _ = fit(LOSS, optimizer, fresh(optimizer), train, batch_size=32, steps=60, quiet=True)
     resumed, history = fit(LOSS, optimizer, first, train, batch_size=32, epochs=3, quiet=True)
-    assert history["records"][0]["step"] == 94  # the first log after resuming is at the epoch end
+    assert history.records[0].step == 94  # the first log after resuming is at the epoch end
     assert params_fingerprint(resumed.params) == params_fingerprint(straight.params)
 
 
@@ -98,10 +98,10 @@ def test_evaluation_metrics_are_exact_means_over_the_split(eval_batch_size):
         eval_batch_size=eval_batch_size, quiet=True,
     )
     logits, _ = MODEL.apply(trained.params, trained.state, test["image"])
-    final = history["records"][-1]
-    assert final["split"] == "test" and final["step"] == 20
-    np.testing.assert_allclose(final["accuracy"], float(losses.accuracy(logits, test["label"])), rtol=1e-6)
-    np.testing.assert_allclose(final["loss"], float(losses.softmax_cross_entropy(logits, test["label"])), rtol=1e-5)
+    final = history.records[-1]
+    assert final.split == "test" and final.step == 20
+    np.testing.assert_allclose(final.metrics["accuracy"], float(losses.accuracy(logits, test["label"])), rtol=1e-6)
+    np.testing.assert_allclose(final.metrics["loss"], float(losses.softmax_cross_entropy(logits, test["label"])), rtol=1e-5)
 
 
 def test_logs_written_when_the_metrics_come_back_equal_the_logs_of_a_synced_loop():
@@ -113,8 +113,8 @@ def test_logs_written_when_the_metrics_come_back_equal_the_logs_of_a_synced_loop
                             steps_per_call=5, hooks=hooks, quiet=True)
     unsynced, quick = run(())
     synced, slow = run([lambda event: None])  # a hook may look at the state at every log: fit waits there
-    assert [r["step"] for r in quick["records"]] == [10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 110, 120, 130, 140, 141]
-    assert quick["records"] == slow["records"]
+    assert [r.step for r in quick.records] == [10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 110, 120, 130, 140, 141]
+    assert quick.records == slow.records
     jax.tree.map(np.testing.assert_array_equal, unsynced.params, synced.params)
 
 
@@ -125,11 +125,11 @@ def test_history_logs_and_evaluations_follow_the_schedule():
         LOSS, optimizer, fresh(optimizer), train, batch_size=32, steps=100, eval_data={"test": test},
         eval_every=40, log_every=25, quiet=True,
     )
-    logs = [r["step"] for r in history["records"] if r["split"] == "train"]
-    evals = [r["step"] for r in history["records"] if r["split"] == "test"]
+    logs = [r.step for r in history.records if r.split == "train"]
+    evals = [r.step for r in history.records if r.split == "test"]
     assert logs == [25, 50, 75, 100] and evals == [40, 80, 100]
-    assert history["records"][0]["epoch"] == pytest.approx(25 / 47)
-    assert set(history["records"][0]) == {"step", "epoch", "split", "loss", "accuracy"}
+    assert history.records[0].epoch == pytest.approx(25 / 47)
+    assert set(history.records[0].metrics) == {"loss", "accuracy"}
 
 
 def test_hooks_see_every_step_and_epoch_and_can_add_to_records():
@@ -139,9 +139,9 @@ def test_hooks_see_every_step_and_epoch_and_can_add_to_records():
     events, params_at = [], {}
 
     def record(event):
-        events.append((event.kind, event.record.get("step")))
+        events.append((event.kind, event.record.step))
         if event.kind == "eval":
-            params_at[event.record["step"]] = jax.device_get(event.train_state.params)
+            params_at[event.record.step] = jax.device_get(event.train_state.params)
 
     best = BestParams("test", "accuracy", mode="max")
     trained, history = fit(
@@ -151,11 +151,11 @@ def test_hooks_see_every_step_and_epoch_and_can_add_to_records():
     assert [s for kind, s in events if kind == "step"] == list(range(1, 142))
     assert [s for kind, s in events if kind == "epoch_end"] == [47, 94, 141]
     assert events[-1] == ("end", 141) and [kind for kind, _ in events].count("end") == 1
-    logs = [r for r in history["records"] if r["split"] == "train"]
-    assert [r["learning_rate"] for r in logs] == pytest.approx([float(schedule(s)) for s in (46, 93, 140)])
-    evals = [r for r in history["records"] if r["split"] == "test"]
-    best_eval = max(evals, key=lambda r: r["accuracy"])  # the first of equals, as BestParams keeps
-    assert best.value == best_eval["accuracy"] and best.step == best_eval["step"]
+    logs = [r for r in history.records if r.split == "train"]
+    assert [r.metrics["learning_rate"] for r in logs] == pytest.approx([float(schedule(s)) for s in (46, 93, 140)])
+    evals = [r for r in history.records if r.split == "test"]
+    best_eval = max(evals, key=lambda r: r.metrics["accuracy"])  # the first of equals, as BestParams keeps
+    assert best.value == best_eval.metrics["accuracy"] and best.step == best_eval.step
     jax.tree.map(np.testing.assert_array_equal, best.params, params_at[best.step])
     assert not np.array_equal(params_at[47]["dense_0"]["w"], params_at[141]["dense_0"]["w"])
 
@@ -167,8 +167,8 @@ def test_early_stopping_stops_and_says_why():
         LOSS, optimizer, fresh(optimizer), train, batch_size=32, epochs=20, eval_data={"test": test},
         hooks=[early_stopping("test", "loss", patience=2)], quiet=True,
     )
-    assert history["steps"] == 3 * 47
-    assert history["stop_reason"].startswith("early stopping: test loss has not improved on")
+    assert history.steps == 3 * 47
+    assert history.stop_reason.startswith("early stopping: test loss has not improved on")
 
 
 @pytest.mark.parametrize("steps_per_call", [1, "auto"])
@@ -186,8 +186,8 @@ def test_a_nan_loss_stops_training_and_names_the_step_and_metric(steps_per_call)
 
     optimizer = optax.sgd(0.1)
     trained, history = fit(poisoned, optimizer, fresh(optimizer), train, batch_size=32, epochs=5, steps_per_call=steps_per_call, quiet=True)
-    assert history["stop_reason"] == f"loss became nan at step {bad_step}"  # the exact step, inside a fused call too
-    assert history["nonfinite"] and history["steps"] < 5 * 47
+    assert history.stop_reason == f"loss became nan at step {bad_step}"  # the exact step, inside a fused call too
+    assert history.nonfinite and history.steps < 5 * 47
 
 
 def test_data_with_a_nan_is_refused_before_training():
@@ -213,7 +213,7 @@ def test_retracing_warns_with_the_argument_that_changed_and_strict_raises():
     start = lambda: TrainState.create(params, {"count": jnp.asarray(0.0)}, optimizer, jax.random.key(1))  # noqa: E731
     with pytest.warns(RetraceWarning, match=r"train_step was traced and compiled again .*\.state\['count'\] changed from ~float32\[\] to float32\[\]"):
         _, history = fit(loss_fn, optimizer, start(), train, batch_size=32, steps=3, steps_per_call=1, quiet=True)
-    assert history["traces"]["train_step"] == 2
+    assert history.traces["train_step"] == 2
     with pytest.raises(RetraceError, match=r"state\['count'\] changed"):
         fit(loss_fn, optimizer, start(), train, batch_size=32, steps=3, steps_per_call=1, quiet=True, strict=True)
 
@@ -224,8 +224,8 @@ def test_a_clean_run_compiles_each_function_once():
     with warnings.catch_warnings():
         warnings.simplefilter("error", RetraceWarning)
         _, history = fit(LOSS, optimizer, fresh(optimizer), train, batch_size=32, epochs=2, eval_data={"test": test}, quiet=True)
-    assert history["traces"] == {"train_step": 0, "fused_steps": 1, "eval_step": 1}  # eval: the whole small test split at once
-    assert 0 < history["compile_s"] < history["wall_s"]
+    assert history.traces == {"train_step": 0, "fused_steps": 1, "eval_step": 1}  # eval: the whole small test split at once
+    assert 0 < history.compile_s < history.wall_s
 
 
 def test_quiet_prints_nothing_and_progress_prints_lines(capfd):
@@ -303,12 +303,12 @@ def test_a_second_fit_with_the_same_pieces_compiles_nothing():
     train, test = digits()
     optimizer = optax.sgd(0.1)
     _, first = fit(LOSS, optimizer, fresh(optimizer), train, batch_size=32, epochs=1, eval_data={"test": test}, quiet=True)
-    assert first["traces"]["fused_steps"] == 1 and first["traces"]["eval_step"] >= 1
+    assert first.traces["fused_steps"] == 1 and first.traces["eval_step"] >= 1
     _, again = fit(LOSS, optimizer, fresh(optimizer), train, batch_size=32, epochs=1, eval_data={"test": test}, quiet=True)
-    assert again["traces"] == {"train_step": 0, "fused_steps": 0, "eval_step": 0}
-    assert again["compile_s"] < first["compile_s"]
+    assert again.traces == {"train_step": 0, "fused_steps": 0, "eval_step": 0}
+    assert again.compile_s < first.compile_s
     _, other = fit(LOSS, optimizer, fresh(optimizer), train, batch_size=16, epochs=1, quiet=True)  # a new shape: compiled anew
-    assert other["traces"]["fused_steps"] == 1
+    assert other.traces["fused_steps"] == 1
 
 
 @pytest.mark.parametrize("per_epoch, eval_every, log_every, fused, checkpoint_every, total", [

@@ -114,7 +114,7 @@ class RunDirectory:
         if not path.is_dir():
             raise ValueError(f"{path} is not a directory: give a run directory (one that holds {cls.CONFIG})")
         if not cls.is_run(path):
-            raise ValueError(f"{path} is not a fundl run directory: no {cls.CONFIG}")
+            raise FileNotFoundError(f"{path} is not a fundl run directory: no {cls.CONFIG}")
         return cls(path)
 
     # --- config, manifest, example ---------------------------------------------------------------

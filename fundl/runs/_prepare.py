@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -45,6 +46,7 @@ from fundl.train import (
 )
 
 MAX_SEED = 2**63
+MAX_MEMBERS = 100_000  # a sweep's members are listed, configured and initialised one by one on the host
 SWEEPABLE = ("optimizer.learning_rate", "optimizer.momentum", "optimizer.weight_decay", "optimizer.clip_norm")
 _MEMORY_SHARE = 0.25  # of the machine's memory, for the stacked train states of a sweep
 
@@ -133,11 +135,19 @@ def prepare(module: ModuleType, config: Config, seeds: list[int] | None = None, 
         setting with every seed); ``None`` for a single run.
     """
     sweep = dict(sweep or {})
-    members = None if seeds is None and not sweep else _member_configs(config, seeds or [config["seed"]], sweep)
-    for c in members or [config]:
-        _check_seed(c["seed"])
+    _check_seed(config["seed"])
     experiment = module.experiment(config)
     total = total_steps(config, experiment)
+    members = None
+    if seeds is not None or sweep:
+        seeds = seeds or [config["seed"]]
+        count = len(seeds) * math.prod(len(values) for values in sweep.values())
+        if count > MAX_MEMBERS:
+            raise ConfigError(f"a sweep of {count:,} members: at most {MAX_MEMBERS:,} train as one program; split it into several sweeps")
+        _check_memory(experiment, config, total, count)
+        members = _member_configs(config, seeds, sweep)
+        for c in members:
+            _check_seed(c["seed"])
     for c in members or [config]:
         make_optimizer(c, total)  # each member's settings are checked before anything is made
     train = config["train"]
@@ -160,10 +170,7 @@ def prepare(module: ModuleType, config: Config, seeds: list[int] | None = None, 
         if jax.process_count() > 1:
             raise ConfigError("a sweep trains in one process: run its members separately across processes")
         population = Members(_optimizer_fn(config, total), len(members))
-    plan = Plan(config, experiment, loss, population, members, sweep, budget, execution, evaluation, per_epoch, total)
-    if members is not None:
-        _check_memory(plan)
-    return plan
+    return Plan(config, experiment, loss, population, members, sweep, budget, execution, evaluation, per_epoch, total)
 
 
 def lane_hooks(plan: Plan, lane: int, writer: Hook | None, tensorboard: Path | None) -> list[Hook]:
@@ -189,14 +196,17 @@ def lane_hooks(plan: Plan, lane: int, writer: Hook | None, tensorboard: Path | N
 
 
 def parse_seeds(text: str) -> list[int]:
-    """``"0-31"``, ``"0,1,5"`` or ``"0-3,8"`` as a list of seeds."""
+    """``"0-31"``, ``"0,1,5"`` or ``"0-3,8"`` as a list of seeds (at most :data:`MAX_MEMBERS`)."""
     seeds: list[int] = []
     for part in text.split(","):
         first, dash, last = part.strip().partition("-")
         try:
-            seeds += list(range(int(first), int(last) + 1)) if dash else [int(first)]
+            span = range(int(first), int(last) + 1) if dash else range(int(first), int(first) + 1)
         except ValueError:
             raise ConfigError(f"--seeds takes ranges and lists of non-negative integers, e.g. 0-31 or 0,1,5; got {text!r}") from None
+        if len(seeds) + len(span) > MAX_MEMBERS:
+            raise ConfigError(f"--seeds {text}: a sweep trains at most {MAX_MEMBERS:,} members as one program; split it into several sweeps")
+        seeds += span
     if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
         raise ConfigError(f"--seeds needs distinct non-negative seeds, got {text!r}")
     return seeds
@@ -242,17 +252,15 @@ def _optimizer_fn(base: Config, total: int) -> Any:
     return optimizer_fn
 
 
-def _check_memory(plan: Plan) -> None:
+def _check_memory(experiment: Experiment, config: Config, total: int, members: int) -> None:
     """A sweep's stacked train states must fit a share of the machine's memory: refused before anything is made."""
-    e = plan.experiment
-    params, state = jax.eval_shape(lambda: e.model.init(jax.random.key(0), e.input_shape)[1:])
-    opt_state = jax.eval_shape(make_optimizer(plan.config, plan.total)[0].init, params)
+    params, state = jax.eval_shape(lambda: experiment.model.init(jax.random.key(0), experiment.input_shape)[1:])
+    opt_state = jax.eval_shape(make_optimizer(config, total)[0].init, params)
     member_bytes = 4 * sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves((params, state, opt_state)))  # with updates
     try:
         memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError):
         memory = 8 << 30
-    members = len(plan.configs)
     if members * member_bytes > memory * _MEMORY_SHARE:
         most = int(memory * _MEMORY_SHARE // max(member_bytes, 1))
         raise ConfigError(f"a sweep of {members} members needs about {members * member_bytes / 2**30:.1f} GiB for its train states "

@@ -332,17 +332,18 @@ def load_run(directory: str | os.PathLike, member: int | None = None) -> Run:
     summary = files.summary()
     if summary is None:
         raise FileNotFoundError(f"{files.path / files.SUMMARY} is missing: the run directory is incomplete")
-    carry = files.load_final_state(jax.eval_shape(plan.initial_carry), summary.get("train_state_sha256"))
+    like = jax.eval_shape(plan.initial_carry)
+    final = files.load_final_state(like if plan.members is None else like.states, summary.get("train_state_sha256"))
     if plan.members is None:
         if member is not None:
             raise ValueError(f"{files.path} is a single run, not a sweep: load it without a member")
-        if params_fingerprint(carry.params) != summary["params_fingerprint"]:
+        if params_fingerprint(final.params) != summary["params_fingerprint"]:
             raise ValueError(f"{files.path / files.FINAL_STATE} holds params whose fingerprint is not the one recorded in summary.json")
-        return Run(files.path, config, plan.experiment, carry, None, summary)
+        return Run(files.path, config, plan.experiment, final, None, summary)
     members = files.members() or []
     if member is None or not 0 <= member < len(members):
         raise ValueError(f"{files.path} is a sweep of {len(members)} members: give the member to load, 0 to {len(members) - 1}")
-    state = plan.population.train_state(carry, member)
+    state = jax.tree.map(lambda leaf: leaf[member], final)
     if params_fingerprint(state.params) != members[member]["params_fingerprint"]:
         raise ValueError(f"{files.path / files.FINAL_STATE} holds params for member {member} whose fingerprint is not members.json's")
     return Run(files.path, plan.configs[member], plan.experiment, state, None, summary, members)

@@ -9,6 +9,7 @@ a population is the :mod:`~fundl.train._population`'s; everything else is writte
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -92,7 +93,7 @@ def loop(
     fused, how = _steps_per_call(execution.steps_per_call, uses_convolution(traced_loss), first_batch, orders[0], population.lanes,
                                  *intervals)
     resident = placement.resident(orders[0].data) if orders[0].data_bytes <= _MAX_RESIDENT_BYTES else None
-    program = Program(population, loss if splits else loss._replace(evaluate=None), execution.accumulate, placement,
+    program = Program(population, loss if splits else dataclasses.replace(loss, evaluate=None), execution.accumulate, placement,
                       resident is not None, fused, execution.strict, _eval_shapes(splits, eval_sizes, placement.shards),
                       abstract(carry), abstract(first_batch), tuple(abstract(split) for split in splits.values()))
     compiled = compiled_functions(program, carry)

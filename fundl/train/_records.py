@@ -163,14 +163,16 @@ class Recorder:
             last = max(last, first_step + steps)
             losses.append(float(good["loss"][-1]))
         if losses:
-            self.progress.update(last, (last - 1) // self.per_epoch, float(np.nanmean(losses)), self.speed(last))
+            finite = [value for value in losses if np.isfinite(value)]  # a population shows its members' mean
+            shown = float(np.mean(finite)) if finite else losses[-1]
+            self.progress.update(last, (last - 1) // self.per_epoch, shown, self.speed(last))
 
     def log(self, step: int, state_of: StateView) -> None:
         """Records each lane's training metrics averaged over its steps since its last log (if any);
         ``state_of(lane)`` may give ``None`` for a log written after the fact, when no hook is there to see it."""
         added = []
         for index, lane in enumerate(self.lanes):
-            if not lane.since_log:
+            if not lane.since_log or (lane.member is not None and not lane.live):  # a stopped member logs no more
                 continue
             names = lane.since_log[0]
             means = {name: float(np.mean(np.concatenate([m[name] for m in lane.since_log]), dtype=np.float64)) for name in names}
