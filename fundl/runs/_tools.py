@@ -223,7 +223,7 @@ def show_run(directory: str | os.PathLike) -> str:
         lines += ["", f"sweep: {described['members']} members, mean ± std over each setting's seeds"]
         for setting in described["settings"]:
             named = ", ".join(f"{k}={_value(v)}" for k, v in setting["settings"].items()) or "seeds"
-            spread = {split: {k: f"{_number(v['mean'])} ± {_number(v['std'])}" for k, v in m.items()} for split, m in setting["metrics"].items()}
+            spread = {split: {k: f"{_number(v['mean'])} ± {v['std']:.4f}" for k, v in m.items()} for split, m in setting["metrics"].items()}
             lines += [f"  {named} ({len(setting['seeds'])} seeds)", *_metric_lines(spread, "    ")]
     else:
         lines += ["", f"metrics{source}", *_metric_lines(described["metrics"])]

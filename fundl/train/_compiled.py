@@ -22,6 +22,8 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from fundl._core import Loss
@@ -81,6 +83,27 @@ def _gather(data: Any, indices: Any) -> Any:
     return indices if data is None else jax.tree.map(lambda a: a[indices], data)
 
 
+def _one_member_at_a_time(population: Members, program: Program, guard: TraceGuard, layout: dict[str, Any]) -> Callable:
+    """A population's single step as one compiled call per member, each updating its slice of the carry in place
+    (the carry is donated): for models whose vmapped step is slower than each member's own."""
+    step_one = population.step_one(program.loss, program.accumulate)
+
+    def member_call(carry, data, indices, i):
+        return step_one(carry, _gather(data, indices), i)
+
+    call = jax.jit(guard.wrap(member_call), donate_argnums=0, **layout)
+    members = [np.int32(i) for i in range(population.size)]
+
+    def single(carry: Any, data: Any, indices: Any) -> tuple[Any, Any]:
+        outputs = []
+        for i in members:
+            carry, output = call(carry, data, indices, i)
+            outputs.append(output)
+        return carry, jax.tree.map(lambda *values: jnp.stack(values, axis=-1), *outputs)
+
+    return single
+
+
 def compiled_functions(program: Program, carry_like: Any) -> Compiled:
     """The cached compiled functions of ``program`` (made on a miss; ``carry_like`` gives the layout's shapes)."""
     if program in _CACHE:
@@ -88,7 +111,7 @@ def compiled_functions(program: Program, carry_like: Any) -> Compiled:
         return _CACHE[program]
     strict = program.strict
     guards = {
-        "train_step": TraceGuard("train_step", ("train_state", "data", "batch"), strict=strict),
+        "train_step": TraceGuard("train_step", ("train_state", "data", "batch", "member"), strict=strict),
         "fused_steps": TraceGuard("fused_steps", ("train_state", "data", "batches"), strict=strict),
         "eval_step": TraceGuard("eval_step", ("params", "state", "batch"), program.eval_shapes, strict),
     }
@@ -106,8 +129,13 @@ def compiled_functions(program: Program, carry_like: Any) -> Compiled:
     layout: dict[str, Any] = {} if state_shardings is None else {"out_shardings": (state_shardings, placement.replicated)}
     evaluate = program.loss.evaluate
     eval_layout: dict[str, Any] = {"out_shardings": placement.replicated} if placement.sharded else {}
+    population = program.population
+    if isinstance(population, Members) and not population.vectorized:
+        single_call = _one_member_at_a_time(population, program, guards["train_step"], layout)
+    else:
+        single_call = jax.jit(guards["train_step"].wrap(single), donate_argnums=0, **layout)
     compiled = Compiled(
-        jax.jit(guards["train_step"].wrap(single), donate_argnums=0, **layout),
+        single_call,
         jax.jit(guards["fused_steps"].wrap(fused), donate_argnums=0, **layout),
         jax.jit(guards["eval_step"].wrap(program.population.eval_fn(evaluate)), **eval_layout) if evaluate else None,
         guards,

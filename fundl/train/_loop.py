@@ -90,8 +90,11 @@ def loop(
     checkpoint = callbacks.checkpoint
     first_checkpoint = checkpoint.next_step(0) if checkpoint else None
     intervals = [every for every in (eval_every, log_every, first_checkpoint) if every]
-    fused, how = _steps_per_call(execution.steps_per_call, uses_convolution(traced_loss), first_batch, orders[0], population.lanes,
-                                 *intervals)
+    convolution = uses_convolution(traced_loss)
+    fused, how = _steps_per_call(execution.steps_per_call, convolution, first_batch, orders[0], population.lanes, *intervals)
+    if isinstance(population, Members) and fused == 1 and convolution and jax.default_backend() == "cpu":
+        population = dataclasses.replace(population, vectorized=False)
+        how += "; one call per member (vmapped convolutions run as grouped convolutions on XLA:CPU, ~2x slower per member)"
     resident = placement.resident(orders[0].data) if orders[0].data_bytes <= _MAX_RESIDENT_BYTES else None
     program = Program(population, loss if splits else dataclasses.replace(loss, evaluate=None), execution.accumulate, placement,
                       resident is not None, fused, execution.strict, _eval_shapes(splits, eval_sizes, placement.shards),
