@@ -92,14 +92,11 @@ def _h(carry: Any) -> Array:
 def _scan(step: Callable, params: Params, x: Array, carry: Any, valid: Array | None, reverse: bool):
     """Runs ``step`` over the time axis of ``x``; returns ``(outputs (batch, time, H), final carry)``.
 
-    The input projection ``x_t @ w + b`` is computed inside the scan, one step at a time.
-    Computing it for all steps in one matmul before the scan (the textbook speed-up) made a
-    training step 1.5-2x slower on XLA:CPU (measured, JAX 0.10.2, 2 shared vCPUs, LSTM T=50,
-    32 -> 128 -> dense 10, batch 64, Adam: 47.6 ms against 29.9 ms per step, a plain
-    ``lax.scan`` LSTM 28.7 ms; likely because the scan then slices, stores and differentiates a
-    (time, batch, gates * H) array instead of (time, batch, features)). The GRU gains too; a
-    simple_rnn with inputs wider than its state (512 -> 128) was ~10-20% slower this way, within
-    this machine's noise. No accelerator was measured, so there is one path for every backend.
+    The input projection ``x_t @ w + b`` is computed inside the scan, one step at a time:
+    computing it for all steps in one matmul before the scan (the textbook speed-up) made a
+    training step slower on XLA:CPU, likely because the scan then slices, stores and
+    differentiates a (time, batch, gates * H) array instead of (time, batch, features). The
+    measurements are in benchmarks/README.md ("Measurements behind choices in the code").
     """
     w, b = params["w"], params["b"]
 

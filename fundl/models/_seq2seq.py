@@ -89,7 +89,7 @@ def seq2seq(source_size: int, target_size: int, *, embed: int = 32, hidden: int 
                "decoder": (batch, t_len, embed), "score": (batch, t_len, hidden),
                "combine": (batch, t_len, 2 * hidden), "head": (batch, t_len, hidden)}
         make = lambda key: {name: init_child(name, layer, key, ins[name])[1] for name, layer in layers.items()}  # noqa: E731
-        params = jax.jit(make)(key)  # one compiled program: eager orthogonal inits cost ~10 s on a CPU
+        params = jax.jit(make)(key)  # one compiled program: eager orthogonal inits cost seconds on a CPU
         return (batch, t_len, target_size), params, {}
 
     def apply(params, state, x, *, key=None, train=False):

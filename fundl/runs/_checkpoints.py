@@ -11,8 +11,9 @@ flax msgpack of the state. It is written by a background thread (training goes o
 into a temporary file that is synced and renamed when complete, so a save killed midway
 leaves only a ``.<step>.ckpt.tmp*`` file, which is never read and is removed when the run
 resumes; a file that was damaged later fails its digest. Why not orbax-checkpoint: on
-the course's models a save must cost milliseconds (a digits epoch takes ~0.1 s), and
-an orbax save cost ~25-35 ms of blocking and ~110 ms of CPU here, whatever the size.
+the course's models a save must cost milliseconds (a digits epoch takes a fraction of a
+second), and an orbax save costs tens of milliseconds of blocking whatever the size
+(benchmarks/README.md, checkpoint_cost.py).
 On a mesh or across processes the state is gathered to process 0, which writes it; a
 checkpoint restores onto any number of devices.
 """

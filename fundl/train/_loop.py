@@ -94,7 +94,7 @@ def loop(
     fused, how = _steps_per_call(execution.steps_per_call, convolution, first_batch, orders[0], population.lanes, *intervals)
     if isinstance(population, Members) and fused == 1 and convolution and jax.default_backend() == "cpu":
         population = dataclasses.replace(population, vectorized=False)
-        how += "; one call per member (vmapped convolutions run as grouped convolutions on XLA:CPU, ~2x slower per member)"
+        how += "; one call per member (vmapped convolutions run as slower grouped convolutions on XLA:CPU)"
     resident = placement.resident(orders[0].data) if orders[0].data_bytes <= _MAX_RESIDENT_BYTES else None
     program = Program(population, loss if splits else dataclasses.replace(loss, evaluate=None), execution.accumulate, placement,
                       resident is not None, fused, execution.strict, _eval_shapes(splits, eval_sizes, placement.shards),
@@ -206,7 +206,7 @@ def _steps_per_call(option: int | str, convolution: bool, batch: Any, train: Any
     if option != "auto":
         return int(option), f"{option} steps per call (set by steps_per_call)"
     if jax.default_backend() == "cpu" and convolution:
-        return 1, "1 step per call (auto: convolutions run 4-12x slower inside lax.scan on XLA:CPU)"
+        return 1, "1 step per call (auto: convolutions run several times slower inside lax.scan on XLA:CPU)"
     span = min(train.steps_per_epoch, *intervals)  # a call never crosses an epoch end, log, eval or checkpoint
     cap = max(1, _MAX_FUSED_BYTES // (lanes * sum(np.asarray(leaf).nbytes for leaf in jax.tree.leaves(batch))))
     per_call = math.ceil(span / math.ceil(span / cap))  # the span in equal calls of at most `cap` steps

@@ -106,7 +106,7 @@ class Members:
       vectorized: step the members with ``vmap`` (one call for all); ``False``: one call per
         member, each on its slice of the stacked carry, where vmapping does not pay (the
         loop chooses it for convolutions on XLA:CPU, whose vmapped form runs as grouped
-        convolutions, ~2x slower per member than each member alone).
+        convolutions, slower per member than each member alone: benchmarks/README.md).
     """
 
     optimizer_fn: Callable[[Hyper], optax.GradientTransformation]

@@ -51,11 +51,11 @@ def params_fingerprint(params: Any) -> str:
 
 
 # The initial state is computed once, so how fast its program runs hardly matters, but
-# compiling it with LLVM's optimisations takes ~1.5 s on XLA:CPU for a two-layer MLP
-# (threefry's rounds, once per initializer): most of a short run's start. Without them it
-# compiles in ~0.3 s. The values are the same up to float rounding (the dense and conv
-# layers' bit for bit; normal draws and orthogonal recurrent kernels can differ in the
-# last bits), and every run, resume and sweep makes its initial state this same way.
+# compiling it with LLVM's optimisations is most of a short run's start on XLA:CPU
+# (threefry's rounds, once per initializer; measured in benchmarks/README.md). The values
+# are the same up to float rounding (the dense and conv layers' bit for bit; normal draws
+# and orthogonal recurrent kernels can differ in the last bits), and every run, resume and
+# sweep makes its initial state this same way.
 _QUICK_COMPILE: dict[str, Any] = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
