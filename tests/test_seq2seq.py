@@ -135,7 +135,7 @@ def tiny_run(tmp_path_factory):
 
 def test_a_short_run_learns_and_decodes(tiny_run):
     records = [json.loads(line) for line in (tiny_run.directory / "metrics.jsonl").read_text().splitlines()]
-    train = [r for r in records if r.split == "train"]
+    train = [r for r in records if r["split"] == "train"]
     assert len(train) >= 4 and all(np.isfinite(r["loss"]) for r in train)
     assert train[-1]["loss"] < 0.5 * train[0]["loss"]
     test = tiny_run.summary["metrics"]["test"]

@@ -217,10 +217,10 @@ def test_fundl_run_vae_digits_tiny_lowers_the_held_out_neg_elbo_and_writes_its_p
         assert data.startswith(PNG_MAGIC) and len(data) > 2000, name
 
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    validation = [r for r in records if r.split == "validation"]
-    assert [r.step for r in validation] == list(range(4, 81, 4))
+    validation = [r for r in records if r["split"] == "validation"]
+    assert [r["step"] for r in validation] == list(range(4, 81, 4))
     assert all({"neg_elbo", "reconstruction", "kl"} <= set(r) for r in records)
-    assert [r.split for r in records if r.split not in ("train", "validation")] == ["test"]  # once, at the end
+    assert [r["split"] for r in records if r["split"] not in ("train", "validation")] == ["test"]  # once, at the end
     assert all(r["kl"] >= 0 for r in records)
     assert validation[-1]["neg_elbo"] <= 0.7 * validation[0]["neg_elbo"], [r["neg_elbo"] for r in validation]
     summary = json.loads((out / "summary.json").read_text())

@@ -122,6 +122,9 @@ def _result_lines(summary: dict[str, Any], members: list[dict[str, Any]] | None)
 
 
 def _draw_curves(files: RunDirectory, members: bool) -> None:
+    """``curves.png`` from every record of the run (none if nothing was logged: a NaN at the first step)."""
     from fundl.plots import plot_curves, plot_member_curves
 
-    (plot_member_curves if members else plot_curves)(files.records(), files.curves, title=files.path.name)
+    records = files.records()
+    if records:
+        (plot_member_curves if members else plot_curves)(records, files.curves, title=files.path.name)
