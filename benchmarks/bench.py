@@ -105,8 +105,10 @@ class Workload:
         n = steps_per_epoch * self.batch
         if self.kind == "vae":  # pixel intensities in [0, 1], as the Bernoulli likelihood reads them
             return {"image": rng.random((n, *self.input_shape), dtype=np.float32)}
-        return {"image": rng.standard_normal((n, *self.input_shape), dtype=np.float32),
-                "label": rng.integers(0, self.classes, n, dtype=np.int32)}
+        return {
+            "image": rng.standard_normal((n, *self.input_shape), dtype=np.float32),
+            "label": rng.integers(0, self.classes, n, dtype=np.int32),
+        }
 
     def fundl_model(self) -> tuple[fl.Layer, T.LossFn]:
         """The fundl model and its loss function."""
@@ -118,23 +120,36 @@ class Workload:
             layers = [layer for h in self.hidden for layer in (fl.dense(h), fl.relu())]
         elif self.kind == "cnn":
             c1, c2, d = self.hidden
-            layers = [fl.conv2d(c1, (3, 3)), fl.relu(), fl.max_pool((2, 2)),
-                      fl.conv2d(c2, (3, 3)), fl.relu(), fl.max_pool((2, 2)),
-                      fl.flatten(), fl.dense(d), fl.relu()]
+            layers = [
+                fl.conv2d(c1, (3, 3)),
+                fl.relu(),
+                fl.max_pool((2, 2)),
+                fl.conv2d(c2, (3, 3)),
+                fl.relu(),
+                fl.max_pool((2, 2)),
+                fl.flatten(),
+                fl.dense(d),
+                fl.relu(),
+            ]
         else:
             layers = [fl.lstm(self.hidden[0])]
         model = fl.serial(*layers, fl.dense(self.classes))
         return model, T.classification_loss(model)
 
 
-WORKLOADS = {w.name: w for w in [
-    Workload("mlp_digits", "mlp", 32, (64,), (128, 128), (5, 50)),
-    Workload("mlp_digits_b256", "mlp", 256, (64,), (128, 128), (5, 50)),
-    Workload("mlp_mnist", "mlp", 128, (784,), (512, 512), (5, 50)),
-    Workload("cnn_mnist", "cnn", 128, (28, 28, 1), (32, 64, 128), (2, 20)),  # ~0.2 s per step: 10 steps a round read +-7%
-    Workload("lstm", "lstm", 64, (50, 32), (128,), (3, 20)),
-    Workload("vae", "vae", 128, (784,), (512, 20), (5, 50)),
-]}
+WORKLOADS = {
+    w.name: w
+    for w in [
+        Workload("mlp_digits", "mlp", 32, (64,), (128, 128), (5, 50)),
+        Workload("mlp_digits_b256", "mlp", 256, (64,), (128, 128), (5, 50)),
+        Workload("mlp_mnist", "mlp", 128, (784,), (512, 512), (5, 50)),
+        Workload(
+            "cnn_mnist", "cnn", 128, (28, 28, 1), (32, 64, 128), (2, 20)
+        ),  # ~0.2 s per step: 10 steps a round read +-7%
+        Workload("lstm", "lstm", 64, (50, 32), (128,), (3, 20)),
+        Workload("vae", "vae", 128, (784,), (512, 20), (5, 50)),
+    ]
+}
 
 
 @functools.cache
@@ -146,7 +161,7 @@ def fundl_setup(w: Workload) -> tuple[T.LossFn, Any, Any]:
 
 
 def fundl_run(w: Workload, data: dict[str, np.ndarray]) -> tuple[Run, Recompile]:
-    """``fit`` from the same initial train state every time; only its first call compiles (``fit`` keeps its programs)."""
+    """``fit`` from the same initial train state every time; only its first call compiles (fit keeps its programs)."""
     loss_fn, params, state = fundl_setup(w)
     optimizer = optax.adam(LR)
 
@@ -159,7 +174,7 @@ def fundl_run(w: Workload, data: dict[str, np.ndarray]) -> tuple[Run, Recompile]
         return hist.wall_s - hist.compile_s, hist.compile_s
 
     def recompile() -> float:
-        """One epoch with a new loss-function object: fit keeps its programs per loss function, so it compiles afresh."""
+        """One epoch with a new loss function: fit keeps its programs per loss function, so it compiles afresh."""
         return train(lambda *args, **kwargs: loss_fn(*args, **kwargs), 1).compile_s
 
     return run, recompile
@@ -219,8 +234,11 @@ def hand_written_run(w: Workload, data: dict[str, np.ndarray], variant: str) -> 
 class CompileTimer:
     """Seconds JAX spends tracing, lowering and compiling while active (``jax.monitoring`` events)."""
 
-    EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
-              "/jax/core/compile/backend_compile_duration")
+    EVENTS = (
+        "/jax/core/compile/jaxpr_trace_duration",
+        "/jax/core/compile/jaxpr_to_mlir_module_duration",
+        "/jax/core/compile/backend_compile_duration",
+    )
 
     def __init__(self) -> None:
         self.seconds = 0.0
@@ -251,8 +269,10 @@ def timed(epoch_fn: Callable[[int], None]) -> Run:
     return run
 
 
-def contenders(w: Workload, data: dict[str, np.ndarray], names: list[str]) -> tuple[dict[str, Run], dict[str, Recompile], list[str]]:
-    """The runs to time for ``w``, the fresh compilations of fundl and the hand-written loops, and notes on the peers skipped."""
+def contenders(
+    w: Workload, data: dict[str, np.ndarray], names: list[str]
+) -> tuple[dict[str, Run], dict[str, Recompile], list[str]]:
+    """The runs to time for ``w``, fresh compilations of fundl and the hand-written loops, notes on peers skipped."""
     runs: dict[str, Run] = {}
     recompiles: dict[str, Recompile] = {}
     notes: list[str] = []
@@ -279,7 +299,9 @@ def measure(w: Workload, names: list[str], rounds: int, target_s: float, quick: 
     notes = []
     if quick and w.kind == "cnn" and "scan_epoch" in names:  # ~10 s per scanned epoch here
         names = [n for n in names if n != "scan_epoch"]
-        notes.append(f"{w.name}: scan_epoch skipped with --quick (convolutions inside lax.scan are 4-12x slower on XLA:CPU)")
+        notes.append(
+            f"{w.name}: scan_epoch skipped with --quick (convolutions inside lax.scan are 4-12x slower on XLA:CPU)"
+        )
     runs, recompiles, skipped = contenders(w, data, names)
     notes += skipped
     if quick:  # a smoke run: the warm-up's compilations stand, fresh ones would double its time
@@ -307,14 +329,23 @@ def measure(w: Workload, names: list[str], rounds: int, target_s: float, quick: 
             speeds[name].append(speed)
             if "floor" in this_round:
                 ratios[name].append(speed / this_round["floor"])
-        fresh = {name: recompiles[name]() for name in _rotated(list(recompiles), r)}  # one fresh compilation each, in turn
+        fresh = {
+            name: recompiles[name]() for name in _rotated(list(recompiles), r)
+        }  # one fresh compilation each, in turn
         for name, seconds in fresh.items():
             compile_s[name].append(seconds)
             compile_ratios[name].append(seconds / fresh["floor"])
-    rows = [{"workload": w.name, "framework": name, "examples_per_s": statistics.median(speeds[name]),
-             "compile_s": statistics.median(compile_s[name]),
-             "ratio_vs_floor": statistics.median(ratios[name]) if ratios[name] else None,
-             "compile_vs_floor": statistics.median(compile_ratios[name]) if compile_ratios[name] else None} for name in runs]
+    rows = [
+        {
+            "workload": w.name,
+            "framework": name,
+            "examples_per_s": statistics.median(speeds[name]),
+            "compile_s": statistics.median(compile_s[name]),
+            "ratio_vs_floor": statistics.median(ratios[name]) if ratios[name] else None,
+            "compile_vs_floor": statistics.median(compile_ratios[name]) if compile_ratios[name] else None,
+        }
+        for name in runs
+    ]
     notes.append(f"{w.name}: {epochs} epochs of {steps_per_epoch} steps per round")
     return rows, notes
 
@@ -328,6 +359,7 @@ def _rotated(names: list[str], r: int) -> list[str]:
 def busy_cpus(seconds: float = 0.5) -> float:
     """How many CPUs other jobs keep busy, from /proc/stat while this process sleeps (Linux; 0 elsewhere)."""
     try:
+
         def sample() -> tuple[int, int]:
             with open("/proc/stat") as stat:
                 ticks = [int(t) for t in stat.readline().split()[1:]]
@@ -351,9 +383,13 @@ def load_line(when: str) -> str:
 def table(rows: list[dict]) -> str:
     lines = [f"{'workload':<16} {'framework':<14} {'examples/s':>12} {'vs floor':>9} {'compile s':>9} {'vs floor':>9}"]
     for r in rows:
-        ratio, compile_ratio = (("" if x is None else f"{x:.2f}x") for x in (r["ratio_vs_floor"], r["compile_vs_floor"]))
-        lines.append(f"{r['workload']:<16} {r['framework']:<14} {r['examples_per_s']:>12,.0f} {ratio:>9} "
-                     f"{r['compile_s']:>9.2f} {compile_ratio:>9}")
+        ratio, compile_ratio = (
+            ("" if x is None else f"{x:.2f}x") for x in (r["ratio_vs_floor"], r["compile_vs_floor"])
+        )
+        lines.append(
+            f"{r['workload']:<16} {r['framework']:<14} {r['examples_per_s']:>12,.0f} {ratio:>9} "
+            f"{r['compile_s']:>9.2f} {compile_ratio:>9}"
+        )
     return "\n".join(lines)
 
 
@@ -381,8 +417,10 @@ def main(argv: list[str] | None = None) -> None:
     rounds = args.rounds or (1 if args.quick else 5)
     target_s = 0.05 if args.quick else 1.0
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    print(f"jax {jax.__version__} {jax.default_backend()}, {os.cpu_count()} CPUs; "
-          f"medians of {rounds} rounds, ratios paired per round, compilation excluded")
+    print(
+        f"jax {jax.__version__} {jax.default_backend()}, {os.cpu_count()} CPUs; "
+        f"medians of {rounds} rounds, ratios paired per round, compilation excluded"
+    )
     print(load_line("before"), flush=True)
     rows, notes = [], []
     for name in workloads:

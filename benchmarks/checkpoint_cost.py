@@ -54,10 +54,22 @@ def training_seconds(every_epoch: bool) -> float:
     config = runs.resolve_config(module)
     experiment = module.experiment(config)
     optimizer, _ = runs.make_optimizer(config, 705)
-    checkpoint = Checkpoints(tempfile.mkdtemp(), steps_per_epoch=47, every_epochs=1, run_id="bench") if every_epoch else None
+    checkpoint = (
+        Checkpoints(tempfile.mkdtemp(), steps_per_epoch=47, every_epochs=1, run_id="bench") if every_epoch else None
+    )
     start = initial_train_state(experiment.model, experiment.input_shape, optimizer, config["seed"])
-    _, history = fit(experiment.loss_fn, optimizer, start, experiment.train_data,
-                     batch_size=32, epochs=15, eval_data=experiment.eval_data, data_seed=0, checkpoint=checkpoint, quiet=True)
+    _, history = fit(
+        experiment.loss_fn,
+        optimizer,
+        start,
+        experiment.train_data,
+        batch_size=32,
+        epochs=15,
+        eval_data=experiment.eval_data,
+        data_seed=0,
+        checkpoint=checkpoint,
+        quiet=True,
+    )
     if checkpoint is not None:
         checkpoint.close()  # every save on disk: its cost counts
     return history.wall_s - history.compile_s
@@ -69,14 +81,20 @@ def main() -> None:
     args = parser.parse_args()
     for name, widths in (("digits MLP 64-100-10", (64, 100, 10)), ("MLP 784-512-512-10", (784, 512, 512, 10))):
         blocking, written, size = save_cost(widths)
-        print(f"save, {name} + Adam ({size / 2**20:.2f} MiB): blocks training {blocking:.2f} ms, on disk after {written:.2f} ms")
+        print(
+            f"save, {name} + Adam ({size / 2**20:.2f} MiB): blocks "
+            f"training {blocking:.2f} ms, on disk after {written:.2f} ms"
+        )
     times: dict[bool, list[float]] = {True: [], False: []}
     for _ in range(args.rounds):
         for every_epoch in (False, True):
             times[every_epoch].append(training_seconds(every_epoch))
     none, every = statistics.median(times[False]), statistics.median(times[True])
-    print(f"mlp_digits, 705 steps: no checkpoints {705 * 32 / none:,.0f} ex/s, a checkpoint every epoch {705 * 32 / every:,.0f} ex/s, "
-          f"ratio {none / every:.3f} (median of {args.rounds} interleaved rounds)")
+    print(
+        f"mlp_digits, 705 steps: no checkpoints {705 * 32 / none:,.0f} "
+        f"ex/s, a checkpoint every epoch {705 * 32 / every:,.0f} ex/s, "
+        f"ratio {none / every:.3f} (median of {args.rounds} interleaved rounds)"
+    )
 
 
 if __name__ == "__main__":

@@ -53,7 +53,7 @@ def _xent(logits: jax.Array, labels: jax.Array) -> jax.Array:
 # --- Flax NNX ---------------------------------------------------------------------------
 
 
-def _nnx(w: Any, batches: list[dict], lr: float) -> EpochFn:
+def _nnx(w: Any, batches: list[dict], lr: float) -> EpochFn:  # noqa: C901  (one model per workload, side by side)
     from flax import nnx
 
     rngs = nnx.Rngs(0, noise=1)
@@ -66,9 +66,17 @@ def _nnx(w: Any, batches: list[dict], lr: float) -> EpochFn:
         c1, c2, d = w.hidden
         pool = lambda x: nnx.max_pool(x, (2, 2), strides=(2, 2))  # noqa: E731
         model = nnx.Sequential(
-            nnx.Conv(1, c1, (3, 3), rngs=rngs), nnx.relu, pool, nnx.Conv(c1, c2, (3, 3), rngs=rngs), nnx.relu, pool,
-            lambda x: x.reshape(x.shape[0], -1), nnx.Linear(7 * 7 * c2, d, rngs=rngs), nnx.relu,
-            nnx.Linear(d, w.classes, rngs=rngs))
+            nnx.Conv(1, c1, (3, 3), rngs=rngs),
+            nnx.relu,
+            pool,
+            nnx.Conv(c1, c2, (3, 3), rngs=rngs),
+            nnx.relu,
+            pool,
+            lambda x: x.reshape(x.shape[0], -1),
+            nnx.Linear(7 * 7 * c2, d, rngs=rngs),
+            nnx.relu,
+            nnx.Linear(d, w.classes, rngs=rngs),
+        )
     elif w.kind == "lstm":
 
         class Classifier(nnx.Module):
@@ -125,7 +133,7 @@ def _nnx(w: Any, batches: list[dict], lr: float) -> EpochFn:
 # --- Flax Linen ---------------------------------------------------------------------------
 
 
-def _linen(w: Any, batches: list[dict], lr: float) -> EpochFn:
+def _linen(w: Any, batches: list[dict], lr: float) -> EpochFn:  # noqa: C901  (one model per workload, side by side)
     import flax.linen as nn
     from flax.training import train_state
 
@@ -198,11 +206,20 @@ def _equinox(w: Any, batches: list[dict], lr: float) -> EpochFn:
     elif w.kind == "cnn":  # equinox convolutions read one channels-first example: (1, 28, 28)
         c1, c2, d = w.hidden
         batches = [{**b, "image": np.moveaxis(b["image"], -1, 1)} for b in batches]
-        model = eqx.nn.Sequential([
-            eqx.nn.Conv2d(1, c1, 3, padding=1, key=next(keys)), eqx.nn.Lambda(jax.nn.relu), eqx.nn.MaxPool2d(2, 2),
-            eqx.nn.Conv2d(c1, c2, 3, padding=1, key=next(keys)), eqx.nn.Lambda(jax.nn.relu), eqx.nn.MaxPool2d(2, 2),
-            eqx.nn.Lambda(jnp.ravel), eqx.nn.Linear(7 * 7 * c2, d, key=next(keys)), eqx.nn.Lambda(jax.nn.relu),
-            eqx.nn.Linear(d, w.classes, key=next(keys))])
+        model = eqx.nn.Sequential(
+            [
+                eqx.nn.Conv2d(1, c1, 3, padding=1, key=next(keys)),
+                eqx.nn.Lambda(jax.nn.relu),
+                eqx.nn.MaxPool2d(2, 2),
+                eqx.nn.Conv2d(c1, c2, 3, padding=1, key=next(keys)),
+                eqx.nn.Lambda(jax.nn.relu),
+                eqx.nn.MaxPool2d(2, 2),
+                eqx.nn.Lambda(jnp.ravel),
+                eqx.nn.Linear(7 * 7 * c2, d, key=next(keys)),
+                eqx.nn.Lambda(jax.nn.relu),
+                eqx.nn.Linear(d, w.classes, key=next(keys)),
+            ]
+        )
     elif w.kind == "lstm":
 
         class Classifier(eqx.Module):
@@ -214,8 +231,10 @@ def _equinox(w: Any, batches: list[dict], lr: float) -> EpochFn:
                 (h, _), _ = jax.lax.scan(lambda carry, x: (self.cell(x, carry), None), (zeros, zeros), xs)
                 return self.head(h)
 
-        model = Classifier(eqx.nn.LSTMCell(w.input_shape[-1], w.hidden[0], key=next(keys)),
-                           eqx.nn.Linear(w.hidden[0], w.classes, key=next(keys)))
+        model = Classifier(
+            eqx.nn.LSTMCell(w.input_shape[-1], w.hidden[0], key=next(keys)),
+            eqx.nn.Linear(w.hidden[0], w.classes, key=next(keys)),
+        )
     else:
         hidden, latent = w.hidden
 
@@ -233,8 +252,12 @@ def _equinox(w: Any, batches: list[dict], lr: float) -> EpochFn:
                 return self.dec2(jax.nn.relu(self.dec1(z))), mean, log_var
 
         n = w.input_shape[0]
-        model = VAE(*(eqx.nn.Linear(a, b, key=next(keys)) for a, b in
-                      [(n, hidden), (hidden, latent), (hidden, latent), (latent, hidden), (hidden, n)]))
+        model = VAE(
+            *(
+                eqx.nn.Linear(a, b, key=next(keys))
+                for a, b in [(n, hidden), (hidden, latent), (hidden, latent), (latent, hidden), (hidden, n)]
+            )
+        )
     optimizer = optax.adam(lr)
     opt_state = optimizer.init(eqx.filter(model, eqx.is_array))
 
@@ -277,15 +300,21 @@ def _keras(w: Any, batches: list[dict], lr: float) -> EpochFn | str:
         body = [layers.Dense(h, activation="relu") for h in w.hidden]
     elif w.kind == "cnn":
         c1, c2, d = w.hidden
-        body = [layers.Conv2D(c1, 3, padding="same", activation="relu"), layers.MaxPooling2D(),
-                layers.Conv2D(c2, 3, padding="same", activation="relu"), layers.MaxPooling2D(),
-                layers.Flatten(), layers.Dense(d, activation="relu")]
+        body = [
+            layers.Conv2D(c1, 3, padding="same", activation="relu"),
+            layers.MaxPooling2D(),
+            layers.Conv2D(c2, 3, padding="same", activation="relu"),
+            layers.MaxPooling2D(),
+            layers.Flatten(),
+            layers.Dense(d, activation="relu"),
+        ]
     else:
         body = [layers.LSTM(w.hidden[0])]
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input(w.input_shape), *body, layers.Dense(w.classes)])
-    model.compile(optimizer=keras.optimizers.Adam(lr),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        optimizer=keras.optimizers.Adam(lr), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
     x = np.concatenate([b["image"] for b in batches])
     y = np.concatenate([b["label"] for b in batches])
 

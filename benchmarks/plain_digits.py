@@ -37,8 +37,11 @@ def load(path: str = DIGITS) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     kept, held_out = np.sort(order[: len(order) - 305]), np.sort(order[len(order) - 305 :])
     mean, std = x_train[kept].mean(0), x_train[kept].std(0) + 1e-8
     scale = lambda x: (x - mean) / std  # noqa: E731
-    return {"train": (scale(x_train[kept]), y_train[kept]), "validation": (scale(x_train[held_out]), y_train[held_out]),
-            "test": (scale(x_test), y_test)}
+    return {
+        "train": (scale(x_train[kept]), y_train[kept]),
+        "validation": (scale(x_train[held_out]), y_train[held_out]),
+        "test": (scale(x_test), y_test),
+    }
 
 
 def init(key: jax.Array, sizes: tuple[int, ...] = (64, 100, 10)) -> list[dict[str, jax.Array]]:
@@ -87,8 +90,10 @@ def main() -> None:
             rows = order[i * batch : (i + 1) * batch]
             params, opt_state, loss = step(params, opt_state, x_train[rows], y_train[rows])
         validation_loss, validation_accuracy = evaluate(params, x_validation, y_validation)
-        print(f"epoch {epoch + 1}: train loss {float(loss):.4f}, validation loss {float(validation_loss):.4f}, "
-              f"accuracy {float(validation_accuracy):.4f}")
+        print(
+            f"epoch {epoch + 1}: train loss {float(loss):.4f}, validation loss {float(validation_loss):.4f}, "
+            f"accuracy {float(validation_accuracy):.4f}"
+        )
     print(f"test accuracy {float(evaluate(params, x_test, y_test)[1]):.4f}")
 
 

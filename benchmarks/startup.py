@@ -29,7 +29,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def measure(command: list[str], cache: str | None = None) -> tuple[float, float]:
-    """``(wall seconds, max RSS in MiB)`` of one process, from ``/usr/bin/time -v``; ``cache``: fundl's compilation cache."""
+    """``(wall seconds, max RSS in MiB)`` of one process, from ``/usr/bin/time -v``; ``cache``: the compile cache."""
     env = {**os.environ, "FUNDL_COMPILATION_CACHE": cache} if cache else None
     done = subprocess.run(["/usr/bin/time", "-v", *command], capture_output=True, text=True, env=env)
     if done.returncode != 0:
@@ -63,7 +63,10 @@ def main() -> None:
     medians = {name: [statistics.median(column) for column in zip(*rows)] for name, rows in runs.items()}
     for name, label in labels.items():
         wall, rss = medians[name]
-        print(f"{label:<24} {wall:>8.2f} {rss:>12.0f} {wall / medians['plain'][0]:>12.2f}x {rss / medians['plain'][1]:>11.2f}x")
+        print(
+            f"{label:<24} {wall:>8.2f} {rss:>12.0f} "
+            f"{wall / medians['plain'][0]:>12.2f}x {rss / medians['plain'][1]:>11.2f}x"
+        )
 
 
 if __name__ == "__main__":

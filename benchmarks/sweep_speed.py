@@ -34,9 +34,14 @@ def main() -> None:
         for count in args.seeds:
             root = tempfile.mkdtemp()
             swept = timed(lambda: runs.sweep(example, settings, seeds=list(range(count)), out=f"{root}/sweep", **quiet))
-            separate = timed(lambda: [runs.run(example, [*settings, ("seed", s)], out=f"{root}/{s}", **quiet) for s in range(count)])
-            print(f"{example:<12} {count:>3} seeds: separate runs {separate:7.1f} s, one sweep {swept:6.1f} s, speed-up {separate / swept:5.1f}x",
-                  flush=True)
+            separate = timed(
+                lambda: [runs.run(example, [*settings, ("seed", s)], out=f"{root}/{s}", **quiet) for s in range(count)]
+            )
+            print(
+                f"{example:<12} {count:>3} seeds: separate runs {separate:7.1f} "
+                f"s, one sweep {swept:6.1f} s, speed-up {separate / swept:5.1f}x",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

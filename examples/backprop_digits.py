@@ -3,8 +3,8 @@
 Command: fundl run backprop_digits
 Expected: about 10 s on a 2-core CPU; softmax logistic regression trained by per-example
 SGD (batch size 1, learning rate 0.01, 10 epochs of 1,222 steps; a fifth of the training
-images held out for validation): test accuracy about 0.96; the loss starts at ln 10 = 2.3026 (zero weights) and ``grad_rel_diff`` stays
-below 1e-6 (float32).
+images held out for validation): test accuracy about 0.96; the loss starts at ln 10 = 2.3026 (zero
+weights) and ``grad_rel_diff`` stays below 1e-6 (float32).
 
 The one-hidden-layer sigmoid network:
 Command: fundl run backprop_digits --set model=sigmoid

@@ -50,8 +50,10 @@ def experiment(config: dict) -> Experiment:
     ids = vocabulary.encode(text)
     train_end = int(len(ids) * (1 - data["held_out"]))
     validation_end = (train_end + len(ids)) // 2
-    train, validation, test = (sequences(part, data["length"]) for part in
-                               (ids[:train_end], ids[train_end:validation_end], ids[validation_end:]))
+    train, validation, test = (
+        sequences(part, data["length"])
+        for part in (ids[:train_end], ids[train_end:validation_end], ids[validation_end:])
+    )
     m = config["model"]
     lm = char_lm(len(vocabulary), embed=m["embed"], hidden=m["hidden"], cell=m["cell"])
 

@@ -31,7 +31,9 @@ def images(split: dict) -> dict:
 
 def experiment(config: dict) -> Experiment:
     m = config["model"]
-    model = lenet(10, channels=m["channels"], hidden=m["hidden"], use_batch_norm=m["batch_norm"], dropout_rate=m["dropout"])
+    model = lenet(
+        10, channels=m["channels"], hidden=m["hidden"], use_batch_norm=m["batch_norm"], dropout_rate=m["dropout"]
+    )
     data = fl.datasets.digits(validation=VALIDATION)
     return Experiment(
         model=model,

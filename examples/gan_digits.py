@@ -96,8 +96,14 @@ class EpochSamples:
         self.frames = list(np.asarray(state["frames"]))
 
 
-def draw_mosaic(images: np.ndarray, path: Path, *, title: str, row_labels: list[str] | None = None,
-                cell_labels: list[str] | None = None) -> None:
+def draw_mosaic(
+    images: np.ndarray,
+    path: Path,
+    *,
+    title: str,
+    row_labels: list[str] | None = None,
+    cell_labels: list[str] | None = None,
+) -> None:
     """Draws ``images (rows, columns, height, width)`` in [0, 1] as one picture, grey on white.
 
     One ``imshow`` of the whole mosaic (a figure with one axes per image takes seconds for
@@ -110,7 +116,10 @@ def draw_mosaic(images: np.ndarray, path: Path, *, title: str, row_labels: list[
     padded = np.pad(images, ((0, 0), (0, 0), (top, 1), (1, 1)))
     cell_h, cell_w = height + top + 1, width + 2
     mosaic = padded.transpose(0, 2, 1, 3).reshape(rows * cell_h, columns * cell_w)
-    fig = Figure(figsize=(0.09 * mosaic.shape[1] + (1.0 if row_labels else 0.2), 0.09 * mosaic.shape[0] + 0.5), layout="constrained")
+    fig = Figure(
+        figsize=(0.09 * mosaic.shape[1] + (1.0 if row_labels else 0.2), 0.09 * mosaic.shape[0] + 0.5),
+        layout="constrained",
+    )
     ax = fig.add_subplot()
     ax.imshow(mosaic, cmap="gray_r", vmin=0.0, vmax=1.0, interpolation="nearest")
     ax.set_xticks([])
@@ -131,38 +140,61 @@ def draw_progress(frames: list[np.ndarray], run: Run) -> None:
         return
     np.save(run.directory / "samples_by_epoch.npy", np.stack(frames))
     epochs = sorted({int(round(e)) for e in np.linspace(1, len(frames), min(10, len(frames)))})
-    draw_mosaic(np.stack([frames[e - 1] for e in epochs]), run.directory / "samples_by_epoch.png",
-                title="the same noise after each epoch shown", row_labels=[f"epoch {e}" for e in epochs])
+    draw_mosaic(
+        np.stack([frames[e - 1] for e in epochs]),
+        run.directory / "samples_by_epoch.png",
+        title="the same noise after each epoch shown",
+        row_labels=[f"epoch {e}" for e in epochs],
+    )
 
 
 def judge(run: Run, g: GAN) -> dict:
     """Trains the ``cnn_digits`` classifier on the real digits and scores generated images with it."""
     config, j = run.config, run.config["judge"]
-    classifier = run_example("cnn_digits", [("seed", config["seed"]), ("train.epochs", j["epochs"])],
-                             out=str(run.directory / "classifier"), quiet=True, echo=lambda _: None)
+    classifier = run_example(
+        "cnn_digits",
+        [("seed", config["seed"]), ("train.epochs", j["epochs"])],
+        out=str(run.directory / "classifier"),
+        quiet=True,
+        echo=lambda _: None,
+    )
     model, params, state = classifier.experiment.model, classifier.train_state.params, classifier.train_state.state
-    images = gan_samples(g, run.train_state.params, jax.random.fold_in(jax.random.key(config["seed"]), 2), j["samples"],
-                      state=run.train_state.state)
+    images = gan_samples(
+        g,
+        run.train_state.params,
+        jax.random.fold_in(jax.random.key(config["seed"]), 2),
+        j["samples"],
+        state=run.train_state.state,
+    )
     logits, _ = jax.jit(lambda x: model.apply(params, state, x))(images[..., None])
     probs = np.asarray(jax.nn.softmax(logits))
     quality = sample_quality(probs)
     quality.update(
         samples=j["samples"],
         classifier_test_accuracy=classifier.summary["metrics"]["test"]["accuracy"],
-        passed=quality["mean_max_prob"] >= j["min_mean_max_prob"] and quality["class_entropy"] >= j["min_class_entropy"],
+        passed=quality["mean_max_prob"] >= j["min_mean_max_prob"]
+        and quality["class_entropy"] >= j["min_class_entropy"],
     )
     shown = np.asarray(images[:100])
     rows = -(-len(shown) // 10)
-    grid = np.concatenate([shown, np.zeros((rows * 10 - len(shown), 8, 8), shown.dtype)])  # blank cells fill the last row
+    grid = np.concatenate(
+        [shown, np.zeros((rows * 10 - len(shown), 8, 8), shown.dtype)]
+    )  # blank cells fill the last row
     labels = [f"{c} {p:.2f}" for c, p in zip(probs.argmax(1)[:100], probs.max(1)[:100])]
-    draw_mosaic(grid.reshape(rows, 10, 8, 8), run.directory / "samples.png", cell_labels=labels,
-                title="generated digits, each with the classifier's class and probability")
+    draw_mosaic(
+        grid.reshape(rows, 10, 8, 8),
+        run.directory / "samples.png",
+        cell_labels=labels,
+        title="generated digits, each with the classifier's class and probability",
+    )
     return quality
 
 
 def experiment(config: dict) -> Experiment:
     m = config["model"]
-    g = mlp_gan((8, 8), m["latent"], generator_hidden=m["generator_hidden"], discriminator_hidden=m["discriminator_hidden"])
+    g = mlp_gan(
+        (8, 8), m["latent"], generator_hidden=m["generator_hidden"], discriminator_hidden=m["discriminator_hidden"]
+    )
     data = fl.datasets.digits(validation=VALIDATION)
     progress = EpochSamples(g, jax.random.fold_in(jax.random.key(config["seed"]), 1))
 
@@ -170,8 +202,10 @@ def experiment(config: dict) -> Experiment:
         draw_progress(progress.frames, run)
         quality = judge(run, g)
         (run.directory / "gan_quality.json").write_text(json.dumps(quality, indent=2) + "\n")
-        print(f"gan quality: mean max-probability {quality['mean_max_prob']:.3f}, class entropy "
-              f"{quality['class_entropy']:.3f} nats (ln 10 = 2.303), classes {quality['class_counts']}")
+        print(
+            f"gan quality: mean max-probability {quality['mean_max_prob']:.3f}, class entropy "
+            f"{quality['class_entropy']:.3f} nats (ln 10 = 2.303), classes {quality['class_counts']}"
+        )
 
     return Experiment(
         model=g.model,

@@ -39,7 +39,10 @@ def standardize(data: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[str, n
     """Each split's images flattened to 64 features and scaled by the training split's mean and std."""
     pixels = data["train"]["image"].reshape(len(data["train"]["image"]), -1)
     mean, std = pixels.mean(0), pixels.std(0) + 1e-8
-    return {name: {**split, "image": (split["image"].reshape(len(split["image"]), -1) - mean) / std} for name, split in data.items()}
+    return {
+        name: {**split, "image": (split["image"].reshape(len(split["image"]), -1) - mean) / std}
+        for name, split in data.items()
+    }
 
 
 def experiment(config: dict) -> Experiment:

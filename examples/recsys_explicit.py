@@ -49,7 +49,13 @@ CONFIG = {
 
 def generate(data: dict):
     return ratings(
-        data["users"], data["items"], rank=data["rank"], per_user=data["per_user"], noise=data["noise"], taste=data["taste"], seed=data["seed"]
+        data["users"],
+        data["items"],
+        rank=data["rank"],
+        per_user=data["per_user"],
+        noise=data["noise"],
+        taste=data["taste"],
+        seed=data["seed"],
     )
 
 
@@ -57,7 +63,9 @@ def build_model(m: dict, num_users: int, num_items: int, offset: float):
     if m["kind"] == "dot":
         return dot_recommender(num_users, num_items, m["features"], offset=offset)
     if m["kind"] == "deep":
-        return deep_recommender(num_users, num_items, m["features"], m["hidden"], offset=offset, dropout_rate=m["dropout"])
+        return deep_recommender(
+            num_users, num_items, m["features"], m["hidden"], offset=offset, dropout_rate=m["dropout"]
+        )
     raise ConfigError(f"unknown model kind {m['kind']!r} (key 'model.kind'); available: dot, deep")
 
 
@@ -78,7 +86,9 @@ def experiment(config: dict) -> Experiment:
     def report(run: Run) -> None:
         test = data.test
         mae = lambda predicted: float(np.mean(np.abs(predicted - test["rating"]), dtype=np.float64))  # noqa: E731
-        start = initial_train_state(run.experiment.model, run.experiment.input_shape, optax.identity(), run.config["seed"])
+        start = initial_train_state(
+            run.experiment.model, run.experiment.input_shape, optax.identity(), run.config["seed"]
+        )
         trained = predict(model, run.train_state.params, run.train_state.state, test)
         untrained = predict(model, start.params, start.state, test)
         results = {

@@ -43,7 +43,16 @@ from fundl.train import initial_train_state
 
 CONFIG = {
     "seed": 0,
-    "data": {"users": 1000, "items": 600, "rank": 4, "per_user": 150, "noise": 0.4, "taste": 1.5, "seed": 0, "threshold": 4},
+    "data": {
+        "users": 1000,
+        "items": 600,
+        "rank": 4,
+        "per_user": 150,
+        "noise": 0.4,
+        "taste": 1.5,
+        "seed": 0,
+        "threshold": 4,
+    },
     "model": {"kind": "dot", "features": 16, "hidden": [64, 32], "dropout": 0.0},
     "margin": 1.0,
     "train": {"epochs": 10, "batch_size": 256},
@@ -61,7 +70,15 @@ def build_model(m: dict, num_users: int, num_items: int):
 
 def experiment(config: dict) -> Experiment:
     d = config["data"]
-    data = ratings(d["users"], d["items"], rank=d["rank"], per_user=d["per_user"], noise=d["noise"], taste=d["taste"], seed=d["seed"])
+    data = ratings(
+        d["users"],
+        d["items"],
+        rank=d["rank"],
+        per_user=d["per_user"],
+        noise=d["noise"],
+        taste=d["taste"],
+        seed=d["seed"],
+    )
     train, validation = (positive_pairs(data, split, threshold=d["threshold"]) for split in ("train", "validation"))
     rng = np.random.default_rng(config["seed"])
     validation["negative"] = rng.integers(0, data.num_items, size=len(validation["user"]), dtype=np.int32)
@@ -72,11 +89,19 @@ def experiment(config: dict) -> Experiment:
         held_out = positives(data, ("test",), threshold=d["threshold"])
         negatives = ~positives(data, threshold=d["threshold"])
         auc = lambda scores: mean_user_auc(scores, held_out, negatives)  # noqa: E731
-        start = initial_train_state(run.experiment.model, run.experiment.input_shape, optax.identity(), run.config["seed"])
-        popularity = np.broadcast_to(np.bincount(train["item"], minlength=data.num_items), held_out.shape).astype(np.float32)
+        start = initial_train_state(
+            run.experiment.model, run.experiment.input_shape, optax.identity(), run.config["seed"]
+        )
+        popularity = np.broadcast_to(np.bincount(train["item"], minlength=data.num_items), held_out.shape).astype(
+            np.float32
+        )
         results = {
-            "mean_user_auc": auc(score_matrix(model, run.train_state.params, run.train_state.state, data.num_users, data.num_items)),
-            "mean_user_auc_at_init": auc(score_matrix(model, start.params, start.state, data.num_users, data.num_items)),
+            "mean_user_auc": auc(
+                score_matrix(model, run.train_state.params, run.train_state.state, data.num_users, data.num_items)
+            ),
+            "mean_user_auc_at_init": auc(
+                score_matrix(model, start.params, start.state, data.num_users, data.num_items)
+            ),
             "mean_user_auc_popularity": auc(popularity),
             "mean_user_auc_clean_scores": auc(data.scores),
             "users_evaluated": int(np.sum(held_out.any(1) & negatives.any(1))),
@@ -85,7 +110,8 @@ def experiment(config: dict) -> Experiment:
         (run.directory / "ranking.json").write_text(json.dumps(results, indent=2) + "\n")
         print(
             f"mean per-user test AUC {results['mean_user_auc']:.4f}; untrained {results['mean_user_auc_at_init']:.4f}; "
-            f"popularity {results['mean_user_auc_popularity']:.4f}; clean scores {results['mean_user_auc_clean_scores']:.4f}"
+            f"popularity {results['mean_user_auc_popularity']:.4f}; "
+            f"clean scores {results['mean_user_auc_clean_scores']:.4f}"
         )
 
     return Experiment(

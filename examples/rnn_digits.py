@@ -26,8 +26,10 @@ CONFIG = {
 def experiment(config: dict) -> Experiment:
     m = config["model"]
     model = rnn_classifier(10, hidden=m["hidden"], cell=m["cell"], bidirectional=m["bidirectional"])
-    data = {name: {**split, "image": split["image"].reshape(-1, 8, 8)} for name, split in
-            standardize(fl.datasets.digits(validation=VALIDATION)).items()}
+    data = {
+        name: {**split, "image": split["image"].reshape(-1, 8, 8)}
+        for name, split in standardize(fl.datasets.digits(validation=VALIDATION)).items()
+    }
     return Experiment(
         model=model,
         input_shape=(config["train"]["batch_size"], 8, 8),

@@ -70,7 +70,9 @@ def experiment(config: dict) -> Experiment:
         raise ConfigError(f"data: {error}") from None
     s2s = seq2seq(len(data.source), len(data.target), embed=m["embed"], hidden=m["hidden"], attention=m["attention"])
     if not 1 <= beam_width <= len(data.target):
-        raise ConfigError(f"decode.beam_width must be between 1 and {len(data.target)} (the target vocabulary), got {beam_width}")
+        raise ConfigError(
+            f"decode.beam_width must be between 1 and {len(data.target)} (the target vocabulary), got {beam_width}"
+        )
     target_length = data.train["targets"].shape[1]
     loss_fn = loss_function(s2s.model)
 
@@ -78,20 +80,30 @@ def experiment(config: dict) -> Experiment:
         loss, (_, metrics) = loss_fn(params, state, batch, None, train=False)
         greedy, _ = greedy_decode(s2s, params, batch["source"], target_length)
         beam, _ = beam_decode(s2s, params, batch["source"], target_length, beam_width)
-        return {"loss": loss, **metrics, "exact_match": jnp.mean(exact_match(greedy, batch["targets"])),
-                "beam_exact_match": jnp.mean(exact_match(beam, batch["targets"]))}
+        return {
+            "loss": loss,
+            **metrics,
+            "exact_match": jnp.mean(exact_match(greedy, batch["targets"])),
+            "beam_exact_match": jnp.mean(exact_match(beam, batch["targets"])),
+        }
 
     def report(run: Run) -> None:
         params, test = run.train_state.params, data.test
         greedy = np.asarray(greedy_decode(s2s, params, test["source"], target_length)[0])
         beam = np.asarray(beam_decode(s2s, params, test["source"], target_length, beam_width)[0])
         samples = [
-            {"source": data.source.decode(test["source"][i]), "target": data.target.decode(test["targets"][i]),
-             "greedy": data.target.decode(greedy[i]), "beam": data.target.decode(beam[i])}
+            {
+                "source": data.source.decode(test["source"][i]),
+                "target": data.target.decode(test["targets"][i]),
+                "greedy": data.target.decode(greedy[i]),
+                "beam": data.target.decode(beam[i]),
+            }
             for i in range(min(config["decode"]["samples"], len(greedy)))
         ]
         results = {
-            "split": "test", "examples": len(greedy), "beam_width": beam_width,
+            "split": "test",
+            "examples": len(greedy),
+            "beam_width": beam_width,
             "greedy_exact_match": float(np.mean(exact_match(greedy, test["targets"]))),
             "beam_exact_match": float(np.mean(exact_match(beam, test["targets"]))),
             "samples": samples,
@@ -106,8 +118,10 @@ def experiment(config: dict) -> Experiment:
 
     return Experiment(
         model=s2s.model,
-        input_shape=((config["train"]["batch_size"], data.train["source"].shape[1]),
-                     (config["train"]["batch_size"], target_length)),
+        input_shape=(
+            (config["train"]["batch_size"], data.train["source"].shape[1]),
+            (config["train"]["batch_size"], target_length),
+        ),
         loss_fn=loss_fn,
         train_data=data.train,
         eval_data={"validation": data.validation},

@@ -80,11 +80,21 @@ def experiment(config: dict) -> Experiment:
         mean, _ = encode(v, params, x, state=state)
         inputs, outputs = (np.asarray(a).reshape(3, 10, 8, 8) for a in (x, decode(v, params, mean, state=state)))
         pairs = np.stack([inputs, outputs], axis=1).reshape(60, 8, 8)  # rows: inputs, outputs, inputs, ...
-        image_grid(pairs, run.directory / "reconstructions.png", title="test images (odd rows), their reconstructions (even rows)")
+        image_grid(
+            pairs,
+            run.directory / "reconstructions.png",
+            title="test images (odd rows), their reconstructions (even rows)",
+        )
 
         mean, _ = encode(v, params, test["image"], state=state)
         points, axis_labels = project_2d(np.asarray(mean))
-        scatter_2d(points, data["test"]["label"], run.directory / "latent.png", title="posterior means of the test digits", axis_labels=axis_labels)
+        scatter_2d(
+            points,
+            data["test"]["label"],
+            run.directory / "latent.png",
+            title="posterior means of the test digits",
+            axis_labels=axis_labels,
+        )
 
     return Experiment(
         model=v.model,

@@ -166,7 +166,9 @@ def _side_by_side(kind: str, layers: Sequence[Layer], split_input: bool) -> Laye
 
     def init(key, input_shape):
         shapes, params, state = [], {}, {}
-        for (name, layer), shape in zip(children, inputs_for(input_shape, lambda s: isinstance(s, (tuple, list)), tuple)):
+        for (name, layer), shape in zip(
+            children, inputs_for(input_shape, lambda s: isinstance(s, (tuple, list)), tuple)
+        ):
             out, params[name], state[name] = init_child(name, layer, key, shape)
             shapes.append(out)
         return tuple(shapes), keep_nonempty(params), keep_nonempty(state)
@@ -175,7 +177,9 @@ def _side_by_side(kind: str, layers: Sequence[Layer], split_input: bool) -> Laye
         check_entries(kind, params, "params", names)
         check_entries(kind, state, "state", names)
         ys, new_state = [], {}
-        for (name, layer), xi in zip(children, inputs_for(x, lambda v: not isinstance(v, (tuple, list)), lambda v: jax.tree.map(jnp.shape, v))):
+        for (name, layer), xi in zip(
+            children, inputs_for(x, lambda v: not isinstance(v, (tuple, list)), lambda v: jax.tree.map(jnp.shape, v))
+        ):
             y, new_state[name] = apply_child(name, layer, params, state, xi, key, train)
             ys.append(y)
         return tuple(ys), keep_nonempty(new_state)

@@ -44,33 +44,61 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", parents=[devices], help="train an example and record the run in a run directory")
     run.add_argument("example", help="a bundled example (see `fundl list`) or the path of an example .py file")
     run.add_argument("--seed", type=int, help="the seed (shorthand for --set seed=N)")
-    run.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a config value by its dotted key, e.g. --set train.epochs=3 (repeatable)")
+    run.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value by its dotted key, e.g. --set train.epochs=3 (repeatable)",
+    )
     run.add_argument("--out", help="the run directory (default: runs/<name>-<timestamp>)")
     run.add_argument("--quiet", action="store_true", help="no progress bar or per-evaluation lines")
-    run.add_argument("--devices", type=int, metavar="N",
-                     help="train data-parallel on N devices (default: all; 1 turns it off); shorthand for --set train.devices=N")
-    run.add_argument("--seeds", metavar="SEEDS",
-                     help="train one member per seed as one compiled program (a sweep), e.g. 0-31 or 0,1,5")
-    run.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2",
-                     help="sweep an optimizer setting as members, crossed with --seeds, e.g. optimizer.learning_rate=0.01,0.1")
-    run.add_argument("--stop-after-steps", type=int, metavar="N",
-                     help="stop at step N as if preempted: save a checkpoint and exit (status 75); continue with fundl resume")
+    run.add_argument(
+        "--devices",
+        type=int,
+        metavar="N",
+        help="train data-parallel on N devices (default: all; 1 turns it off); shorthand for --set train.devices=N",
+    )
+    run.add_argument(
+        "--seeds",
+        metavar="SEEDS",
+        help="train one member per seed as one compiled program (a sweep), e.g. 0-31 or 0,1,5",
+    )
+    run.add_argument(
+        "--sweep",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2",
+        help="sweep an optimizer setting as members, crossed with --seeds, e.g. optimizer.learning_rate=0.01,0.1",
+    )
+    run.add_argument(
+        "--stop-after-steps",
+        type=int,
+        metavar="N",
+        help="stop at step N as if preempted: save a checkpoint and exit (status 75); continue with fundl resume",
+    )
 
-    resume = commands.add_parser("resume", parents=[devices], help="continue an interrupted run from its latest checkpoint, exactly")
+    resume = commands.add_parser(
+        "resume", parents=[devices], help="continue an interrupted run from its latest checkpoint, exactly"
+    )
     resume.add_argument("run_dir", help="the run directory")
     resume.add_argument("--quiet", action="store_true", help="no progress bar or per-evaluation lines")
 
     sample = commands.add_parser("sample", help="generate from a finished run of a generative example (charlm)")
     sample.add_argument("run_dir", help="the run directory")
     sample.add_argument("--prompt", default="", help="the text to continue")
-    sample.add_argument("--temperature", type=float, default=1.0, help="below 1: safer choices; above 1: more surprising")
+    sample.add_argument(
+        "--temperature", type=float, default=1.0, help="below 1: safer choices; above 1: more surprising"
+    )
     sample.add_argument("--length", type=int, default=200, help="how many characters to generate")
     sample.add_argument("--seed", type=int, default=0, help="the sampling seed")
 
     commands.add_parser("list", help="list the bundled examples")
 
-    ls = commands.add_parser("ls", help="list the run directories under DIR: example, status, steps, a metric, fingerprint")
+    ls = commands.add_parser(
+        "ls", help="list the run directories under DIR: example, status, steps, a metric, fingerprint"
+    )
     ls.add_argument("directory", nargs="?", default="runs", metavar="DIR", help="where the runs are (default: runs)")
     show = commands.add_parser("show", help="a run's config, environment and final metrics")
     show.add_argument("run_dir", help="the run directory")
@@ -78,26 +106,43 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="two or more run directories")
     plot = commands.add_parser("plot", help="one metric of several runs against the step, into a PNG")
     plot.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="one or more run directories")
-    plot.add_argument("--metric", metavar="SPLIT/METRIC",
-                      help="what to draw, e.g. test/loss (default: test/accuracy if logged, else train/loss)")
-    plot.add_argument("-o", "--output", default="plot.png", metavar="FILE.png", help="the PNG to write (default: plot.png)")
+    plot.add_argument(
+        "--metric",
+        metavar="SPLIT/METRIC",
+        help="what to draw, e.g. test/loss (default: test/accuracy if logged, else train/loss)",
+    )
+    plot.add_argument(
+        "-o", "--output", default="plot.png", metavar="FILE.png", help="the PNG to write (default: plot.png)"
+    )
     return parser
 
 
 def _device_options() -> argparse.ArgumentParser:
     """The options that must act before JAX starts, shared by ``run`` and ``resume``."""
     options = argparse.ArgumentParser(add_help=False)
-    options.add_argument("--cpu-devices", type=int, metavar="N",
-                         help="run on the CPU as N devices (fake devices for laptops and CI); must come before JAX starts")
-    options.add_argument("--distributed", action="store_true",
-                         help="join a multi-process run (on a TPU pod slice: nothing else to give; elsewhere also "
-                              "--coordinator, --num-processes and --process-id)")
+    options.add_argument(
+        "--cpu-devices",
+        type=int,
+        metavar="N",
+        help="run on the CPU as N devices (fake devices for laptops and CI); must come before JAX starts",
+    )
+    options.add_argument(
+        "--distributed",
+        action="store_true",
+        help="join a multi-process run (on a TPU pod slice: nothing else to give; elsewhere also "
+        "--coordinator, --num-processes and --process-id)",
+    )
     options.add_argument("--coordinator", metavar="HOST:PORT", help="with --distributed: process 0's address")
     options.add_argument("--num-processes", type=int, metavar="N", help="with --distributed: how many processes")
-    options.add_argument("--process-id", type=int, metavar="I", help="with --distributed: this process's index, 0 to N-1")
-    options.add_argument("--no-compilation-cache", action="store_true",
-                         help="do not use JAX's persistent compilation cache (default: $FUNDL_COMPILATION_CACHE, "
-                              "else ~/.cache/fundl/jax; a repeated run then skips compiling)")
+    options.add_argument(
+        "--process-id", type=int, metavar="I", help="with --distributed: this process's index, 0 to N-1"
+    )
+    options.add_argument(
+        "--no-compilation-cache",
+        action="store_true",
+        help="do not use JAX's persistent compilation cache (default: $FUNDL_COMPILATION_CACHE, "
+        "else ~/.cache/fundl/jax; a repeated run then skips compiling)",
+    )
     return options
 
 
@@ -119,7 +164,7 @@ def _run_tool(args: argparse.Namespace) -> str:
     return f"wrote {path}: {metric} of {len(args.run_dirs)} run(s)"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:  # noqa: C901  (one branch per command and exit status, in one place)
     """Entry point of the ``fundl`` console script; returns the exit status."""
     args = _parser().parse_args(argv)
     try:
@@ -145,7 +190,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{name:<16} {(module.__doc__ or '').strip().splitlines()[0]}")
             return 0
         if args.command == "sample":
-            text = runs.sample(args.run_dir, args.prompt, temperature=args.temperature, length=args.length, seed=args.seed)
+            text = runs.sample(
+                args.run_dir, args.prompt, temperature=args.temperature, length=args.length, seed=args.seed
+            )
             print(args.prompt + text)
             return 0
         if args.command == "resume":
@@ -159,11 +206,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.seeds or args.sweep:
                 if args.seed is not None:
                     raise ValueError("a sweep takes --seeds (not --seed)")
-                seeds = runs.parse_seeds(args.seeds) if args.seeds else [runs.resolve_config(runs.load_example(args.example), settings)["seed"]]
-                result = runs.sweep(args.example, settings, seeds=seeds, sweep=runs.parse_sweep(args.sweep), out=args.out,
-                                    quiet=args.quiet, stop_after_steps=args.stop_after_steps)
+                seeds = (
+                    runs.parse_seeds(args.seeds)
+                    if args.seeds
+                    else [runs.resolve_config(runs.load_example(args.example), settings)["seed"]]
+                )
+                result = runs.sweep(
+                    args.example,
+                    settings,
+                    seeds=seeds,
+                    sweep=runs.parse_sweep(args.sweep),
+                    out=args.out,
+                    quiet=args.quiet,
+                    stop_after_steps=args.stop_after_steps,
+                )
             else:
-                result = runs.run(args.example, settings, out=args.out, quiet=args.quiet, stop_after_steps=args.stop_after_steps)
+                result = runs.run(
+                    args.example, settings, out=args.out, quiet=args.quiet, stop_after_steps=args.stop_after_steps
+                )
     except (ValueError, OSError) as error:
         print(f"fundl: error: {error}", file=sys.stderr)
         return EXIT_USAGE

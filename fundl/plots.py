@@ -57,8 +57,14 @@ def plot_curves(records: Sequence[Record], path: str | os.PathLike, *, title: st
     width, height = 4.5 * cols, 3.2 * rows
     fig = _figure(figsize=(width, height))
     # Fixed margins in inches: a layout engine would cost as long as drawing the figure.
-    fig.subplots_adjust(left=0.65 / width, right=1 - 0.15 / width, bottom=0.5 / height, top=1 - (0.65 if title else 0.35) / height,
-                        wspace=0.3, hspace=0.55)
+    fig.subplots_adjust(
+        left=0.65 / width,
+        right=1 - 0.15 / width,
+        bottom=0.5 / height,
+        top=1 - (0.65 if title else 0.35) / height,
+        wspace=0.3,
+        hspace=0.55,
+    )
     for i, metric in enumerate(metrics):
         ax = fig.add_subplot(rows, cols, i + 1)
         for split in splits:
@@ -107,7 +113,14 @@ def plot_member_curves(records: Sequence[Record], path: str | os.PathLike, *, ti
     fig.savefig(path, dpi=100)
 
 
-def image_grid(images: np.ndarray, path: str | os.PathLike, *, columns: int = 10, title: str = "", labels: Sequence[str] | None = None) -> None:
+def image_grid(
+    images: np.ndarray,
+    path: str | os.PathLike,
+    *,
+    columns: int = 10,
+    title: str = "",
+    labels: Sequence[str] | None = None,
+) -> None:
     """Draws ``images (n, height, width)`` or ``(n, height, width, 1)`` in a grid, grey on white."""
     images = np.asarray(images)
     images = images[..., 0] if images.ndim == 4 else images
@@ -125,7 +138,14 @@ def image_grid(images: np.ndarray, path: str | os.PathLike, *, columns: int = 10
     fig.savefig(path, dpi=100)
 
 
-def scatter_2d(points: np.ndarray, labels: np.ndarray, path: str | os.PathLike, *, title: str = "", axis_labels: tuple[str, str] = ("z1", "z2")) -> None:
+def scatter_2d(
+    points: np.ndarray,
+    labels: np.ndarray,
+    path: str | os.PathLike,
+    *,
+    title: str = "",
+    axis_labels: tuple[str, str] = ("z1", "z2"),
+) -> None:
     """Scatters ``points (n, 2)`` coloured by integer ``labels (n,)``, one legend entry per class."""
     from matplotlib import colormaps
 
@@ -144,7 +164,9 @@ def scatter_2d(points: np.ndarray, labels: np.ndarray, path: str | os.PathLike, 
     fig.savefig(path, dpi=100)
 
 
-def plot_runs_metric(series: Mapping[str, Sequence[tuple[float, float]]], path: str | os.PathLike, *, metric: str) -> None:
+def plot_runs_metric(
+    series: Mapping[str, Sequence[tuple[float, float]]], path: str | os.PathLike, *, metric: str
+) -> None:
     """One metric of several runs against the training step, one labelled line per run.
 
     Args:

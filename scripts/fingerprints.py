@@ -24,7 +24,15 @@ RUNS = {
     "cnn_digits": ["cnn_digits"],
     "gan_digits": ["gan_digits"],
     "mlp_digits": ["mlp_digits"],
-    "mlp_digits relu2 adam": ["mlp_digits", "--set", "model=relu2", "--set", "optimizer.name=adam", "--set", "optimizer.learning_rate=0.001"],
+    "mlp_digits relu2 adam": [
+        "mlp_digits",
+        "--set",
+        "model=relu2",
+        "--set",
+        "optimizer.name=adam",
+        "--set",
+        "optimizer.learning_rate=0.001",
+    ],
     "recsys_explicit": ["recsys_explicit"],
     "recsys_triplet": ["recsys_triplet"],
     "rnn_digits": ["rnn_digits"],
@@ -38,7 +46,19 @@ RUNS = {
 
 def fingerprints(args: list[str], directory: Path) -> list[str]:
     """The run's fingerprint, or each sweep member's, from a fresh process."""
-    command = [sys.executable, "-m", "fundl", "run", *args, "--seed", "0", "--quiet", "--out", str(directory), "--no-compilation-cache"]
+    command = [
+        sys.executable,
+        "-m",
+        "fundl",
+        "run",
+        *args,
+        "--seed",
+        "0",
+        "--quiet",
+        "--out",
+        str(directory),
+        "--no-compilation-cache",
+    ]
     if "--seeds" in args:
         command.remove("--seed"), command.remove("0")
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)

@@ -55,7 +55,9 @@ def public_names(module: types.ModuleType) -> dict[str, str]:
     public = {
         name: origin
         for name, origin in names.items()
-        if not name.startswith("_") and hasattr(module, name) and not isinstance(getattr(module, name), types.ModuleType)
+        if not name.startswith("_")
+        and hasattr(module, name)
+        and not isinstance(getattr(module, name), types.ModuleType)
     }
     return dict(sorted(public.items(), key=lambda item: (item[0].lower(), item[0])))
 
@@ -81,7 +83,7 @@ def _source_defaults(fn) -> dict[str, str]:
         return {}
     args = node.args
     positional = args.posonlyargs + args.args
-    found = {a.arg: ast.unparse(d) for a, d in zip(positional[len(positional) - len(args.defaults):], args.defaults)}
+    found = {a.arg: ast.unparse(d) for a, d in zip(positional[len(positional) - len(args.defaults) :], args.defaults)}
     found.update({a.arg: ast.unparse(d) for a, d in zip(args.kwonlyargs, args.kw_defaults) if d is not None})
     return found
 
@@ -94,7 +96,9 @@ def signature(name: str, obj) -> str:
     except (TypeError, ValueError):
         sig = None
     params = list(sig.parameters.values()) if sig else []
-    if inspect.isclass(obj) and (sig is None or [p.kind for p in params] == [inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD]):
+    if inspect.isclass(obj) and (
+        sig is None or [p.kind for p in params] == [inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD]
+    ):
         bases = [b.__name__ for b in obj.__bases__ if b is not object]
         return f"{name}({', '.join(bases)})" if bases else name
     if sig is None:
@@ -104,7 +108,9 @@ def signature(name: str, obj) -> str:
     defaults = _source_defaults(target)
     parts = []
     for index, p in enumerate(params):
-        if p.kind is p.KEYWORD_ONLY and (index == 0 or params[index - 1].kind not in (p.KEYWORD_ONLY, p.VAR_POSITIONAL)):
+        if p.kind is p.KEYWORD_ONLY and (
+            index == 0 or params[index - 1].kind not in (p.KEYWORD_ONLY, p.VAR_POSITIONAL)
+        ):
             parts.append("*")
         text = {p.VAR_POSITIONAL: "*", p.VAR_KEYWORD: "**"}.get(p.kind, "") + p.name
         if p.annotation is not p.empty:
@@ -112,9 +118,15 @@ def signature(name: str, obj) -> str:
         if p.default is not p.empty:
             text += f" = {defaults.get(p.name) or ADDRESS.sub('', repr(p.default))}"
         parts.append(text)
-        if p.kind is p.POSITIONAL_ONLY and (index + 1 == len(params) or params[index + 1].kind is not p.POSITIONAL_ONLY):
+        if p.kind is p.POSITIONAL_ONLY and (
+            index + 1 == len(params) or params[index + 1].kind is not p.POSITIONAL_ONLY
+        ):
             parts.append("/")
-    result = "" if sig.return_annotation is sig.empty or inspect.isclass(obj) else f" -> {_annotation(sig.return_annotation)}"
+    result = (
+        ""
+        if sig.return_annotation is sig.empty or inspect.isclass(obj)
+        else f" -> {_annotation(sig.return_annotation)}"
+    )
     return f"{name}({', '.join(parts)}){result}"
 
 
@@ -127,11 +139,20 @@ def value_line(name: str, obj, origin: str) -> tuple[str, str]:
         tree, lines = ast.Module(body=[], type_ignores=[]), []
     source, doc = None, ""
     for index, node in enumerate(tree.body):
-        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
-        if any(isinstance(t, ast.Name) and t.id in (name, getattr(obj, "__name__", None)) for t in targets) and node.value:
+        targets = (
+            node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        )
+        if (
+            any(isinstance(t, ast.Name) and t.id in (name, getattr(obj, "__name__", None)) for t in targets)
+            and node.value
+        ):
             source = ast.unparse(node.value)
             after = tree.body[index + 1] if index + 1 < len(tree.body) else None
-            if isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str):
+            if (
+                isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant)
+                and isinstance(after.value.value, str)
+            ):
                 doc = inspect.cleandoc(after.value.value)
             else:  # the comment lines just above the assignment
                 above, line = [], node.lineno - 2
@@ -155,7 +176,7 @@ def _indent(line: str) -> int:
     return len(line) - len(line.lstrip())
 
 
-def docstring_markdown(doc: str) -> str:
+def docstring_markdown(doc: str) -> str:  # noqa: C901  (one branch per docstring section kind)
     """Google-style docstring -> Markdown: sections in bold, argument lists as bullets,
     examples and indented blocks fenced (as ``pycon`` or ``text``, never run)."""
     lines = inspect.cleandoc(doc).splitlines()
@@ -220,7 +241,14 @@ def entry(qualified: str, obj, origin: str) -> list[str]:
     short = qualified.rsplit(".", 1)[-1]
     if _defined_in_fundl(obj):
         kind = "class" if inspect.isclass(obj) else ""
-        out = [f"### `{qualified}`", "", "```text", (f"class {signature(short, obj)}" if kind else signature(short, obj)), "```", ""]
+        out = [
+            f"### `{qualified}`",
+            "",
+            "```text",
+            (f"class {signature(short, obj)}" if kind else signature(short, obj)),
+            "```",
+            "",
+        ]
         own = obj.__doc__ if inspect.isclass(obj) else inspect.getdoc(obj)
         if own and not (inspect.isclass(obj) and own.startswith(f"{obj.__name__}(")):  # skip auto-made NamedTuple docs
             out += [docstring_markdown(own)]

@@ -33,15 +33,21 @@ def status(directory: Path) -> dict:
 
 def strict(path: Path):
     """Parses JSON refusing NaN and infinities, as strict readers do."""
+
     def refuse(constant):
         raise ValueError(f"{path} holds {constant}")
+
     return json.loads(path.read_text(), parse_constant=refuse)
 
 
 # --- exact resume ------------------------------------------------------------------------------
 
-STOPPING = [("optimizer.schedule", "cosine"), ("early_stopping.metric", "validation/loss"), ("early_stopping.patience", 2),
-            ("early_stopping.min_delta", 0.02)]
+STOPPING = [
+    ("optimizer.schedule", "cosine"),
+    ("early_stopping.metric", "validation/loss"),
+    ("early_stopping.patience", 2),
+    ("early_stopping.min_delta", 0.02),
+]
 
 
 def test_stop_inside_an_epoch_and_resume_equals_the_run_that_never_stopped(tmp_path):
@@ -49,11 +55,16 @@ def test_stop_inside_an_epoch_and_resume_equals_the_run_that_never_stopped(tmp_p
     assert whole.history.stop_reason.startswith("early stopping")  # the hook's state matters below
     stopped = runs.run("mlp_digits", STOPPING, out=str(tmp_path / "stopped"), stop_after_steps=100, **QUIET)
     assert stopped.history.interrupted and stopped.history.steps == 100  # inside epoch 3 (38 steps each)
-    assert status(tmp_path / "stopped")["status"] == "interrupted" and not (tmp_path / "stopped" / "summary.json").exists()
+    assert (
+        status(tmp_path / "stopped")["status"] == "interrupted" and not (tmp_path / "stopped" / "summary.json").exists()
+    )
     resumed = runs.resume(str(tmp_path / "stopped"), **QUIET)
     assert fingerprint(tmp_path / "stopped") == fingerprint(tmp_path / "whole")
     assert resumed.history.stop_reason == whole.history.stop_reason and resumed.history.steps == whole.history.steps
-    evals = lambda d: [r for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines()) if r["split"] != "train"]  # noqa: E731
+
+    def evals(d):
+        return [r for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines()) if r["split"] != "train"]
+
     assert evals(tmp_path / "stopped") == evals(tmp_path / "whole")
     assert status(tmp_path / "stopped")["status"] == "stopped_early"
     with pytest.raises(ValueError, match="has stopped early at step .*: there is nothing to resume"):
@@ -76,15 +87,19 @@ def test_an_adam_state_comes_back_bit_for_bit(tmp_path):
     for i in range(5):  # several updates: moments and counts far from their initial values
         grads = jax.tree.map(lambda p: jax.random.normal(jax.random.key(i), p.shape), params)
         updates, opt_state = optimizer.update(grads, train_state.opt_state, train_state.params)
-        train_state = train_state._replace(step=train_state.step + 1, params=optax.apply_updates(train_state.params, updates), opt_state=opt_state)
+        train_state = train_state._replace(
+            step=train_state.step + 1, params=optax.apply_updates(train_state.params, updates), opt_state=opt_state
+        )
     checkpoints = Checkpoints(tmp_path, steps_per_epoch=10, run_id="r")
     checkpoints.save(5, train_state, {"hooks": [[{"best": 0.5, "waited": 1}]]}, {})
     checkpoints.wait()
     step, restored, extra = checkpoints.restore(jax.eval_shape(lambda: train_state))
     assert step == 5 and extra == {"hooks": [[{"best": 0.5, "waited": 1}]]}
     assert jax.tree.structure(restored) == jax.tree.structure(train_state)  # optax NamedTuples, not dicts
-    for got, want in zip(jax.tree.leaves(restored._replace(key=jax.random.key_data(restored.key))),
-                         jax.tree.leaves(train_state._replace(key=jax.random.key_data(train_state.key)))):
+    for got, want in zip(
+        jax.tree.leaves(restored._replace(key=jax.random.key_data(restored.key))),
+        jax.tree.leaves(train_state._replace(key=jax.random.key_data(train_state.key))),
+    ):
         assert got.dtype == want.dtype and np.array_equal(np.asarray(got), np.asarray(want))
     assert int(restored.opt_state[1][0].count) == 5
     checkpoints.close()
@@ -120,8 +135,12 @@ LONG = ["--set", "train.epochs=40", "--set", "checkpoint.every_steps=10", "--set
 
 
 def test_sigkill_at_any_moment_resumes_to_the_same_params(tmp_path):
-    reference = runs.run("mlp_digits", [("train.epochs", 40), ("checkpoint.every_steps", 10), ("checkpoint.keep", 2)],
-                         out=str(tmp_path / "reference"), **QUIET)
+    reference = runs.run(
+        "mlp_digits",
+        [("train.epochs", 40), ("checkpoint.every_steps", 10), ("checkpoint.keep", 2)],
+        out=str(tmp_path / "reference"),
+        **QUIET,
+    )
     out = tmp_path / "killed"
     rng = np.random.default_rng(0)
     process = _start(["run", "mlp_digits", "--out", str(out), *LONG], tmp_path)
@@ -134,7 +153,9 @@ def test_sigkill_at_any_moment_resumes_to_the_same_params(tmp_path):
             break
         _kill(process)
         kills += 1
-        process = _start(["resume", str(out), "--quiet"], tmp_path)  # a killed save's temporary file is ignored and removed
+        process = _start(
+            ["resume", str(out), "--quiet"], tmp_path
+        )  # a killed save's temporary file is ignored and removed
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 0, stderr
     assert kills >= 10
@@ -162,7 +183,10 @@ def test_a_signal_checkpoints_prints_one_line_and_resumes_exactly(tmp_path, sign
 
 def test_two_runs_started_at_once_on_one_out_directory(tmp_path):
     out = tmp_path / "shared"
-    processes = [_start(["run", "mlp_digits", "--out", str(out), "--quiet", "--set", "train.epochs=2"], tmp_path) for _ in range(2)]
+    processes = [
+        _start(["run", "mlp_digits", "--out", str(out), "--quiet", "--set", "train.epochs=2"], tmp_path)
+        for _ in range(2)
+    ]
     results = [(p.wait(timeout=120), p.communicate()) for p in processes]
     codes = sorted(code for code, _ in results)
     assert codes == [0, 2], results
@@ -174,18 +198,30 @@ def test_two_runs_started_at_once_on_one_out_directory(tmp_path):
 # --- config errors leave nothing behind ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--set", "train.epochs=-1"], "train.epochs must be a non-negative integer, got -1"),
-    (["--set", "train.eval_every=0"], "train.eval_every must be a positive number of steps, got 0"),
-    (["--set", "train.steps_per_call=fast"], "train.steps_per_call must be a positive integer or \"auto\", got 'fast'"),
-    (["--set", "train.eval_batch_size=-3"], "train.eval_batch_size must be a positive integer"),
-    (["--seed", "-1"], "seed must be an integer in [0, 2**63), got -1"),
-    (["--seed", str(2**63)], f"seed must be an integer in [0, 2**63), got {2**63}"),
-    (["--set", "checkpoint.every_steps=0"], "checkpoint.every_steps must be a positive integer"),
-    (["--set", "early_stopping.metric=val/loss"], "early_stopping.metric names an evaluated 'split/metric' (splits: validation)"),
-    (["--set", "early_stopping.metric=test/loss"], "the test split is scored once, after training, so that nothing is tuned on it; "
-                                                   "watch an evaluated split instead (validation)"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--set", "train.epochs=-1"], "train.epochs must be a non-negative integer, got -1"),
+        (["--set", "train.eval_every=0"], "train.eval_every must be a positive number of steps, got 0"),
+        (
+            ["--set", "train.steps_per_call=fast"],
+            "train.steps_per_call must be a positive integer or \"auto\", got 'fast'",
+        ),
+        (["--set", "train.eval_batch_size=-3"], "train.eval_batch_size must be a positive integer"),
+        (["--seed", "-1"], "seed must be an integer in [0, 2**63), got -1"),
+        (["--seed", str(2**63)], f"seed must be an integer in [0, 2**63), got {2**63}"),
+        (["--set", "checkpoint.every_steps=0"], "checkpoint.every_steps must be a positive integer"),
+        (
+            ["--set", "early_stopping.metric=val/loss"],
+            "early_stopping.metric names an evaluated 'split/metric' (splits: validation)",
+        ),
+        (
+            ["--set", "early_stopping.metric=test/loss"],
+            "the test split is scored once, after training, so that nothing is tuned on it; "
+            "watch an evaluated split instead (validation)",
+        ),
+    ],
+)
 def test_config_errors_are_clear_and_leave_no_directory(tmp_path, capsys, args, message):
     out = tmp_path / "run"
     assert main(["run", "mlp_digits", "--out", str(out), *args]) == 2
@@ -351,7 +387,13 @@ def test_a_nan_stop_names_the_step_keeps_the_last_good_checkpoint_and_fails(tmp_
     exec(NAN_EXAMPLE, namespace)
     _, step = namespace["poisoned"](0, 1527, 32)
     out = tmp_path / "run"
-    done = subprocess.run([*CLI, "run", str(example), "--out", str(out), "--quiet"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    done = subprocess.run(
+        [*CLI, "run", str(example), "--out", str(out), "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert done.returncode == 3, done.stderr
     assert f"loss became nan at step {step}" in done.stdout
     assert status(out)["status"] == "failed" and f"at step {step}" in status(out)["reason"]

@@ -106,7 +106,9 @@ def test_combinators_thread_state(key):
     _, params, state, _ = assert_shape_agreement(model, (8, 2), train=True)
     assert set(state) == {"residual_0", "branch_0"}
     _, new_state = model.apply(params, state, random_input((8, 2)), train=True)
-    assert not np.array_equal(new_state["residual_0"]["batch_norm_0"]["mean"], state["residual_0"]["batch_norm_0"]["mean"])
+    assert not np.array_equal(
+        new_state["residual_0"]["batch_norm_0"]["mean"], state["residual_0"]["batch_norm_0"]["mean"]
+    )
 
 
 # --- errors ----------------------------------------------------------------------------
@@ -133,7 +135,10 @@ def test_params_that_do_not_match_the_model_name_the_path(key):
         model.apply(wrong, state, x)
 
     stray = {**params, "decoder": {}}
-    with pytest.raises(LayerError, match=r"serial params have unexpected entries \['decoder'\]; its children are \['encoder', 'dense_0'\]"):
+    with pytest.raises(
+        LayerError,
+        match=r"serial params have unexpected entries \['decoder'\]; its children are \['encoder', 'dense_0'\]",
+    ):
         model.apply(stray, state, x)
 
     with pytest.raises(LayerError, match=r"encoder/dense_0: dense params do not match .* missing \['w', 'b'\]"):
@@ -142,12 +147,16 @@ def test_params_that_do_not_match_the_model_name_the_path(key):
 
 def test_shape_errors_at_init_name_the_nested_path(key):
     model = fl.serial(fl.named("trunk", fl.serial(fl.dense(4), fl.residual(fl.dense(3)))))
-    with pytest.raises(LayerError, match=r"trunk/residual_0: residual: the wrapped layers map inputs \(2, 4\) to \(2, 3\)"):
+    with pytest.raises(
+        LayerError, match=r"trunk/residual_0: residual: the wrapped layers map inputs \(2, 4\) to \(2, 3\)"
+    ):
         model.init(key, (2, 5))
 
 
 def test_combinator_construction_errors():
-    with pytest.raises(LayerError, match=r"serial: argument 1 is not a Layer .*did you forget to call it, e.g. relu\(\)"):
+    with pytest.raises(
+        LayerError, match=r"serial: argument 1 is not a Layer .*did you forget to call it, e.g. relu\(\)"
+    ):
         fl.serial(fl.dense(3), fl.relu)
     with pytest.raises(LayerError, match=r"two children share the name\(s\) \['head'\]"):
         fl.serial(fl.named("head", fl.dense(3)), fl.named("head", fl.dense(3)))

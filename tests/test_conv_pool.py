@@ -54,9 +54,7 @@ def test_conv2d_shape_rules_by_hand():
 @pytest.mark.parametrize("strides", [1, 2, 3])
 @pytest.mark.parametrize("padding", ["SAME", "VALID"])
 def test_conv2d_transpose_shape_agreement(padding, strides, kernel):
-    out, *_ = assert_shape_agreement(
-        conv2d_transpose(2, (kernel, 3), strides=strides, padding=padding), (2, 4, 3, 3)
-    )
+    out, *_ = assert_shape_agreement(conv2d_transpose(2, (kernel, 3), strides=strides, padding=padding), (2, 4, 3, 3))
     grow = max(kernel - strides, 0) if padding == "VALID" else 0
     assert out[1] == 4 * strides + grow
 
@@ -85,16 +83,24 @@ def test_global_avg_pool_shape_agreement(shape):
 
 @pytest.mark.parametrize(
     "kernel, strides, padding, dilation",
-    [((3, 2), 1, "SAME", 1), ((3, 3), 2, "same", 1), ((3, 2), (2, 1), "VALID", (2, 1)),
-     ((2, 3), 1, 1, 2), ((3, 2), 2, ((1, 2), (0, 1)), 1)],
+    [
+        ((3, 2), 1, "SAME", 1),
+        ((3, 3), 2, "same", 1),
+        ((3, 2), (2, 1), "VALID", (2, 1)),
+        ((2, 3), 1, 1, 2),
+        ((3, 2), 2, ((1, 2), (0, 1)), 1),
+    ],
 )
 def test_conv2d_matches_flax(kernel, strides, padding, dilation):
     x = random_input((2, 7, 9, 3))
-    y, params = run(conv2d(4, kernel, strides=strides, padding=padding, dilation=dilation,
-                           b_init=jax.nn.initializers.normal(1.0)), x)
+    y, params = run(
+        conv2d(4, kernel, strides=strides, padding=padding, dilation=dilation, b_init=jax.nn.initializers.normal(1.0)),
+        x,
+    )
     as_pair = (strides,) * 2 if isinstance(strides, int) else strides
-    ref = nn.Conv(4, kernel, as_pair, padding if isinstance(padding, (int, tuple)) else padding.upper(),
-                  kernel_dilation=dilation).apply(flax_conv_params(params), x)
+    ref = nn.Conv(
+        4, kernel, as_pair, padding if isinstance(padding, (int, tuple)) else padding.upper(), kernel_dilation=dilation
+    ).apply(flax_conv_params(params), x)
     np.testing.assert_allclose(y, ref, atol=1e-5, rtol=1e-5)
 
 
@@ -111,8 +117,9 @@ def test_conv1d_matches_flax(strides, padding, dilation):
 )
 def test_conv2d_transpose_matches_flax(kernel, strides, padding):
     x = random_input((2, 4, 3, 3))
-    y, params = run(conv2d_transpose(2, kernel, strides=strides, padding=padding,
-                                     b_init=jax.nn.initializers.normal(1.0)), x)
+    y, params = run(
+        conv2d_transpose(2, kernel, strides=strides, padding=padding, b_init=jax.nn.initializers.normal(1.0)), x
+    )
     kernel = (kernel,) * 2 if isinstance(kernel, int) else kernel
     ref = nn.ConvTranspose(2, kernel, (strides,) * 2, padding.upper()).apply(flax_conv_params(params), x)
     np.testing.assert_allclose(y, ref, atol=1e-5, rtol=1e-5)
@@ -126,8 +133,10 @@ def test_conv_without_bias_matches_flax():
     np.testing.assert_allclose(y, ref, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("window, strides, padding", [((2, 2), None, "VALID"), ((3, 2), (1, 2), "SAME"),
-                                                      ((3, 3), 2, "same"), ((2, 3), 1, ((1, 0), (1, 1)))])
+@pytest.mark.parametrize(
+    "window, strides, padding",
+    [((2, 2), None, "VALID"), ((3, 2), (1, 2), "SAME"), ((3, 3), 2, "same"), ((2, 3), 1, ((1, 0), (1, 1)))],
+)
 def test_pools_match_flax(window, strides, padding):
     x = random_input((2, 7, 9, 3))
     flax_padding = padding.upper() if isinstance(padding, str) else padding
@@ -238,8 +247,11 @@ def test_custom_initializers_are_used():
 
 def test_conv2d_wrong_rank_names_layout_and_fix():
     layer = conv2d(4, 3)
-    with pytest.raises(LayerError, match=r"conv2d expects inputs of shape \(batch, height, width, channels\).*"
-                       r"got \(32, 64\).*reshape\(\(8, 8, 1\)\)"):
+    with pytest.raises(
+        LayerError,
+        match=r"conv2d expects inputs of shape \(batch, height, width, channels\).*"
+        r"got \(32, 64\).*reshape\(\(8, 8, 1\)\)",
+    ):
         layer.init(jax.random.key(0), (32, 64))
     _, params, state = layer.init(jax.random.key(0), (2, 8, 8, 1))
     with pytest.raises(LayerError, match=r"\(batch, height, width, channels\).*got \(2, 8, 8\).*reshape\(\(8, 8, 1"):
@@ -262,15 +274,17 @@ def test_integer_inputs_are_rejected(make):
 
 @pytest.mark.parametrize(
     "make, match",
-    [(lambda: conv2d(0, 3), "`features` must be a positive integer, got 0"),
-     (lambda: conv2d(4, (3, 0)), r"`kernel_size` must be a tuple of positive integers, got \(3, 0\)"),
-     (lambda: conv1d(4, 3, strides=-1), "`strides` must be a positive integer, got -1"),
-     (lambda: conv2d(4, 3, dilation=(1, 0)), "`dilation` must be a tuple of positive integers"),
-     (lambda: conv2d(4, (3, 3, 3)), r"`kernel_size` must be an int or a tuple of 2 ints"),
-     (lambda: conv2d_transpose(4, 3, strides=0), "`strides` must be a positive integer, got 0"),
-     (lambda: max_pool((2, 0)), "`window` must be a tuple of positive integers"),
-     (lambda: max_pool(2), r"`window` must be a tuple .* max_pool\(\(2, 2\)\)"),
-     (lambda: avg_pool((2, 2), strides=(1, 2, 3)), "`strides` must be an int or a tuple of 2 ints")],
+    [
+        (lambda: conv2d(0, 3), "`features` must be a positive integer, got 0"),
+        (lambda: conv2d(4, (3, 0)), r"`kernel_size` must be a tuple of positive integers, got \(3, 0\)"),
+        (lambda: conv1d(4, 3, strides=-1), "`strides` must be a positive integer, got -1"),
+        (lambda: conv2d(4, 3, dilation=(1, 0)), "`dilation` must be a tuple of positive integers"),
+        (lambda: conv2d(4, (3, 3, 3)), r"`kernel_size` must be an int or a tuple of 2 ints"),
+        (lambda: conv2d_transpose(4, 3, strides=0), "`strides` must be a positive integer, got 0"),
+        (lambda: max_pool((2, 0)), "`window` must be a tuple of positive integers"),
+        (lambda: max_pool(2), r"`window` must be a tuple .* max_pool\(\(2, 2\)\)"),
+        (lambda: avg_pool((2, 2), strides=(1, 2, 3)), "`strides` must be an int or a tuple of 2 ints"),
+    ],
 )
 def test_bad_arguments(make, match):
     with pytest.raises(LayerError, match=match):
@@ -279,12 +293,14 @@ def test_bad_arguments(make, match):
 
 @pytest.mark.parametrize(
     "make, match",
-    [(lambda: conv2d(4, 3, padding="full"), r"unknown padding 'full'; expected 'SAME', 'VALID'"),
-     (lambda: conv2d(4, 3, padding=((1, 1),)), r"one \(low, high\) pair per spatial dim \(2\), got 1"),
-     (lambda: conv1d(4, 3, padding=((1, 1), (1, 1))), r"one \(low, high\) pair per spatial dim \(1\), got 2"),
-     (lambda: conv2d(4, 3, padding=-1), "padding must be 'SAME', 'VALID', a non-negative int"),
-     (lambda: conv2d_transpose(4, 3, padding=1), "padding must be 'SAME' or 'VALID', got 1"),
-     (lambda: avg_pool((2, 2), padding="CIRCULAR"), "unknown padding 'CIRCULAR'; expected 'SAME', 'VALID'")],
+    [
+        (lambda: conv2d(4, 3, padding="full"), r"unknown padding 'full'; expected 'SAME', 'VALID'"),
+        (lambda: conv2d(4, 3, padding=((1, 1),)), r"one \(low, high\) pair per spatial dim \(2\), got 1"),
+        (lambda: conv1d(4, 3, padding=((1, 1), (1, 1))), r"one \(low, high\) pair per spatial dim \(1\), got 2"),
+        (lambda: conv2d(4, 3, padding=-1), "padding must be 'SAME', 'VALID', a non-negative int"),
+        (lambda: conv2d_transpose(4, 3, padding=1), "padding must be 'SAME' or 'VALID', got 1"),
+        (lambda: avg_pool((2, 2), padding="CIRCULAR"), "unknown padding 'CIRCULAR'; expected 'SAME', 'VALID'"),
+    ],
 )
 def test_bad_padding(make, match):
     with pytest.raises(LayerError, match=match):
@@ -297,7 +313,9 @@ def test_channel_mismatch_names_both_counts(make):
     spatial = (5,) if layer.name == "conv1d" else (5, 5)
     _, params, state = layer.init(jax.random.key(0), (2, *spatial, 3))
     x = jnp.zeros((2, *spatial, 5))
-    with pytest.raises(LayerError, match=rf"{layer.name} expects inputs with 3 channels, got 5.*{re.escape(str(x.shape))}"):
+    with pytest.raises(
+        LayerError, match=rf"{layer.name} expects inputs with 3 channels, got 5.*{re.escape(str(x.shape))}"
+    ):
         layer.apply(params, state, x)
 
 
@@ -315,10 +333,20 @@ def test_params_that_do_not_match():
 
 @pytest.mark.parametrize(
     "layer, shape, match",
-    [(conv2d(4, 3, padding="VALID", dilation=2), (1, 4, 9, 1), r"input size 4 along spatial dim 0 .* size 3 \(dilated to 5"),
-     (conv1d(4, 5, padding=1), (1, 2, 1), r"input size 2 .* kernel size 5 with padding \(\(1, 1\),\).*padding='SAME'"),
-     (max_pool((3, 3)), (1, 2, 8, 1), r"input size 2 .* window size 3"),
-     (avg_pool((3,)), (1, 2, 1), r"input size 2 .* window size 3")],
+    [
+        (
+            conv2d(4, 3, padding="VALID", dilation=2),
+            (1, 4, 9, 1),
+            r"input size 4 along spatial dim 0 .* size 3 \(dilated to 5",
+        ),
+        (
+            conv1d(4, 5, padding=1),
+            (1, 2, 1),
+            r"input size 2 .* kernel size 5 with padding \(\(1, 1\),\).*padding='SAME'",
+        ),
+        (max_pool((3, 3)), (1, 2, 8, 1), r"input size 2 .* window size 3"),
+        (avg_pool((3,)), (1, 2, 1), r"input size 2 .* window size 3"),
+    ],
 )
 def test_input_smaller_than_kernel(layer, shape, match):
     with pytest.raises(LayerError, match=match):
@@ -327,10 +355,16 @@ def test_input_smaller_than_kernel(layer, shape, match):
 
 def test_pool_wrong_rank_names_layout():
     layout = r"\(batch, height, width, channels\)"
-    with pytest.raises(LayerError, match=rf"max_pool expects inputs of shape {layout}.*\(2, 28, 28\).*reshape\(\(28, 28, 1"):
+    with pytest.raises(
+        LayerError, match=rf"max_pool expects inputs of shape {layout}.*\(2, 28, 28\).*reshape\(\(28, 28, 1"
+    ):
         max_pool((2, 2)).init(jax.random.key(0), (2, 28, 28))
     _, params, state = avg_pool((2,)).init(jax.random.key(0), (2, 8, 3))
-    with pytest.raises(LayerError, match=r"avg_pool expects inputs of shape \(batch, width, channels\).*\(2, 8, 8, 3\)"):
+    with pytest.raises(
+        LayerError, match=r"avg_pool expects inputs of shape \(batch, width, channels\).*\(2, 8, 8, 3\)"
+    ):
         avg_pool((2,)).apply(params, state, jnp.zeros((2, 8, 8, 3)))
-    with pytest.raises(LayerError, match=r"global_avg_pool expects inputs of shape \(batch, \*spatial, channels\).*\(2, 64"):
+    with pytest.raises(
+        LayerError, match=r"global_avg_pool expects inputs of shape \(batch, \*spatial, channels\).*\(2, 64"
+    ):
         global_avg_pool().init(jax.random.key(0), (2, 64))

@@ -39,10 +39,15 @@ def test_digits_validation_split_holds_out_part_of_train_reproducibly():
     assert list(split) == ["train", "validation", "test"]
     assert (len(split["train"]["label"]), len(split["validation"]["label"])) == (1222, 305)
     np.testing.assert_array_equal(split["test"]["image"], whole["test"]["image"])  # the test split is untouched
-    rows = lambda part: {r.tobytes() for r in np.concatenate([part["image"].reshape(-1, 64), part["label"][:, None]], 1)}  # noqa: E731
+
+    def rows(part):
+        return {r.tobytes() for r in np.concatenate([part["image"].reshape(-1, 64), part["label"][:, None]], 1)}
+
     assert rows(split["train"]) | rows(split["validation"]) == rows(whole["train"])  # a partition of the training split
     assert not rows(split["train"]) & rows(split["validation"])
-    np.testing.assert_array_equal(digits(validation=0.2)["validation"]["label"], split["validation"]["label"])  # same seed, same split
+    np.testing.assert_array_equal(
+        digits(validation=0.2)["validation"]["label"], split["validation"]["label"]
+    )  # same seed, same split
     assert not np.array_equal(digits(validation=0.2, seed=1)["validation"]["label"], split["validation"]["label"])
     with pytest.raises(ValueError, match="strictly between 0 and 1"):
         digits(validation=1.5)

@@ -12,10 +12,13 @@ from fundl.models import char_lm, generate
 from fundl.train import Event, Record, early_stopping, stop_on_nonfinite
 
 
-@pytest.mark.parametrize("layer, shape, fans", [
-    (fl.dense(300), (8, 200), (200, 300)),
-    (fl.conv2d(64, (3, 3)), (2, 16, 16, 32), (3 * 3 * 32, 3 * 3 * 64)),
-])
+@pytest.mark.parametrize(
+    "layer, shape, fans",
+    [
+        (fl.dense(300), (8, 200), (200, 300)),
+        (fl.conv2d(64, (3, 3)), (2, 16, 16, 32), (3 * 3 * 32, 3 * 3 * 64)),
+    ],
+)
 def test_weights_are_glorot_uniform_and_biases_zero(layer, shape, fans):
     _, params, _ = layer.init(jax.random.key(0), shape)
     w, b = np.asarray(params["w"]), np.asarray(params["b"])

@@ -25,7 +25,14 @@ ROOT = Path(__file__).resolve().parent.parent
 def on_devices(n: int, code: str, timeout: int = 300) -> str:
     """Runs ``code`` in a fresh Python with ``n`` CPU devices; returns its stdout (it asserts itself)."""
     env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}", "JAX_PLATFORMS": "cpu"}
-    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
 
@@ -60,7 +67,10 @@ def close(a, b, rtol):
 
 
 def test_fit_on_8_devices_equals_one_device():
-    on_devices(8, COMMON + """
+    on_devices(
+        8,
+        COMMON
+        + """
     from jax.sharding import PartitionSpec as P
     model = fl.serial(fl.dense(32), fl.batch_norm(), fl.relu(), fl.dropout(0.3), fl.dense(10))
     lr = 0.1
@@ -94,11 +104,15 @@ def test_fit_on_8_devices_equals_one_device():
     assert r1.split == r8.split == "test" and abs(r1.metrics["accuracy"] - r8.metrics["accuracy"]) < 1e-9
     assert abs(r1.metrics["loss"] - r8.metrics["loss"]) < 1e-5 * r1.metrics["loss"]
     print("OK")
-    """)
+    """,
+    )
 
 
 def test_batches_and_dropout_masks_on_a_mesh():
-    on_devices(8, COMMON + """
+    on_devices(
+        8,
+        COMMON
+        + """
     from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
     placement = Placement(data_mesh())
     batch = placement.batch({"image": train["image"][:32]}, 32)
@@ -119,17 +133,22 @@ def test_batches_and_dropout_masks_on_a_mesh():
     # A global batch that does not cut into 8 pieces.
     model = fl.serial(fl.dense(10))
     try:
-        fit(classification_loss(model), optax.sgd(0.1), start(model, optax.sgd(0.1)), train, batch_size=30, steps=1, quiet=True)
+        sgd = optax.sgd(0.1)
+        fit(classification_loss(model), sgd, start(model, sgd), train, batch_size=30, steps=1, quiet=True)
     except ValueError as error:
         assert "batch size 30 does not divide into the 8 data shards" in str(error) and "24 or 32" in str(error), error
     else:
         raise AssertionError("no error")
     print("OK")
-    """)
+    """,
+    )
 
 
 def test_fsdp_shards_params_and_matches_one_device():
-    on_devices(8, COMMON + """
+    on_devices(
+        8,
+        COMMON
+        + """
     from jax.sharding import PartitionSpec as P
     model = fl.serial(fl.dense(32), fl.relu(), fl.dense(10))
     sgd = optax.sgd(0.1)
@@ -149,11 +168,15 @@ def test_fsdp_shards_params_and_matches_one_device():
     mu = adam.opt_state[0].mu["dense_0"]["w"]
     assert mu.sharding.spec == P("fsdp", None)
     print("OK")
-    """)
+    """,
+    )
 
 
 def test_shard_map_step_gradients_equal_one_device_and_pmean_of_grads_would_not():
-    on_devices(8, COMMON + """
+    on_devices(
+        8,
+        COMMON
+        + """
     from jax import lax
     from jax.sharding import PartitionSpec as P
     model = fl.serial(fl.dense(32), fl.tanh(), fl.dense(10))
@@ -177,17 +200,22 @@ def test_shard_map_step_gradients_equal_one_device_and_pmean_of_grads_would_not(
     batch = {k: v[np.random.default_rng([0, 0]).permutation(len(v))[:32]] for k, v in train.items()}
     wrong = jax.jit(wrong_grads)(p0, Placement(mesh).batch(batch, 32))
     right = grads(one.params)
-    ratio = np.asarray(wrong["dense_0"]["w"]).ravel() @ right["dense_0"]["w"].ravel() / (right["dense_0"]["w"] ** 2).sum()
+    w_wrong, w_right = np.asarray(wrong["dense_0"]["w"]).ravel(), np.asarray(right["dense_0"]["w"]).ravel()
+    ratio = w_wrong @ w_right / (w_right**2).sum()
     assert abs(ratio - 8) < 1e-3, ratio
     print("OK")
-    """)
+    """,
+    )
 
 
 def test_fundl_run_on_8_cpu_devices(tmp_path):
     out = tmp_path / "run"
     done = subprocess.run(
         [sys.executable, "-m", "fundl.cli", "run", "mlp_digits", "--cpu-devices", "8", "--out", str(out), "--quiet"],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr
     summary = json.loads((out / "summary.json").read_text())
@@ -197,10 +225,29 @@ def test_fundl_run_on_8_cpu_devices(tmp_path):
     # An indivisible global batch: a clear error, and no run directory left behind.
     bad = tmp_path / "bad"
     done = subprocess.run(
-        [sys.executable, "-m", "fundl.cli", "run", "mlp_digits", "--cpu-devices", "8", "--set", "train.batch_size=30", "--out", str(bad)],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "fundl.cli",
+            "run",
+            "mlp_digits",
+            "--cpu-devices",
+            "8",
+            "--set",
+            "train.batch_size=30",
+            "--out",
+            str(bad),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
     )
-    assert done.returncode == 2 and "batch size 30 does not divide into the 8 data shards" in done.stderr and "24 or 32" in done.stderr
+    assert (
+        done.returncode == 2
+        and "batch size 30 does not divide into the 8 data shards" in done.stderr
+        and "24 or 32" in done.stderr
+    )
     assert "Traceback" not in done.stderr and not bad.exists()
 
 
@@ -222,11 +269,34 @@ def test_two_processes_train_one_run(tmp_path):
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "fundl.cli", "run", "mlp_digits", "--set", "train.steps=20", "--set", "train.log_every=5",
-               "--cpu-devices", "2", "--out", str(out), "--quiet", "--distributed", "--coordinator", f"127.0.0.1:{port}",
-               "--num-processes", "2", "--process-id"]
-    children = [subprocess.Popen([*command, str(i)], env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                for i in range(2)]
+    command = [
+        sys.executable,
+        "-m",
+        "fundl.cli",
+        "run",
+        "mlp_digits",
+        "--set",
+        "train.steps=20",
+        "--set",
+        "train.log_every=5",
+        "--cpu-devices",
+        "2",
+        "--out",
+        str(out),
+        "--quiet",
+        "--distributed",
+        "--coordinator",
+        f"127.0.0.1:{port}",
+        "--num-processes",
+        "2",
+        "--process-id",
+    ]
+    children = [
+        subprocess.Popen(
+            [*command, str(i)], env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for i in range(2)
+    ]
     try:
         outputs = [child.communicate(timeout=240) for child in children]
     finally:
@@ -240,7 +310,13 @@ def test_two_processes_train_one_run(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
     two = json.loads((out / "summary.json").read_text())
     assert json.loads((out / "environment.json").read_text())["mesh"]["process_count"] == 2
-    single = runs.run("mlp_digits", [("train.steps", 20), ("train.log_every", 5)], out=str(tmp_path / "one"), quiet=True, echo=lambda _: None)
+    single = runs.run(
+        "mlp_digits",
+        [("train.steps", 20), ("train.log_every", 5)],
+        out=str(tmp_path / "one"),
+        quiet=True,
+        echo=lambda _: None,
+    )
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     reference = single.history.records
     assert [r["step"] for r in lines] == [r.step for r in reference]
@@ -255,7 +331,9 @@ def test_two_processes_train_one_run(tmp_path):
 
 
 def test_bfloat16_policy_trains_mlp_digits_with_float32_params(tmp_path):
-    done = runs.run("mlp_digits", [("train.precision", "bfloat16")], out=str(tmp_path / "r"), quiet=True, echo=lambda _: None)
+    done = runs.run(
+        "mlp_digits", [("train.precision", "bfloat16")], out=str(tmp_path / "r"), quiet=True, echo=lambda _: None
+    )
     assert done.summary["metrics"]["test"]["accuracy"] >= 0.95
     assert {leaf.dtype for leaf in jax.tree.leaves(done.train_state.params)} == {jnp.dtype("float32")}
     assert json.loads((tmp_path / "r" / "environment.json").read_text())["precision"] == "bfloat16"
@@ -286,7 +364,17 @@ def test_accumulating_k_micro_batches_is_one_batch_of_k_times_b():
     from fundl.train import classification_loss
 
     whole, h1 = fit(classification_loss(model), optimizer, start, data, batch_size=32, steps=3, log_every=1, quiet=True)
-    micro, h4 = fit(classification_loss(model), optimizer, start, data, batch_size=32, steps=3, log_every=1, accumulate=4, quiet=True)
+    micro, h4 = fit(
+        classification_loss(model),
+        optimizer,
+        start,
+        data,
+        batch_size=32,
+        steps=3,
+        log_every=1,
+        accumulate=4,
+        quiet=True,
+    )
     assert int(micro.step) == 3  # steps count optimizer updates
     for a, b in zip(jax.tree.leaves(micro.params), jax.tree.leaves(whole.params)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
@@ -320,7 +408,17 @@ def test_readme_scale_section_commands_run(tmp_path):
     commands = [line.split("#")[0].split() for line in block.splitlines() if line.strip()]
     assert len(commands) == 5 and all(c[:2] == ["fundl", "run"] for c in commands)
     for i, command in enumerate(commands):
-        short = [sys.executable, "-m", "fundl.cli", *command[1:], "--set", "train.steps=4", "--quiet", "--out", str(tmp_path / str(i))]
+        short = [
+            sys.executable,
+            "-m",
+            "fundl.cli",
+            *command[1:],
+            "--set",
+            "train.steps=4",
+            "--quiet",
+            "--out",
+            str(tmp_path / str(i)),
+        ]
         done = subprocess.run(short, capture_output=True, text=True, timeout=120, cwd=tmp_path)
         assert done.returncode == 0, (command, done.stderr)
         summary = json.loads((tmp_path / str(i) / "summary.json").read_text())
@@ -330,8 +428,13 @@ def test_readme_scale_section_commands_run(tmp_path):
 def test_a_run_stopped_on_one_device_resumes_on_eight(tmp_path):
     out = tmp_path / "run"
     runs.run("mlp_digits", [("train.epochs", 3)], out=str(out), stop_after_steps=60, quiet=True, echo=lambda _: None)
-    done = subprocess.run([sys.executable, "-m", "fundl.cli", "resume", str(out), "--cpu-devices", "8", "--quiet"],
-                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "fundl.cli", "resume", str(out), "--cpu-devices", "8", "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 3 * 38 and summary["metrics"]["test"]["accuracy"] > 0.9

@@ -66,9 +66,17 @@ def run_blocks(path: Path, directory: Path) -> subprocess.CompletedProcess:
     blocks.write_text(json.dumps(python_blocks(path)))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
     if path.name in DEVICES:
-        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={DEVICES[path.name]}".strip()
-    return subprocess.run([sys.executable, "-c", RUNNER, str(blocks), path.name], cwd=directory, env=env,
-                          capture_output=True, text=True, timeout=300)
+        env["XLA_FLAGS"] = (
+            f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={DEVICES[path.name]}".strip()
+        )
+    return subprocess.run(
+        [sys.executable, "-c", RUNNER, str(blocks), path.name],
+        cwd=directory,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 RUNNABLE = [p for p in DOCS if python_blocks(p)]
@@ -89,7 +97,7 @@ def test_python_blocks_run(path, doc_runs):
 
 def test_the_readme_links_the_docs():
     readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("## Docs"):readme.index("## The contract")]
+    section = readme[readme.index("## Docs") : readme.index("## The contract")]
     for page in ("concepts.md", "from-the-lecture.md", "howtos.md", "course-map.md", "api.md"):
         assert f"docs/{page}" in section
         assert (ROOT / "docs" / page).is_file()
@@ -103,8 +111,13 @@ def test_local_links_in_the_docs_point_to_files():
 
 
 def test_api_reference_is_current():
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_api_docs.py"), "--check"],
-                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "make_api_docs.py"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert done.returncode == 0, done.stderr + "\nregenerate it: python scripts/make_api_docs.py"
 
 
@@ -117,9 +130,19 @@ def test_api_reference_is_stable_and_complete(tmp_path):
     text = make_api_docs.render()
     assert text == make_api_docs.render()
     assert not re.search(r"0x[0-9a-f]{6,}", text), "a memory address in the API reference"
-    for name in ("fundl.dense", "fundl.serial", "fundl.train.fit", "fundl.train.evaluate", "fundl.train.predict",
-                 "fundl.train.history_arrays", "fundl.datasets.train_validation_split", "fundl.losses.softmax_cross_entropy",
-                 "fundl.models.mlp", "fundl.runs.save_train_state", "fundl.distributed.data_mesh"):
+    for name in (
+        "fundl.dense",
+        "fundl.serial",
+        "fundl.train.fit",
+        "fundl.train.evaluate",
+        "fundl.train.predict",
+        "fundl.train.history_arrays",
+        "fundl.datasets.train_validation_split",
+        "fundl.losses.softmax_cross_entropy",
+        "fundl.models.mlp",
+        "fundl.runs.save_train_state",
+        "fundl.distributed.data_mesh",
+    ):
         assert f"### `{name}`" in text, name
     # --check fails on a stale file
     stale = tmp_path / "api.md"

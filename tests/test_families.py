@@ -25,8 +25,15 @@ def files(directory):
 
 
 RUN_FILES = {
-    "config.json", "environment.json", "metrics.jsonl", "summary.json", "train_state.msgpack", "curves.png",
-    "status.json", "example.py", "checkpoints",
+    "config.json",
+    "environment.json",
+    "metrics.jsonl",
+    "summary.json",
+    "train_state.msgpack",
+    "curves.png",
+    "status.json",
+    "example.py",
+    "checkpoints",
 }
 
 
@@ -53,7 +60,16 @@ def test_cnn_with_batch_norm_trains_and_evaluates_with_running_statistics():
     optimizer = optax.adam(3e-3)
     _, params, state = model.init(jax.random.key(0), (32, 8, 8, 1))
     start = TrainState.create(params, state, optimizer, jax.random.key(1))
-    trained, history = fit(classification_loss(model), optimizer, start, train, batch_size=32, epochs=3, eval_data={"test": test}, quiet=True)
+    trained, history = fit(
+        classification_loss(model),
+        optimizer,
+        start,
+        train,
+        batch_size=32,
+        epochs=3,
+        eval_data={"test": test},
+        quiet=True,
+    )
     assert history.steps_per_call == 1  # convolutions on the CPU: one step per call
     # The running statistics moved away from their initial values (mean 0, var 1) ...
     bn = trained.state["batch_norm_0"]
@@ -146,7 +162,9 @@ def test_charlm_trains_reports_perplexity_and_samples(tmp_path, capsys):
     capsys.readouterr()
     assert main(["sample", str(out), "--prompt", "one hundred", "--length", "30", "--seed", "1"]) == 0
     first = capsys.readouterr().out
-    assert first.startswith("one hundred") and len(first[:-1]) == len("one hundred") + 30  # the prompt, 30 characters, a newline
+    assert (
+        first.startswith("one hundred") and len(first[:-1]) == len("one hundred") + 30
+    )  # the prompt, 30 characters, a newline
     assert main(["sample", str(out), "--prompt", "one hundred", "--length", "30", "--seed", "1"]) == 0
     assert capsys.readouterr().out == first  # the same seed gives the same text
     assert main(["sample", str(out), "--prompt", "One"]) == 2
@@ -165,7 +183,11 @@ def test_charlm_corpus_errors(tmp_path, capsys):
 def test_charlm_trains_on_a_text_file(tmp_path):
     text = tmp_path / "poem.txt"
     text.write_text("the quick brown fox jumps over the lazy dog\n" * 40)
-    done = quiet_run("charlm", [("data.path", str(text)), ("data.length", 16), ("train.epochs", 2), ("model.hidden", 16)], tmp_path / "run")
+    done = quiet_run(
+        "charlm",
+        [("data.path", str(text)), ("data.length", 16), ("train.epochs", 2), ("model.hidden", 16)],
+        tmp_path / "run",
+    )
     assert done.summary["metrics"]["test"]["perplexity"] < 28  # 28 characters in its vocabulary
 
 
@@ -178,5 +200,7 @@ def test_sampling_an_example_that_cannot_sample_is_an_error(tmp_path, capsys):
 def test_images_with_the_wrong_channel_count_name_the_first_conv_layer():
     model = lenet(10)
     _, params, state = model.init(jax.random.key(0), (2, 8, 8, 1))
-    with pytest.raises(fl.LayerError, match=r"conv2d_0: conv2d expects inputs with 1 channels, got 3: input shape \(2, 8, 8, 3\)"):
+    with pytest.raises(
+        fl.LayerError, match=r"conv2d_0: conv2d expects inputs with 1 channels, got 3: input shape \(2, 8, 8, 3\)"
+    ):
         model.apply(params, state, jnp.zeros((2, 8, 8, 3)))

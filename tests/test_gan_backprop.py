@@ -77,10 +77,20 @@ def test_gan_loss_gradient_is_each_players_own(small_gan):
     @jax.jit
     def gradients(params):
         fake = gen(params["generator"])
-        d_usual = lambda dp: jnp.mean(jax.nn.softplus(-disc(dp, batch["image"]))) + jnp.mean(jax.nn.softplus(disc(dp, fake)))  # noqa: E731
+
+        def d_usual(dp):
+            return jnp.mean(jax.nn.softplus(-disc(dp, batch["image"]))) + jnp.mean(jax.nn.softplus(disc(dp, fake)))
+
         g_usual = lambda gp: jnp.mean(jax.nn.softplus(-disc(params["discriminator"], gen(gp))))  # noqa: E731
         (loss, (new_state, metrics)), grads = jax.value_and_grad(gan_loss(g), has_aux=True)(params, state, batch, key)
-        return loss, new_state, metrics, grads, jax.grad(d_usual)(params["discriminator"]), jax.grad(g_usual)(params["generator"])
+        return (
+            loss,
+            new_state,
+            metrics,
+            grads,
+            jax.grad(d_usual)(params["discriminator"]),
+            jax.grad(g_usual)(params["generator"]),
+        )
 
     loss, new_state, metrics, grads, d_grads, g_grads = gradients(params)
     assert np.isclose(loss, metrics["d_loss"] + metrics["g_loss"]) and new_state == {}
@@ -117,11 +127,23 @@ def test_gan_optimizer_alternate_takes_turns(small_gan):
     opt = gan_optimizer(optax.adam(0.01), optax.adam(0.01), alternate=True)
     seen = [params]
     keep = lambda event: seen.append(jax.device_get(event.train_state.params)) if event.kind == "log" else None  # noqa: E731
-    fit(gan_loss(g), opt, TrainState.create(params, state, opt, jax.random.key(4)), batch, batch_size=5, steps=3,
-        log_every=1, hooks=[keep], quiet=True)
+    fit(
+        gan_loss(g),
+        opt,
+        TrainState.create(params, state, opt, jax.random.key(4)),
+        batch,
+        batch_size=5,
+        steps=3,
+        log_every=1,
+        hooks=[keep],
+        quiet=True,
+    )
     moved = [{name: not close(a[name], b[name], rtol=0, atol=0) for name in a} for a, b in zip(seen, seen[1:])]
-    assert moved == [{"generator": False, "discriminator": True}, {"generator": True, "discriminator": False},
-                     {"generator": False, "discriminator": True}]
+    assert moved == [
+        {"generator": False, "discriminator": True},
+        {"generator": True, "discriminator": False},
+        {"generator": False, "discriminator": True},
+    ]
 
 
 # --- The quality metric on hand-made cases -------------------------------------------------
@@ -182,7 +204,9 @@ def hand_and_autodiff(model, params, x, targets):
 def test_hand_gradients_match_jax_grad_float64(name):
     model = MODELS[name]
     with jax.enable_x64(True):
-        hand, auto, difference = jax.jit(hand_and_autodiff, static_argnums=0)(model, *random_problem(model, jnp.float64))
+        hand, auto, difference = jax.jit(hand_and_autodiff, static_argnums=0)(
+            model, *random_problem(model, jnp.float64)
+        )
         assert {leaf.dtype for leaf in jax.tree.leaves(hand)} == {jnp.dtype(jnp.float64)}
         assert not is_zero(hand[1]) and not is_zero(hand[2])  # the inputs' and targets' gradients are checked too
         assert float(difference) < 1e-12  # well within 1e-5: equal to rounding

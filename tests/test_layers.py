@@ -257,7 +257,9 @@ def test_dropout_in_training_without_a_key_is_an_error_naming_the_layer(key):
 def test_dense_on_unflattened_images_names_layer_shapes_and_fix(key):
     model = fl.serial(fl.dense(100), fl.tanh(), fl.dense(10))
     _, params, state = model.init(key, (32, 64))
-    with pytest.raises(LayerError, match=r"dense_0: dense expects inputs of shape \(\.\.\., 64\), got \(32, 8, 8\): add flatten\(\)"):
+    with pytest.raises(
+        LayerError, match=r"dense_0: dense expects inputs of shape \(\.\.\., 64\), got \(32, 8, 8\): add flatten\(\)"
+    ):
         model.apply(params, state, jnp.ones((32, 8, 8)))
 
 
@@ -305,7 +307,10 @@ def test_reshape_that_cannot_hold_the_input_is_an_error(key):
 def test_norm_layers_check_the_feature_count(key):
     model = fl.serial(fl.batch_norm())
     _, params, state = model.init(key, (4, 3))
-    with pytest.raises(LayerError, match=r"batch_norm_0: batch_norm expects inputs with 3 features on the last axis, got shape \(4, 5\)"):
+    with pytest.raises(
+        LayerError,
+        match=r"batch_norm_0: batch_norm expects inputs with 3 features on the last axis, got shape \(4, 5\)",
+    ):
         model.apply(params, state, jnp.ones((4, 5)))
     with pytest.raises(LayerError, match="batch_norm expects inputs of shape \\(batch, ..., features\\), got \\(3,\\)"):
         fl.batch_norm().init(key, (3,))

@@ -152,8 +152,11 @@ def test_batches_in_other_forms_are_an_error_listing_the_accepted_ones():
     loss_fn = classification_loss(LECTURE)
     params = start().params
     x, y = np.zeros((4, 8, 8), np.float32), np.zeros(4, np.int32)
-    with pytest.raises(ValueError, match=r"a dict \{'image': x, 'label': y\}, a dict \{'x': x, 'y': y\}, or a tuple.*"
-                       r"keys \['inputs', 'targets'\].*classification_loss\(model, inputs='inputs', labels='targets'\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"a dict \{'image': x, 'label': y\}, a dict \{'x': x, 'y': y\}, or a tuple.*"
+        r"keys \['inputs', 'targets'\].*classification_loss\(model, inputs='inputs', labels='targets'\)",
+    ):
         loss_fn(params, {}, {"inputs": x, "targets": y}, None)
     with pytest.raises(ValueError, match="the batch is a tuple of length 3"):
         loss_fn(params, {}, (x, y, y), None)
@@ -166,14 +169,19 @@ def test_batches_in_other_forms_are_an_error_listing_the_accepted_ones():
 def test_one_hot_labels_are_refused_with_the_fix():
     logits = jnp.zeros((32, 10))
     one_hot = jax.nn.one_hot(jnp.arange(32) % 10, 10)
-    with pytest.raises(TypeError, match=r"got float32 labels of shape \(32, 10\): these look one-hot; pass labels.argmax\(-1\)"):
+    with pytest.raises(
+        TypeError, match=r"got float32 labels of shape \(32, 10\): these look one-hot; pass labels.argmax\(-1\)"
+    ):
         losses.softmax_cross_entropy(logits, one_hot)
     with pytest.raises(ValueError, match=r"these look one-hot; pass labels.argmax\(-1\)"):
         losses.accuracy(logits, one_hot.astype(jnp.int32))
     with pytest.raises(TypeError, match=r"got float32 labels of shape \(32,\): cast with labels.astype\(jnp.int32\)"):
         losses.softmax_cross_entropy(logits, jnp.zeros(32))
     x = np.zeros((32, 8, 8), np.float32)
-    with pytest.raises(ValueError, match=r"train data: labels must be integer classes, got float32 labels of shape \(32, 10\): these look one-hot"):
+    with pytest.raises(
+        ValueError,
+        match=r"train data: labels must be integer classes, got float32 labels of shape \(32, 10\): these look one-hot",
+    ):
         classification_loss(LECTURE).check_data((x, np.asarray(one_hot)), "train data")
 
 
@@ -181,7 +189,9 @@ def test_one_hot_labels_are_refused_with_the_fix():
 def test_iterators_of_batches_are_refused_with_the_fix():
     train, _ = digits()
     batches = ((train["image"][i : i + 32], train["label"][i : i + 32]) for i in range(0, 320, 32))
-    with pytest.raises(TypeError, match=r"train data is an iterator \(generator\): fit needs the data in memory.*np.concatenate"):
+    with pytest.raises(
+        TypeError, match=r"train data is an iterator \(generator\): fit needs the data in memory.*np.concatenate"
+    ):
         fit(classification_loss(LECTURE), optax.sgd(0.1), start(), batches, batch_size=32, epochs=1, quiet=True)
     with pytest.raises(TypeError, match=r"data is an iterator \(map\)"):
         evaluate(classification_loss(LECTURE), start().params, {}, map(lambda b: b, [train]))
@@ -227,7 +237,9 @@ def test_check_finite_names_the_split_path_and_index():
     data = {"image": np.ones((6, 2), np.float32), "label": np.arange(6), "weight": np.ones(6)}
     check_finite(data, "train data")
     data["weight"][4] = np.inf
-    with pytest.raises(ValueError, match=r"^train data: \['weight'\] has the non-finite value inf at index 4: drop or repair"):
+    with pytest.raises(
+        ValueError, match=r"^train data: \['weight'\] has the non-finite value inf at index 4: drop or repair"
+    ):
         check_finite(data, "train data")
     check_finite((np.ones(3, jnp.bfloat16), np.arange(3)), "x")
 
@@ -237,7 +249,10 @@ def test_check_params_refuses_integer_and_non_array_leaves():
     check_params(params)
     bad = jax.tree.map(lambda p: p, params)
     bad["dense_1"]["b"] = jnp.zeros(10, jnp.int32)
-    with pytest.raises(TypeError, match=r"params\['dense_1'\]\['b'\] is int32\[10\]: params are trained by gradients and must be floating-point"):
+    with pytest.raises(
+        TypeError,
+        match=r"params\['dense_1'\]\['b'\] is int32\[10\]: params are trained by gradients and must be floating-point",
+    ):
         check_params(bad)
     with pytest.raises(TypeError, match=r"params\['scale'\] is a float \(0.5\)"):
         check_params({"scale": 0.5})
@@ -246,11 +261,17 @@ def test_check_params_refuses_integer_and_non_array_leaves():
 def test_check_opt_state_refuses_another_optimizers_state():
     params = start().params
     check_opt_state(optax.adam(1e-3), params, optax.adam(1e-2).init(params))  # same kind: fine
-    with pytest.raises(ValueError, match=r"does not match optimizer.init\(params\): at opt_state\[0\]\.count expected nothing, got int32\[\]\. "
-                       r"It was made by another optimizer or for other params"):
+    with pytest.raises(
+        ValueError,
+        match=r"does not match optimizer.init\(params\): at opt_state\[0\]\.count expected nothing, got int32\[\]\. "
+        r"It was made by another optimizer or for other params",
+    ):
         check_opt_state(optax.sgd(0.1), params, optax.adam(1e-3).init(params))
     other = LECTURE.init(jax.random.key(0), (1, 4, 4))[1]
-    with pytest.raises(ValueError, match=r"at opt_state\[0\]\.mu\['dense_0'\]\['w'\] expected float32\[16, 100\], got float32\[64, 100\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"at opt_state\[0\]\.mu\['dense_0'\]\['w'\] expected float32\[16, 100\], got float32\[64, 100\]",
+    ):
         check_opt_state(optax.adam(1e-3), other, optax.adam(1e-3).init(params))
     with pytest.raises(ValueError, match="expected the containers"):
         check_opt_state(optax.sgd(0.1, momentum=None), params, (optax.EmptyState(),))
@@ -297,7 +318,8 @@ def test_submodules_are_reachable_lazily_and_import_fundl_skips_flax_and_matplot
         "fl.plots.import_in_background().join()\n"  # what a run starts before training, for curves.png
         "assert 'matplotlib.figure' in sys.modules and 'matplotlib.pyplot' not in sys.modules\n"
         "assert {'train', 'models', 'runs', 'distributed'} <= set(dir(fl))\n"
-        "try:\n    fl.no_such_thing\nexcept AttributeError as e:\n    assert \"no attribute 'no_such_thing'\" in str(e)\n"
+        "try:\n    fl.no_such_thing\nexcept AttributeError as e:\n "
+        "   assert \"no attribute 'no_such_thing'\" in str(e)\n"
         "import flax.linen as nn\n"
         "_, params, _ = fl.from_flax(nn.Dense(3)).init(__import__('jax').random.key(0), (2, 4))\n"
         "assert params['kernel'].shape == (4, 3)\n"
@@ -315,7 +337,8 @@ def test_evaluate_on_four_fake_devices_matches_one_device():
         "_, params, state = model.init(jax.random.key(0), (1, 8, 8))\n"
         "test = fl.datasets.digits()['test']\n"
         "one = evaluate(classification_loss(model), params, state, test, batch_size=25, mesh=1)\n"
-        "four = evaluate(classification_loss(model), params, state, test, batch_size=25, mesh=None)\n"  # 24 cut + 1 replicated
+        "four = evaluate(classification_loss(model), "
+        "params, state, test, batch_size=25, mesh=None)\n"  # 24 cut + 1 replicated
         "assert one.keys() == four.keys() and all(abs(one[k] - four[k]) < 1e-5 for k in one), (one, four)\n"
     )
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}

@@ -50,7 +50,9 @@ def test_an_option_that_changes_the_compiled_step_compiles_anew_and_equal_option
     _CACHE.clear()
     fit(loss, optimizer, start(model, optimizer), data["train"], **common)
     assert len(_CACHE) == 1
-    _, history = fit(classification_loss(model), optimizer, start(model, optimizer), data["train"], **common)  # a rebuilt, equal loss
+    _, history = fit(
+        classification_loss(model), optimizer, start(model, optimizer), data["train"], **common
+    )  # a rebuilt, equal loss
     assert len(_CACHE) == 1 and sum(history.traces.values()) == 0
     variants = [
         dict(accumulate=2),
@@ -66,7 +68,18 @@ def test_an_option_that_changes_the_compiled_step_compiles_anew_and_equal_option
     _, history = fit(loss, optax.sgd(0.1), start(model, optimizer), data["train"], **common)  # another optimizer object
     assert len(_CACHE) == len(variants) + 2
     names = {field.name for field in dataclasses.fields(Program)}
-    assert {"population", "loss", "accumulate", "placement", "resident", "fused", "strict", "carry", "batch", "eval_data"} <= names
+    assert {
+        "population",
+        "loss",
+        "accumulate",
+        "placement",
+        "resident",
+        "fused",
+        "strict",
+        "carry",
+        "batch",
+        "eval_data",
+    } <= names
 
 
 def test_a_loss_is_a_value_that_wrappers_keep_whole(setup):
@@ -85,7 +98,15 @@ def test_a_loss_is_a_value_that_wrappers_keep_whole(setup):
 
     assert Loss.of(plain).evaluate is None and Loss.of(plain).check_data is None
     with pytest.raises(ValueError, match="evaluation needs either an eval_fn"):
-        fit(plain, optax.sgd(0.1), start(model, optax.sgd(0.1)), data["train"], batch_size=32, steps=1,
-            eval_data={"validation": data["validation"]}, quiet=True)
+        fit(
+            plain,
+            optax.sgd(0.1),
+            start(model, optax.sgd(0.1)),
+            data["train"],
+            batch_size=32,
+            steps=1,
+            eval_data={"validation": data["validation"]},
+            quiet=True,
+        )
     with pytest.raises(TypeError, match=r"expected a loss function .* got a model"):
         fit(model, optax.sgd(0.1), start(model, optax.sgd(0.1)), data["train"], batch_size=32, steps=1, quiet=True)

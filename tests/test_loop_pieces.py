@@ -34,7 +34,9 @@ def no_state(lane):
 
 def test_in_flight_reads_back_oldest_first_and_keeps_at_most_keep():
     seen = []
-    calls = InFlight(lambda first, steps, outputs: seen.append((first, steps, np.reshape(outputs["loss"], (steps,)).tolist())))
+    calls = InFlight(
+        lambda first, steps, outputs: seen.append((first, steps, np.reshape(outputs["loss"], (steps,)).tolist()))
+    )
     calls.add(0, 3, {"loss": jnp.array([3.0, 2.0, 1.0])})
     calls.add(3, 1, {"loss": jnp.array(0.5)})
     calls.add(4, 2, {"loss": jnp.array([0.25, 0.125])})
@@ -46,7 +48,9 @@ def test_in_flight_reads_back_oldest_first_and_keeps_at_most_keep():
 
 def test_a_log_due_after_a_call_is_written_once_its_metrics_are_back():
     events = []
-    calls = InFlight(lambda first, steps, outputs: events.append(("steps", first)), on_log=lambda step: events.append(("log", step)))
+    calls = InFlight(
+        lambda first, steps, outputs: events.append(("steps", first)), on_log=lambda step: events.append(("log", step))
+    )
     calls.add(0, 5, {"loss": jnp.ones(5)}, log_after=True)
     calls.add(5, 5, {"loss": jnp.ones(5)})
     assert events == []  # nothing waits for the device when the calls are added
@@ -96,11 +100,17 @@ def test_a_member_that_stops_stops_alone_until_every_member_has():
 
     r = recorder(hooks=[stop_member_1], lanes=3)
     r.evaluation(10, "validation", [{"loss": 1.0}, {"loss": 2.0}, {"loss": 3.0}], no_state)
-    assert r.stop_reason is None and r.stopped_lanes() == [1] and [e.stop_reason for e in r.ends()] == [None, "enough", None]
+    assert (
+        r.stop_reason is None
+        and r.stopped_lanes() == [1]
+        and [e.stop_reason for e in r.ends()] == [None, "enough", None]
+    )
     r.evaluation(20, "validation", [{"loss": 1.0}, {"loss": 2.0}, {"loss": 3.0}], no_state)
     assert [rec.member for rec in r.records] == [0, 1, 2, 0, 2]  # a stopped member is no longer evaluated
     # a member frozen on the device (its loss went NaN at the 2nd step of a call) is stopped with the step
-    r.steps_done(20, [{"loss": np.array([0.5, 0.4])}, None, {"loss": np.array([0.5, math.nan])}], frozen=[None, None, 1])
+    r.steps_done(
+        20, [{"loss": np.array([0.5, 0.4])}, None, {"loss": np.array([0.5, math.nan])}], frozen=[None, None, 1]
+    )
     assert r.ends()[2] == MemberEnd("loss became nan at step 22: frozen at its last good state", True)
     assert r.stop_reason is None and r.lanes[0].live
     r.log(22, no_state)
@@ -133,19 +143,23 @@ def test_saves_carry_the_hooks_state_and_latest_metrics_never_twice_and_never_af
     r.evaluation(10, "validation", [{"loss": 0.5}], no_state)
     save(10, "state@10")
     save(10, "state@10")
-    assert checkpointer.saved == [(10, "state@10", {"hooks": [[{"waited": 3}, None]], "members": [[None, False]]},
-                                   {"validation/loss": 0.5})]
+    assert checkpointer.saved == [
+        (10, "state@10", {"hooks": [[{"waited": 3}, None]], "members": [[None, False]]}, {"validation/loss": 0.5})
+    ]
     r.steps_done(10, [{"loss": np.array([math.nan])}])
     save(11, "state@11")
     assert len(checkpointer.saved) == 1  # a state that went non-finite is never saved
     CheckpointSaves(None, r)(12, "state@12")  # no checkpointer: nothing to do
 
 
-@pytest.mark.parametrize("stop, interrupted, expected", [
-    (None, False, [("train", 15)]),  # a log is due at 15, no evaluation
-    ("early stopping", False, [("train", 15), ("validation", 15)]),  # stopping early evaluates where it stops
-    ("SIGTERM", True, [("train", 15)]),  # an interruption does not: the resumed run evaluates on schedule
-])
+@pytest.mark.parametrize(
+    "stop, interrupted, expected",
+    [
+        (None, False, [("train", 15)]),  # a log is due at 15, no evaluation
+        ("early stopping", False, [("train", 15), ("validation", 15)]),  # stopping early evaluates where it stops
+        ("SIGTERM", True, [("train", 15)]),  # an interruption does not: the resumed run evaluates on schedule
+    ],
+)
 def test_a_boundary_logs_and_evaluates_what_is_due(stop, interrupted, expected):
     r = recorder()
     r.steps_done(10, [{"loss": np.ones(5)}])
@@ -170,8 +184,12 @@ def test_evaluation_weighs_each_batch_by_its_size():
     assert evaluate(Carry())["a"][0]["mean"] == pytest.approx(4.5)  # batches of 4, 4 and 2: the exact mean
     assert Evaluator(None, OneRun(optax.sgd(0.1)), ONE_DEVICE, {"a": data}, {"a": 4})(Carry()) == {}
     # a population's metrics are one per member, each an exact mean
-    means = exact_means(lambda p, s, batch: {"m": jnp.stack([jnp.mean(batch["x"]), jnp.max(batch["x"])])}, None, None,
-                        ONE_DEVICE.eval_batches(data, 3))
+    means = exact_means(
+        lambda p, s, batch: {"m": jnp.stack([jnp.mean(batch["x"]), jnp.max(batch["x"])])},
+        None,
+        None,
+        ONE_DEVICE.eval_batches(data, 3),
+    )
     np.testing.assert_allclose(means["m"], [4.5, (2 * 3 + 5 * 3 + 8 * 3 + 9) / 10])
 
 
@@ -205,10 +223,14 @@ def test_a_populations_feed_stacks_each_members_own_order_after_the_steps():
     members = Members(lambda hyper: optax.sgd(0.1), 2)
     orders = members.orders(data, batch_size, [3, 7])
     plan = CallPlan(total=20, per_epoch=10, eval_every=10, log_every=10, fused=5)
-    size, indices = BatchFeed(orders, ONE_DEVICE, plan, batch_size, slice(0, batch_size), resident=data, members=True).call(0)
+    size, indices = BatchFeed(
+        orders, ONE_DEVICE, plan, batch_size, slice(0, batch_size), resident=data, members=True
+    ).call(0)
     assert size == 5 and np.asarray(indices).shape == (5, 2, 4)  # (steps, members, batch)
     for member, seed in enumerate((3, 7)):
-        np.testing.assert_array_equal(np.asarray(indices)[:, member].ravel(), np.random.default_rng([seed, 0]).permutation(n)[:20])
+        np.testing.assert_array_equal(
+            np.asarray(indices)[:, member].ravel(), np.random.default_rng([seed, 0]).permutation(n)[:20]
+        )
     with pytest.raises(ValueError, match="a population of 2 members needs 2 data seeds, got 1"):
         members.orders(data, batch_size, [3])
 
@@ -229,5 +251,7 @@ def test_a_members_metrics_stop_at_the_step_that_froze_it_and_freezing_keeps_the
 def members_carry(size):
     from fundl.train import MemberStates, TrainState
 
-    states = TrainState(jnp.zeros((size,), jnp.int32), {"w": jnp.zeros((size, 2))}, {}, (), jax.random.split(jax.random.key(0), size))
+    states = TrainState(
+        jnp.zeros((size,), jnp.int32), {"w": jnp.zeros((size, 2))}, {}, (), jax.random.split(jax.random.key(0), size)
+    )
     return MemberStates.of(states, {"lr": np.arange(size)})

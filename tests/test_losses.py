@@ -27,8 +27,12 @@ def test_sequence_losses_average_over_the_mask():
     labels = jax.random.randint(jax.random.key(1), (2, 5), 0, 7)
     where = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], bool)
     per_token = -np.take_along_axis(np_log_softmax(logits), np.asarray(labels)[..., None], -1)[..., 0]
-    np.testing.assert_allclose(losses.softmax_cross_entropy(logits, labels, where=where), per_token[where].mean(), rtol=1e-5)
-    np.testing.assert_allclose(losses.perplexity(logits, labels, where=where), np.exp(per_token[where].mean()), rtol=1e-5)
+    np.testing.assert_allclose(
+        losses.softmax_cross_entropy(logits, labels, where=where), per_token[where].mean(), rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        losses.perplexity(logits, labels, where=where), np.exp(per_token[where].mean()), rtol=1e-5
+    )
 
 
 def test_binary_cross_entropy_matches_numpy():
@@ -67,7 +71,9 @@ def test_labels_outside_the_classes_are_an_error():
 
 
 def test_label_shape_and_dtype_errors():
-    with pytest.raises(ValueError, match=r"expects labels of shape \(4,\) for logits of shape \(4, 3\).*got labels of shape \(4, 1\)"):
+    with pytest.raises(
+        ValueError, match=r"expects labels of shape \(4,\) for logits of shape \(4, 3\).*got labels of shape \(4, 1\)"
+    ):
         losses.softmax_cross_entropy(LOGITS, LABELS[:, None])
     with pytest.raises(TypeError, match="softmax_cross_entropy expects integer class labels, got float32"):
         losses.softmax_cross_entropy(LOGITS, LABELS.astype(np.float32))

@@ -10,7 +10,15 @@ import pytest
 import fundl as fl
 from fundl import runs
 from fundl.datasets import Ratings, noise_floor, positive_pairs, positives, ratings, to_rating
-from fundl.models import deep_recommender, dot_recommender, mean_user_auc, per_user_auc, rating_loss, score_matrix, triplet_loss
+from fundl.models import (
+    deep_recommender,
+    dot_recommender,
+    mean_user_auc,
+    per_user_auc,
+    rating_loss,
+    score_matrix,
+    triplet_loss,
+)
 
 TINY_DATA = [("data.users", 120), ("data.items", 80), ("data.per_user", 30)]
 
@@ -35,16 +43,23 @@ def test_ratings_are_deterministic_integers_in_range_and_splits_are_disjoint():
     cut80, cut90 = int(np.round(0.8 * len(everything))), int(np.round(0.9 * len(everything)))
     assert [len(i) for i in ids] == [cut80, cut90 - cut80, len(everything) - cut90]
     for split in (data.train, data.validation, data.test):
-        assert split["user"].dtype == np.int32 and split["item"].dtype == np.int32 and split["rating"].dtype == np.float32
+        assert (
+            split["user"].dtype == np.int32 and split["item"].dtype == np.int32 and split["rating"].dtype == np.float32
+        )
         assert set(np.unique(split["rating"])) <= {1.0, 2.0, 3.0, 4.0, 5.0}
-        assert split["user"].max() < 60 and split["item"].max() < 40 and min(split["user"].min(), split["item"].min()) >= 0
+        assert (
+            split["user"].max() < 60 and split["item"].max() < 40 and min(split["user"].min(), split["item"].min()) >= 0
+        )
     counts = np.bincount(everything // 40, minlength=60)
     assert counts.min() >= 5 and counts.max() <= 15  # per_user // 2 to 1.5 * per_user ratings each
     assert data.scores.shape == (60, 40)
 
 
 def test_users_rate_what_they_like_when_taste_is_positive():
-    picky, uniform = ratings(200, 100, per_user=20, taste=2.0, seed=0), ratings(200, 100, per_user=20, taste=0.0, seed=0)
+    picky, uniform = (
+        ratings(200, 100, per_user=20, taste=2.0, seed=0),
+        ratings(200, 100, per_user=20, taste=0.0, seed=0),
+    )
     mean_score = lambda d: d.scores[d.train["user"], d.train["item"]].mean()  # noqa: E731
     assert mean_score(picky) > mean_score(uniform) + 0.5
 
@@ -52,7 +67,11 @@ def test_users_rate_what_they_like_when_taste_is_positive():
 def test_rounding_and_the_noise_floor_by_hand():
     np.testing.assert_array_equal(to_rating([2.5, 0.3, 7.0, 3.49]), [3, 1, 5, 3])
     scores = np.array([[1.4, 3.6], [4.7, 0.2]], np.float32)
-    test = {"user": np.array([0, 0, 1, 1], np.int32), "item": np.array([0, 1, 0, 1], np.int32), "rating": np.array([2, 4, 3, 1], np.float32)}
+    test = {
+        "user": np.array([0, 0, 1, 1], np.int32),
+        "item": np.array([0, 1, 0, 1], np.int32),
+        "rating": np.array([2, 4, 3, 1], np.float32),
+    }
     empty = {k: v[:0] for k, v in test.items()}
     data = Ratings(train=test, validation=empty, test=test, num_users=2, num_items=2, scores=scores)
     # clean ratings 1, 4, 5, 1 -> |2-1| + |4-4| + |3-5| + |1-1| = 3 over 4 ratings
@@ -85,9 +104,15 @@ def test_dot_recommender_is_the_dot_product_plus_biases():
     users, items = np.array([0, 4, 2, 2]), np.array([6, 0, 3, 3])
     scores, _ = model.apply(params, {}, (jnp.asarray(users), jnp.asarray(items)))
     emb = params["embeddings"]
-    u, i, bu, bi = (np.asarray(emb[s][p]["table"]) for s, p in (("user", "vector"), ("item", "vector"), ("user", "bias"), ("item", "bias")))
+    u, i, bu, bi = (
+        np.asarray(emb[s][p]["table"])
+        for s, p in (("user", "vector"), ("item", "vector"), ("user", "bias"), ("item", "bias"))
+    )
     np.testing.assert_allclose(scores, 2.0 + np.sum(u[users] * i[items], 1) + bu[users, 0] + bi[items, 0], rtol=1e-5)
-    assert "bias" not in dot_recommender(5, 7, 3, user_bias=False).init(jax.random.key(0), ((4,), (4,)))[1]["embeddings"]["user"]
+    assert (
+        "bias"
+        not in dot_recommender(5, 7, 3, user_bias=False).init(jax.random.key(0), ((4,), (4,)))[1]["embeddings"]["user"]
+    )
     with pytest.raises(fl.LayerError, match=r"dot_recommender expects a pair of id arrays of one shape"):
         model.init(jax.random.key(0), (4,))
 
@@ -106,7 +131,11 @@ def test_rating_loss_is_mae_or_mse():
     predicted = np.asarray(model.apply(params, state, (batch["user"], batch["item"]))[0])
     mae, (_, metrics) = rating_loss(model, "mae")(params, state, batch, None)
     mse, _ = rating_loss(model, "mse")(params, state, batch, None)
-    assert float(mae) == pytest.approx(np.mean(np.abs(predicted - [5, 1])), rel=1e-5) == pytest.approx(float(metrics["mae"]))
+    assert (
+        float(mae)
+        == pytest.approx(np.mean(np.abs(predicted - [5, 1])), rel=1e-5)
+        == pytest.approx(float(metrics["mae"]))
+    )
     assert float(mse) == pytest.approx(np.mean((predicted - [5, 1]) ** 2), rel=1e-5)
     with pytest.raises(ValueError, match="unknown loss 'l1'; expected one of mae, mse"):
         rating_loss(model, "l1")
@@ -119,7 +148,11 @@ def test_triplet_loss_against_numpy():
     batch = {"user": jnp.asarray(users), "item": jnp.asarray(items), "negative": jnp.asarray(negatives)}
     loss, (_, metrics) = triplet_loss(model, 9, margin=0.7)(params, state, batch, None, train=False)
     emb = params["embeddings"]
-    u, v, b = np.asarray(emb["user"]["vector"]["table"]), np.asarray(emb["item"]["vector"]["table"]), np.asarray(emb["item"]["bias"]["table"])[:, 0]
+    u, v, b = (
+        np.asarray(emb["user"]["vector"]["table"]),
+        np.asarray(emb["item"]["vector"]["table"]),
+        np.asarray(emb["item"]["bias"]["table"])[:, 0],
+    )
     pos = np.sum(u[users] * v[items], 1) + b[items]
     neg = np.sum(u[users] * v[negatives], 1) + b[negatives]
     np.testing.assert_allclose(loss, np.mean(np.maximum(0.0, 0.7 - pos + neg)), rtol=1e-5)
@@ -135,7 +168,9 @@ def test_triplet_loss_draws_its_negatives_from_the_key():
     loss_fn = jax.jit(triplet_loss(model, 50))
     a, b, c = (float(loss_fn(params, state, batch, jax.random.key(k))[0]) for k in (1, 1, 2))
     assert a == b != c
-    with pytest.raises(ValueError, match=r'without a key \(evaluation\) the batch must carry its negative items as batch\["negative"\]'):
+    with pytest.raises(
+        ValueError, match=r'without a key \(evaluation\) the batch must carry its negative items as batch\["negative"\]'
+    ):
         triplet_loss(model, 50)(params, state, batch, None)
 
 
@@ -188,14 +223,20 @@ def train_losses(done):
 
 @pytest.mark.parametrize("kind", ["dot", "deep"])
 def test_recsys_explicit_runs_and_learns(tmp_path, kind):
-    done = quiet_run("recsys_explicit", [*TINY_DATA, ("model.kind", kind), ("train.epochs", 3), ("train.batch_size", 64)], tmp_path / "run")
+    done = quiet_run(
+        "recsys_explicit",
+        [*TINY_DATA, ("model.kind", kind), ("train.epochs", 3), ("train.batch_size", 64)],
+        tmp_path / "run",
+    )
     results = json.loads((tmp_path / "run" / "ratings.json").read_text())
     assert all(np.isfinite(v) for v in results.values())
     assert results["test_mae"] < results["test_mae_at_init"] and results["noise_floor"] > 0
     losses = train_losses(done)
     assert losses[-1] < losses[0]
     assert set(done.summary["metrics"]) == {"train", "validation", "test"}  # the test split scored once, at the end
-    assert done.summary["metrics"]["test"]["mae"] == pytest.approx(results["test_mae_unrounded"], rel=1e-5)  # as report() measured it
+    assert done.summary["metrics"]["test"]["mae"] == pytest.approx(
+        results["test_mae_unrounded"], rel=1e-5
+    )  # as report() measured it
 
 
 def test_recsys_triplet_runs_and_learns(tmp_path):

@@ -311,7 +311,9 @@ def test_initial_state_errors(kind):
 
 
 def test_bidirectional_errors():
-    with raises("bidirectional expects a layer with one output (not return_state=True), got output shapes ((3, 5), (3, 5))"):
+    with raises(
+        "bidirectional expects a layer with one output (not return_state=True), got output shapes ((3, 5), (3, 5))"
+    ):
         bidirectional(gru(H, return_state=True)).init(jax.random.key(0), (B, T, F))
     with raises("bidirectional expects a recurrent layer such as lstm(64), got <function lstm"):
         bidirectional(lstm)  # the factory, not a layer
@@ -325,7 +327,9 @@ def test_bidirectional_errors():
         layer.apply(params, {}, x, initial_state=(h, jnp.zeros((B, 4))))
     with raises("forward: simple_rnn expects a mask of shape (batch, time) = (3, 6), got (6,)"):
         layer.apply(params, {}, x, mask=MASK[0])
-    with raises("backward: simple_rnn params do not match the layer: expected entries ['b', 'u', 'w'], missing ['w', 'u', 'b']"):
+    with raises(
+        "backward: simple_rnn params do not match the layer: expected entries ['b', 'u', 'w'], missing ['w', 'u', 'b']"
+    ):
         layer.apply({"forward": params["forward"]}, {}, x)
     with raises("bidirectional params have unexpected entries ['sideways']; its children are ['forward', 'backward']"):
         layer.apply({**params, "sideways": params["forward"]}, {}, x)

@@ -52,8 +52,15 @@ def test_ls_prints_one_aligned_line_per_run_sorted_by_name(root, capsys):
     for name, line in zip("abc", lines[1:]):
         _, environment, summary = _files(root / name)
         accuracy = summary["metrics"]["test"]["accuracy"]
-        expected = [name, environment["example"], "finished", str(summary["steps"]),
-                    "test/accuracy", f"{accuracy:.4f}", summary["params_fingerprint"][:12]]
+        expected = [
+            name,
+            environment["example"],
+            "finished",
+            str(summary["steps"]),
+            "test/accuracy",
+            f"{accuracy:.4f}",
+            summary["params_fingerprint"][:12],
+        ]
         assert line.split() == expected
     starts = {line.index(line.split()[3]) for line in lines}  # the STEPS column lines up
     assert len(starts) == 1
@@ -106,13 +113,13 @@ def test_show_prints_the_flat_config_environment_and_final_metrics(root, capsys)
     assert fields["devices"].startswith(f"{len(environment['devices'])} cpu device(s)")
     assert fields["precision"] == "float32"
 
-    config_lines = lines[lines.index("config") + 1: lines.index("metrics") - 1]
+    config_lines = lines[lines.index("config") + 1 : lines.index("metrics") - 1]
     shown = dict(line.split() for line in config_lines)
     flat = flatten_config(config)
     assert shown == {k: v if isinstance(v, str) else json.dumps(v) for k, v in flat.items()}
     assert shown["seed"] == "1" and shown["optimizer.learning_rate"] == "0.05" and shown["train.steps"] == "null"
 
-    metric_lines = lines[lines.index("metrics") + 1:]
+    metric_lines = lines[lines.index("metrics") + 1 :]
     assert [line.split()[0] for line in metric_lines] == [f"{split}:" for split in summary["metrics"]]
     for line, values in zip(metric_lines, summary["metrics"].values()):
         assert line.split()[1:] == [t for k, v in values.items() for t in (k, f"{v:.4f}")]
@@ -134,7 +141,9 @@ def test_compare_puts_metrics_side_by_side_and_lists_the_config_that_differs(roo
             assert rows[f"{split}/{metric}"] == [f"{s['metrics'][split][metric]:.4f}" for s in summaries]
     assert rows["steps"] == [str(s["steps"]) for s in summaries]
     assert [line.split() for line in differing] == [
-        ["config", "a", "c"], ["seed", "0", "1"], ["optimizer.learning_rate", "0.1", "0.05"]
+        ["config", "a", "c"],
+        ["seed", "0", "1"],
+        ["optimizer.learning_rate", "0.1", "0.05"],
     ]
     assert fingerprints[0] == "params fingerprints: differ"
     assert fingerprints[1].split() == ["a", summaries[0]["params_fingerprint"]]
@@ -191,20 +200,26 @@ def broken(root, tmp_path):
     return tmp_path
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["ls", "{tmp}/missing"], "{tmp}/missing does not exist: nothing to list"),
-    (["ls", "{tmp}"], "{tmp}/config_json/config.json is not valid JSON"),
-    (["show", "{tmp}/missing"], "run directory {tmp}/missing does not exist"),
-    (["show", "{tmp}/plain"], "{tmp}/plain is not a fundl run directory: no config.json"),
-    (["show", "{tmp}/config_json"], "{tmp}/config_json/config.json is not valid JSON"),
-    (["show", "{tmp}/summary_json"], "{tmp}/summary_json/summary.json is not valid JSON"),
-    (["compare", "{a}"], "compare needs two or more run directories, got 1"),
-    (["compare", "{a}", "{tmp}/plain"], "{tmp}/plain is not a fundl run directory: no config.json"),
-    (["plot", "{tmp}/metrics_jsonl"], "{tmp}/metrics_jsonl/metrics.jsonl line 6 is not a metrics record"),
-    (["plot", "{a}", "--metric", "test/bleu"], "unknown metric 'test/bleu' (want SPLIT/METRIC logged by every run); "
-                                               "available: test/accuracy, test/loss, train/accuracy, train/learning_rate, train/loss, "
-                                               "validation/accuracy, validation/loss"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["ls", "{tmp}/missing"], "{tmp}/missing does not exist: nothing to list"),
+        (["ls", "{tmp}"], "{tmp}/config_json/config.json is not valid JSON"),
+        (["show", "{tmp}/missing"], "run directory {tmp}/missing does not exist"),
+        (["show", "{tmp}/plain"], "{tmp}/plain is not a fundl run directory: no config.json"),
+        (["show", "{tmp}/config_json"], "{tmp}/config_json/config.json is not valid JSON"),
+        (["show", "{tmp}/summary_json"], "{tmp}/summary_json/summary.json is not valid JSON"),
+        (["compare", "{a}"], "compare needs two or more run directories, got 1"),
+        (["compare", "{a}", "{tmp}/plain"], "{tmp}/plain is not a fundl run directory: no config.json"),
+        (["plot", "{tmp}/metrics_jsonl"], "{tmp}/metrics_jsonl/metrics.jsonl line 6 is not a metrics record"),
+        (
+            ["plot", "{a}", "--metric", "test/bleu"],
+            "unknown metric 'test/bleu' (want SPLIT/METRIC logged by every run); "
+            "available: test/accuracy, test/loss, train/accuracy, train/learning_rate, train/loss, "
+            "validation/accuracy, validation/loss",
+        ),
+    ],
+)
 def test_errors_are_one_line_with_exit_status_2(root, broken, capsys, argv, message):
     fill = lambda text: text.format(tmp=broken, a=root / "a")  # noqa: E731
     status, out, err = _cli(capsys, *map(fill, argv))
@@ -215,7 +230,7 @@ def test_errors_are_one_line_with_exit_status_2(root, broken, capsys, argv, mess
 
 def test_the_readme_shows_these_commands_and_the_ls_header():
     readme = (Path(__file__).parent.parent / "README.md").read_text()
-    section = readme[readme.index("### Run tools"):]
+    section = readme[readme.index("### Run tools") :]
     commands = section.split("```bash\n")[1].split("```")[0].splitlines()
     assert [line.split()[:2] for line in commands] == [["fundl", c] for c in ("ls", "show", "compare", "plot")]
     example = section.split("```text\n")[1].split("```")[0].splitlines()

@@ -29,10 +29,19 @@ def test_the_relu_adam_variant_reaches_the_course_accuracy(tmp_path):
 
 def test_a_run_directory_records_config_metrics_summary_and_train_state(tmp_path):
     directory = tmp_path / "run"
-    done = runs.run("mlp_digits", [("train.epochs", 2), ("seed", 4)], out=str(directory), quiet=True, echo=lambda _: None)
+    done = runs.run(
+        "mlp_digits", [("train.epochs", 2), ("seed", 4)], out=str(directory), quiet=True, echo=lambda _: None
+    )
     assert {p.name for p in directory.iterdir()} == {
-        "config.json", "environment.json", "metrics.jsonl", "summary.json", "train_state.msgpack", "curves.png",
-        "status.json", "example.py", "checkpoints",
+        "config.json",
+        "environment.json",
+        "metrics.jsonl",
+        "summary.json",
+        "train_state.msgpack",
+        "curves.png",
+        "status.json",
+        "example.py",
+        "checkpoints",
     }
     assert json.loads((directory / "status.json").read_text())["status"] == "finished"
     assert sorted(p.name for p in (directory / "checkpoints").iterdir()) == ["38.ckpt", "76.ckpt"]
@@ -41,12 +50,20 @@ def test_a_run_directory_records_config_metrics_summary_and_train_state(tmp_path
     assert config == done.config and set(DEFAULTS) <= set(config)
     records = [json.loads(line) for line in (directory / "metrics.jsonl").read_text().splitlines()]
     # validation after every epoch, the test split once, at the end
-    assert [(r["step"], r["split"]) for r in records] == [(38, "train"), (38, "validation"), (76, "train"), (76, "validation"), (76, "test")]
+    assert [(r["step"], r["split"]) for r in records] == [
+        (38, "train"),
+        (38, "validation"),
+        (76, "train"),
+        (76, "validation"),
+        (76, "test"),
+    ]
     assert records[0]["epoch"] == 1.0 and records[0]["learning_rate"] == 0.1 and "accuracy" in records[1]
     summary = json.loads((directory / "summary.json").read_text())
     assert {"steps", "epochs", "wall_s", "compile_s", "params_fingerprint", "metrics"} <= set(summary)
     assert summary["metrics"]["test"] == {k: v for k, v in records[-1].items() if k not in ("step", "epoch", "split")}
-    assert summary["metrics"]["validation"] == {k: v for k, v in records[-2].items() if k not in ("step", "epoch", "split")}
+    assert summary["metrics"]["validation"] == {
+        k: v for k, v in records[-2].items() if k not in ("step", "epoch", "split")
+    }
     assert json.loads((directory / "environment.json").read_text())["example"] == "mlp_digits"
 
 
@@ -56,15 +73,31 @@ def test_load_run_gives_back_the_model_and_params(tmp_path):
     assert loaded.config == done.config
     jax.tree.map(np.testing.assert_array_equal, loaded.train_state.params, done.train_state.params)
     assert int(loaded.train_state.step) == 76
-    np.testing.assert_array_equal(jax.random.key_data(loaded.train_state.key), jax.random.key_data(done.train_state.key))
+    np.testing.assert_array_equal(
+        jax.random.key_data(loaded.train_state.key), jax.random.key_data(done.train_state.key)
+    )
     for split, data in {**loaded.experiment.eval_data, **loaded.experiment.test_data}.items():  # validation and test
         logits, _ = loaded.experiment.model.apply(loaded.train_state.params, loaded.train_state.state, data["image"])
-        np.testing.assert_allclose(losses.accuracy(logits, data["label"]), loaded.summary["metrics"][split]["accuracy"], rtol=1e-6)
+        np.testing.assert_allclose(
+            losses.accuracy(logits, data["label"]), loaded.summary["metrics"][split]["accuracy"], rtol=1e-6
+        )
 
 
 def _cli_fingerprint(tmp_path, name, *args):
     out = tmp_path / name
-    command = [sys.executable, "-m", "fundl.cli", "run", "mlp_digits", "--quiet", "--out", str(out), "--set", "train.epochs=2", *args]
+    command = [
+        sys.executable,
+        "-m",
+        "fundl.cli",
+        "run",
+        "mlp_digits",
+        "--quiet",
+        "--out",
+        str(out),
+        "--set",
+        "train.epochs=2",
+        *args,
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert f"run directory: {out}" in result.stdout
@@ -86,7 +119,9 @@ def test_overrides_set_dotted_keys_and_check_types():
     assert config["train"]["epochs"] == 3 and config["optimizer"]["learning_rate"] == 1.0
     assert isinstance(config["optimizer"]["learning_rate"], float) and DEFAULTS["train"]["epochs"] == 10
     assert parse_settings(["seed=3", "optimizer.name=adam", "train.steps=null"]) == [
-        ("seed", 3), ("optimizer.name", "adam"), ("train.steps", None)
+        ("seed", 3),
+        ("optimizer.name", "adam"),
+        ("train.steps", None),
     ]
 
 
@@ -110,9 +145,15 @@ def test_optimizer_errors_list_the_available_ones():
 
 
 def test_optimizer_schedules():
-    config = override(DEFAULTS, [("optimizer.schedule", "cosine"), ("optimizer.warmup_steps", 10), ("optimizer.learning_rate", 1.0)])
+    config = override(
+        DEFAULTS, [("optimizer.schedule", "cosine"), ("optimizer.warmup_steps", 10), ("optimizer.learning_rate", 1.0)]
+    )
     _, schedule = runs.make_optimizer(config, 110)
-    assert float(schedule(0)) == 0.0 and float(schedule(10)) == pytest.approx(1.0) and float(schedule(110)) == pytest.approx(0.0)
+    assert (
+        float(schedule(0)) == 0.0
+        and float(schedule(10)) == pytest.approx(1.0)
+        and float(schedule(110)) == pytest.approx(0.0)
+    )
 
 
 # --- the command line and its errors ----------------------------------------------------------
@@ -172,28 +213,42 @@ def _example_with_test_data(tmp_path, test_data: str):
         "def experiment(config):\n"
         "    data = fl.datasets.digits(validation=0.2)\n"
         "    model = fl.serial(fl.flatten(), fl.dense(10))\n"
-        "    return Experiment(model, (64, 8, 8), classification_loss(model), data['train'], {'validation': data['validation']},\n"
+        "    return Experiment(model, (64, 8, 8), classification_loss(model), "
+        "data['train'], {'validation': data['validation']},\n"
         f"                      test_data={test_data})\n"
     )
     return str(example)
 
 
 def test_a_bad_test_split_is_an_error_before_the_run_directory_is_made(tmp_path):
-    bad_label = "{'test': {'image': data['test']['image'], 'label': np.where(np.arange(270) == 3, 10, data['test']['label'])}}"
+    bad_label = (
+        "{'test': {'image': data['test']['image'], 'label': np.where(np.arange(270) == 3, 10, data['test']['label'])}}"
+    )
     with pytest.raises(ValueError, match=r"test split 'test'.*index 3.*10"):
         runs.run(_example_with_test_data(tmp_path, bad_label), out=str(tmp_path / "a"), quiet=True, echo=lambda _: None)
     with pytest.raises(ValueError, match=r"test_data and eval_data .* both name split\(s\) \['validation'\]"):
-        runs.run(_example_with_test_data(tmp_path, "{'validation': data['test']}"), out=str(tmp_path / "b"), quiet=True, echo=lambda _: None)
+        runs.run(
+            _example_with_test_data(tmp_path, "{'validation': data['test']}"),
+            out=str(tmp_path / "b"),
+            quiet=True,
+            echo=lambda _: None,
+        )
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
 def test_an_interrupted_run_scores_its_test_split_only_when_resumed_to_the_end(tmp_path):
     example = _example_with_test_data(tmp_path, "{'test': data['test']}")
-    stopped = runs.run(example, [("train.epochs", 2)], out=str(tmp_path / "run"), quiet=True, echo=lambda _: None, stop_after_steps=19)
+    stopped = runs.run(
+        example, [("train.epochs", 2)], out=str(tmp_path / "run"), quiet=True, echo=lambda _: None, stop_after_steps=19
+    )
     assert "test" not in stopped.summary["metrics"] and "validation" in stopped.summary["metrics"]
     done = runs.resume(str(tmp_path / "run"), quiet=True, echo=lambda _: None)
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [(r["step"], r["split"]) for r in records if r["split"] != "train"] == [(19, "validation"), (38, "validation"), (38, "test")]
+    assert [(r["step"], r["split"]) for r in records if r["split"] != "train"] == [
+        (19, "validation"),
+        (38, "validation"),
+        (38, "test"),
+    ]
     assert done.summary["metrics"]["test"]["accuracy"] > 0.5  # a linear model after 2 epochs; chance is 0.1
 
 
@@ -202,9 +257,15 @@ def test_a_saved_train_state_that_does_not_match_is_a_clear_error(tmp_path):
     from fundl.train import TrainState
 
     optimizer = optax.sgd(0.1)
-    make = lambda width: TrainState.create(*fl.dense(width).init(jax.random.key(0), (2, 3))[1:], optimizer, jax.random.key(1))  # noqa: E731
+
+    def make(width):
+        return TrainState.create(*fl.dense(width).init(jax.random.key(0), (2, 3))[1:], optimizer, jax.random.key(1))
+
     runs.save_train_state(tmp_path / "ts.msgpack", make(4))
-    with pytest.raises(ValueError, match=r"does not match this model and optimizer at \.params\['b'\]: expected float32\[5\], found float32\[4\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"does not match this model and optimizer at \.params\['b'\]: expected float32\[5\], found float32\[4\]",
+    ):
         runs.restore_train_state(tmp_path / "ts.msgpack", make(5))
     with pytest.raises(FileNotFoundError, match="no saved train state at"):
         runs.restore_train_state(tmp_path / "nothing.msgpack", make(4))
@@ -229,8 +290,18 @@ def _scalars(directory):
 
 
 def test_tensorboard_event_files_hold_the_logged_scalars(tmp_path):
-    done = runs.run("mlp_digits", [("train.epochs", 2), ("log.tensorboard", True)], out=str(tmp_path / "run"), quiet=True, echo=lambda _: None)
+    done = runs.run(
+        "mlp_digits",
+        [("train.epochs", 2), ("log.tensorboard", True)],
+        out=str(tmp_path / "run"),
+        quiet=True,
+        echo=lambda _: None,
+    )
     scalars = _scalars(tmp_path / "run" / "tensorboard")
-    assert {"train/loss", "train/accuracy", "train/learning_rate", "validation/loss", "validation/accuracy"} <= set(scalars)
+    assert {"train/loss", "train/accuracy", "train/learning_rate", "validation/loss", "validation/accuracy"} <= set(
+        scalars
+    )
     assert [step for step, _ in scalars["validation/accuracy"]] == [38, 76]
-    assert scalars["validation/accuracy"][-1][1] == pytest.approx(done.summary["metrics"]["validation"]["accuracy"], rel=1e-6)
+    assert scalars["validation/accuracy"][-1][1] == pytest.approx(
+        done.summary["metrics"]["validation"]["accuracy"], rel=1e-6
+    )

@@ -14,9 +14,14 @@ from fundl.datasets import TokenVocabulary, number_translation, number_words
 from fundl.datasets._seq2seq import MAX_WORDS, encode_pairs
 from fundl.models import beam_decode, greedy_decode, seq2seq
 
-KNOWN = {312005: "three hundred and twelve thousand and five", 1: "one", 999999:
-         "nine hundred and ninety nine thousand nine hundred and ninety nine", 100: "one hundred",
-         1000: "one thousand", 101000: "one hundred and one thousand"}
+KNOWN = {
+    312005: "three hundred and twelve thousand and five",
+    1: "one",
+    999999: "nine hundred and ninety nine thousand nine hundred and ninety nine",
+    100: "one hundred",
+    1000: "one thousand",
+    101000: "one hundred and one thousand",
+}
 
 
 # --- data ---------------------------------------------------------------------------------
@@ -37,7 +42,7 @@ def test_data_is_deterministic_and_the_splits_are_disjoint():
 @pytest.mark.parametrize("direction", ["to_digits", "to_words"])
 def test_known_numbers_round_trip(direction):
     pairs = encode_pairs(list(KNOWN), direction)
-    source, target = (number_translation(1, 1, 1, direction=direction)[3:])
+    source, target = number_translation(1, 1, 1, direction=direction)[3:]
     for i, (n, words) in enumerate(KNOWN.items()):
         phrase, digits = (words, str(n))
         src, tgt = (phrase, digits) if direction == "to_digits" else (digits, phrase)
@@ -79,7 +84,9 @@ def untrained(attention=True, hidden=16):
 def test_model_shapes_and_params(attention):
     data, s2s, shape, params = untrained(attention)
     assert shape == (4, 7, len(data.target))
-    expected = {"source_embed", "encoder", "target_embed", "decoder", "head"} | ({"score", "combine"} if attention else set())
+    expected = {"source_embed", "encoder", "target_embed", "decoder", "head"} | (
+        {"score", "combine"} if attention else set()
+    )
     assert set(params) == expected
     apply = jax.jit(s2s.model.apply)
     logits, _ = apply(params, {}, (data.train["source"], data.train["inputs"]))
@@ -124,13 +131,23 @@ def test_beam_width_one_is_greedy_and_wider_beams_score_higher():
 
 # --- the example --------------------------------------------------------------------------
 
-TINY = [("data.train", 4000), ("data.validation", 200), ("data.test", 400), ("model.hidden", 64), ("train.epochs", 2),
-        ("train.batch_size", 32), ("train.log_every", 25), ("train.eval_batch_size", 200)]
+TINY = [
+    ("data.train", 4000),
+    ("data.validation", 200),
+    ("data.test", 400),
+    ("model.hidden", 64),
+    ("train.epochs", 2),
+    ("train.batch_size", 32),
+    ("train.log_every", 25),
+    ("train.eval_batch_size", 200),
+]
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    return runs.run("seq2seq_numbers", TINY, out=str(tmp_path_factory.mktemp("s2s") / "r"), quiet=True, echo=lambda _: None)
+    return runs.run(
+        "seq2seq_numbers", TINY, out=str(tmp_path_factory.mktemp("s2s") / "r"), quiet=True, echo=lambda _: None
+    )
 
 
 def test_a_short_run_learns_and_decodes(tiny_run):

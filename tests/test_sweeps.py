@@ -68,7 +68,9 @@ def test_a_members_final_params_load_back_and_the_sweep_lists_as_finished(eight_
         runs.load_run(root / "sweep")
     (listed,) = runs.list_runs(root)
     assert listed["status"] == "finished" and listed["headline"][0] == "test/accuracy"
-    assert "finished" in runs.compare_runs([root / "sweep", root / "sweep"]) or True  # compare reads a sweep without error
+    assert (
+        "finished" in runs.compare_runs([root / "sweep", root / "sweep"]) or True
+    )  # compare reads a sweep without error
     assert re.search(r"sweep: 8 members", runs.show_run(root / "sweep"))
 
 
@@ -78,13 +80,33 @@ def test_member_params_are_allclose_to_separate_fit():
     experiment = module.experiment(config)
     optimizer = optax.sgd(0.1)
     states = initial_train_states(experiment.model, experiment.input_shape, optimizer, [3, 4])
-    final, history = fit_members(experiment.loss_fn, lambda hp: optimizer, states, {}, experiment.train_data, batch_size=32,
-                                 data_seeds=[3, 4], epochs=5, quiet=True)
+    final, history = fit_members(
+        experiment.loss_fn,
+        lambda hp: optimizer,
+        states,
+        {},
+        experiment.train_data,
+        batch_size=32,
+        data_seeds=[3, 4],
+        epochs=5,
+        quiet=True,
+    )
     assert history.members == (fl.train.MemberEnd(), fl.train.MemberEnd())
     for i in range(2):
         one = jax.tree.map(lambda x: x[i], states)
-        alone, _ = fit(experiment.loss_fn, optimizer, one, experiment.train_data, batch_size=32, epochs=5, data_seed=3 + i, quiet=True)
-        for a, b in zip(jax.tree.leaves(jax.tree.map(lambda x: x[i], final.states.params)), jax.tree.leaves(alone.params)):
+        alone, _ = fit(
+            experiment.loss_fn,
+            optimizer,
+            one,
+            experiment.train_data,
+            batch_size=32,
+            epochs=5,
+            data_seed=3 + i,
+            quiet=True,
+        )
+        for a, b in zip(
+            jax.tree.leaves(jax.tree.map(lambda x: x[i], final.states.params)), jax.tree.leaves(alone.params)
+        ):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
@@ -106,12 +128,27 @@ def test_members_get_what_runs_have_accumulation_schedules_early_stopping_and_be
     def hooks(member):
         return [early_stopping("validation", "loss", patience=3), BestParams("validation", "accuracy", mode="max")]
 
-    options = dict(batch_size=32, epochs=6, eval_every=19, log_every=7, accumulate=2, eval_data={"validation": data["validation"]},
-                   quiet=True)
+    options = dict(
+        batch_size=32,
+        epochs=6,
+        eval_every=19,
+        log_every=7,
+        accumulate=2,
+        eval_data={"validation": data["validation"]},
+        quiet=True,
+    )
     states = initial_train_states(model, (32, 8, 8), optax.sgd(0.1), [0, 1])
     member_hooks = {m: hooks(m) for m in range(2)}
-    final, history = fit_members(loss, optimizer_fn, states, {"lr": np.array(rates)}, data["train"], data_seeds=[0, 1],
-                                 hooks=lambda m: member_hooks[m], **options)
+    final, history = fit_members(
+        loss,
+        optimizer_fn,
+        states,
+        {"lr": np.array(rates)},
+        data["train"],
+        data_seeds=[0, 1],
+        hooks=lambda m: member_hooks[m],
+        **options,
+    )
     ends = history.members
     assert ends[0].stop_reason and ends[0].stop_reason.startswith("early stopping")  # a rate of 0 stops early ...
     assert ends[1].stop_reason is None and history.steps == 6 * 38  # ... the other trains to the end
@@ -125,7 +162,9 @@ def test_members_get_what_runs_have_accumulation_schedules_early_stopping_and_be
         for got, want in zip(member_records, alone_history.records):
             for name, value in want.metrics.items():
                 assert got.metrics[name] == pytest.approx(value, rel=1e-5, abs=1e-6), (m, got.step, got.split, name)
-        for a, b in zip(jax.tree.leaves(jax.tree.map(lambda x: x[m], final.states.params)), jax.tree.leaves(alone.params)):
+        for a, b in zip(
+            jax.tree.leaves(jax.tree.map(lambda x: x[m], final.states.params)), jax.tree.leaves(alone.params)
+        ):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
         best, alone_best = member_hooks[m][1], alone_hooks[1]
         assert best.step == alone_best.step and best.value == pytest.approx(alone_best.value, abs=1e-6)
@@ -135,17 +174,32 @@ def test_members_get_what_runs_have_accumulation_schedules_early_stopping_and_be
 
 def test_a_frozen_member_stays_frozen_while_the_others_train(tmp_path):
     lines = []
-    done = runs.sweep("mlp_digits", [("train.epochs", 3)], seeds=[0], sweep={"optimizer.learning_rate": [0.1, 1e38, 0.05]},
-                      out=str(tmp_path / "sweep"), quiet=True, echo=lines.append)
+    done = runs.sweep(
+        "mlp_digits",
+        [("train.epochs", 3)],
+        seeds=[0],
+        sweep={"optimizer.learning_rate": [0.1, 1e38, 0.05]},
+        out=str(tmp_path / "sweep"),
+        quiet=True,
+        echo=lines.append,
+    )
     diverged = done.members[1]
-    assert re.fullmatch(r"member 1 \(seed 0, optimizer.learning_rate=1e\+38\) \w+ became (nan|inf|-inf) at step (\d+): "
-                        r"frozen at its last good state", diverged["frozen"])
+    assert re.fullmatch(
+        r"member 1 \(seed 0, optimizer.learning_rate=1e\+38\) \w+ became (nan|inf|-inf) at step (\d+): "
+        r"frozen at its last good state",
+        diverged["frozen"],
+    )
     step = int(re.search(r"at step (\d+)", diverged["frozen"]).group(1))
     assert any("member 1 (seed 0, optimizer.learning_rate=1e+38)" in line for line in lines)
     for index in (0, 2):
         assert done.members[index]["frozen"] is None and done.members[index]["metrics"]["test"]["accuracy"] > 0.9
     # frozen at its last good state: the params of the same member trained alone for one step less
-    alone = runs.run("mlp_digits", [("train.steps", step - 1), ("optimizer.learning_rate", 1e38)], out=str(tmp_path / "alone"), **QUIET)
+    alone = runs.run(
+        "mlp_digits",
+        [("train.steps", step - 1), ("optimizer.learning_rate", 1e38)],
+        out=str(tmp_path / "alone"),
+        **QUIET,
+    )
     frozen = runs.load_run(tmp_path / "sweep", member=1).train_state.params
     for a, b in zip(jax.tree.leaves(frozen), jax.tree.leaves(alone.train_state.params)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5)
@@ -156,8 +210,25 @@ def test_a_frozen_member_stays_frozen_while_the_others_train(tmp_path):
 
 
 def test_every_member_going_nonfinite_fails_the_sweep(tmp_path):
-    done = subprocess.run([*CLI, "run", "mlp_digits", "--seeds", "0-1", "--set", "optimizer.learning_rate=1e38", "--set",
-                           "train.epochs=2", "--out", str(tmp_path / "s"), "--quiet"], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            *CLI,
+            "run",
+            "mlp_digits",
+            "--seeds",
+            "0-1",
+            "--set",
+            "optimizer.learning_rate=1e38",
+            "--set",
+            "train.epochs=2",
+            "--out",
+            str(tmp_path / "s"),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 3, done.stderr
     assert json.loads((tmp_path / "s" / "status.json").read_text())["status"] == "failed"
 
@@ -165,16 +236,31 @@ def test_every_member_going_nonfinite_fails_the_sweep(tmp_path):
 def test_learning_rates_crossed_with_seeds_report_per_setting(tmp_path):
     rates = [0.01, 0.3]
     lines = []
-    done = runs.sweep("mlp_digits", [("train.epochs", 2), ("optimizer.schedule", "cosine")], seeds=[0, 1],
-                      sweep={"optimizer.learning_rate": rates}, out=str(tmp_path / "sweep"), quiet=True, echo=lines.append)
-    assert [(m["settings"]["optimizer.learning_rate"], m["seed"]) for m in done.members] == [(r, s) for r in rates for s in (0, 1)]
+    done = runs.sweep(
+        "mlp_digits",
+        [("train.epochs", 2), ("optimizer.schedule", "cosine")],
+        seeds=[0, 1],
+        sweep={"optimizer.learning_rate": rates},
+        out=str(tmp_path / "sweep"),
+        quiet=True,
+        echo=lines.append,
+    )
+    assert [(m["settings"]["optimizer.learning_rate"], m["seed"]) for m in done.members] == [
+        (r, s) for r in rates for s in (0, 1)
+    ]
     member = done.members[3]  # lr 0.3, seed 1, under a cosine schedule
-    alone = runs.run("mlp_digits", [("train.epochs", 2), ("seed", 1), ("optimizer.schedule", "cosine"), ("optimizer.learning_rate", 0.3)],
-                     out=str(tmp_path / "alone"), **QUIET)
+    alone = runs.run(
+        "mlp_digits",
+        [("train.epochs", 2), ("seed", 1), ("optimizer.schedule", "cosine"), ("optimizer.learning_rate", 0.3)],
+        out=str(tmp_path / "alone"),
+        **QUIET,
+    )
     assert member["metrics"]["test"]["loss"] == pytest.approx(alone.summary["metrics"]["test"]["loss"], rel=1e-5)
     settings = done.summary["settings"]
     assert [s["settings"] for s in settings] == [{"optimizer.learning_rate": r} for r in rates]
-    for setting, members in zip(settings, ([0, 1], [2, 3])):  # the spread over the seeds of one setting, never across rates
+    for setting, members in zip(
+        settings, ([0, 1], [2, 3])
+    ):  # the spread over the seeds of one setting, never across rates
         accuracies = [done.members[m]["metrics"]["test"]["accuracy"] for m in members]
         assert setting["metrics"]["test"]["accuracy"]["mean"] == pytest.approx(np.mean(accuracies))
         assert setting["metrics"]["test"]["accuracy"]["std"] == pytest.approx(np.std(accuracies))
@@ -198,14 +284,26 @@ def test_the_same_sweep_twice_is_bit_identical_and_the_aggregate_matches_the_mem
 
 
 def test_what_cannot_work_per_member_is_refused_before_the_directory_exists(tmp_path):
-    with pytest.raises(ConfigError, match=r"--sweep hidden: only optimizer.learning_rate, .* run each value separately"):
+    with pytest.raises(
+        ConfigError, match=r"--sweep hidden: only optimizer.learning_rate, .* run each value separately"
+    ):
         runs.sweep("mlp_digits", seeds=[0], sweep={"hidden": [32, 64]}, out=str(tmp_path / "x"), **QUIET)
     with pytest.raises(ConfigError, match="checkpoint.best keeps the checkpoint of one run's best evaluation"):
-        runs.sweep("mlp_digits", [("checkpoint.best", "validation/accuracy")], seeds=[0, 1], out=str(tmp_path / "x"), **QUIET)
-    with pytest.raises(ConfigError, match=r"a sweep of 100000 members needs about .* GiB .* sweep at most \d+ members at once"):
+        runs.sweep(
+            "mlp_digits", [("checkpoint.best", "validation/accuracy")], seeds=[0, 1], out=str(tmp_path / "x"), **QUIET
+        )
+    with pytest.raises(
+        ConfigError, match=r"a sweep of 100000 members needs about .* GiB .* sweep at most \d+ members at once"
+    ):
         runs.sweep("mlp_digits", [("hidden", 4096)], seeds=list(range(100_000)), out=str(tmp_path / "x"), **QUIET)
     with pytest.raises(ConfigError, match="a sweep of 200,000 members: at most 100,000 train as one program"):
-        runs.sweep("mlp_digits", seeds=[0, 1], sweep={"optimizer.learning_rate": [0.1] * 100_000}, out=str(tmp_path / "x"), **QUIET)
+        runs.sweep(
+            "mlp_digits",
+            seeds=[0, 1],
+            sweep={"optimizer.learning_rate": [0.1] * 100_000},
+            out=str(tmp_path / "x"),
+            **QUIET,
+        )
     with pytest.raises(ConfigError, match="a sweep trains at most 100,000 members as one program"):
         runs.parse_seeds("0-100000000")
     assert not (tmp_path / "x").exists()
@@ -216,9 +314,26 @@ def test_what_cannot_work_per_member_is_refused_before_the_directory_exists(tmp_
 
 
 def test_the_command_line_sweep(tmp_path):
-    done = subprocess.run([*CLI, "run", "mlp_digits", "--seeds", "0-1", "--sweep", "optimizer.learning_rate=0.05,0.1", "--set",
-                           "train.epochs=1", "--out", str(tmp_path / "s"), "--quiet"],
-                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    done = subprocess.run(
+        [
+            *CLI,
+            "run",
+            "mlp_digits",
+            "--seeds",
+            "0-1",
+            "--sweep",
+            "optimizer.learning_rate=0.05,0.1",
+            "--set",
+            "train.epochs=1",
+            "--out",
+            str(tmp_path / "s"),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr
     assert "test: accuracy" in done.stdout and "±" in done.stdout and "4 members" in done.stdout
 
@@ -228,14 +343,30 @@ def test_a_sweep_evaluates_with_the_experiments_eval_fn_as_its_runs_do(tmp_path)
     done = runs.sweep("backprop_digits", [("train.epochs", 1)], seeds=[0, 1], out=str(tmp_path / "sweep"), **QUIET)
     alone = runs.run("backprop_digits", [("train.epochs", 1), ("seed", 1)], out=str(tmp_path / "alone"), **QUIET)
     for split in ("validation", "test"):
-        assert set(done.members[1]["metrics"][split]) == set(alone.summary["metrics"][split]) >= {"loss", "accuracy", "grad_rel_diff"}
-        assert done.members[1]["metrics"][split]["accuracy"] == pytest.approx(alone.summary["metrics"][split]["accuracy"], abs=1e-6)
+        assert (
+            set(done.members[1]["metrics"][split])
+            == set(alone.summary["metrics"][split])
+            >= {"loss", "accuracy", "grad_rel_diff"}
+        )
+        assert done.members[1]["metrics"][split]["accuracy"] == pytest.approx(
+            alone.summary["metrics"][split]["accuracy"], abs=1e-6
+        )
 
 
 # --- interrupted and resumed ------------------------------------------------------------------------
 
-SWEEP16 = ["mlp_digits", "--seeds", "0-7", "--sweep", "optimizer.learning_rate=0.05,0.2", "--set", "train.epochs=4",
-           "--set", "checkpoint.every_steps=10", "--quiet"]
+SWEEP16 = [
+    "mlp_digits",
+    "--seeds",
+    "0-7",
+    "--sweep",
+    "optimizer.learning_rate=0.05,0.2",
+    "--set",
+    "train.epochs=4",
+    "--set",
+    "checkpoint.every_steps=10",
+    "--quiet",
+]
 
 
 def _latest_checkpoint(directory: Path) -> int:
@@ -262,7 +393,9 @@ def _kill_after_checkpoint(command: list[str], directory: Path, beyond: int) -> 
 
 
 def test_a_16_member_sweep_killed_three_times_and_resumed_ends_as_the_uninterrupted_one(tmp_path):
-    whole = subprocess.run([*CLI, "run", *SWEEP16, "--out", str(tmp_path / "whole")], capture_output=True, text=True, timeout=600)
+    whole = subprocess.run(
+        [*CLI, "run", *SWEEP16, "--out", str(tmp_path / "whole")], capture_output=True, text=True, timeout=600
+    )
     assert whole.returncode == 0, whole.stderr
     killed = tmp_path / "killed"
     moment = _kill_after_checkpoint([*CLI, "run", *SWEEP16, "--out", str(killed)], killed, 0)
@@ -280,7 +413,9 @@ def test_a_16_member_sweep_killed_three_times_and_resumed_ends_as_the_uninterrup
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_sigterm_and_a_first_ctrl_c_checkpoint_a_sweep_and_exit_75(tmp_path, signum):
     out = tmp_path / "s"
-    process = subprocess.Popen([*CLI, "run", *SWEEP16, "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [*CLI, "run", *SWEEP16, "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         deadline = time.time() + 240
         while _latest_checkpoint(out) == 0:
@@ -316,11 +451,13 @@ for a, b in zip(jax.tree.leaves(spread.states.params), jax.tree.leaves(one.state
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
 mesh = data_mesh(8, fsdp=2)
 few = [0, 1]
-sharded, _ = fit_members(loss, lambda h: opt, jax.tree.map(lambda x: x[:2], states), {}, data["train"], data_seeds=few, mesh=mesh,
+two = jax.tree.map(lambda x: x[:2], states)
+sharded, _ = fit_members(loss, lambda h: opt, two, {}, data["train"], data_seeds=few, mesh=mesh,
                          **common)
 for m in few:
     alone, _ = fit(loss, opt, jax.tree.map(lambda x: x[m], states), data["train"], data_seed=m, mesh=mesh, **common)
-    for a, b in zip(jax.tree.leaves(jax.tree.map(lambda x: x[m], sharded.states.params)), jax.tree.leaves(alone.params)):
+    member = jax.tree.map(lambda x: x[m], sharded.states.params)
+    for a, b in zip(jax.tree.leaves(member), jax.tree.leaves(alone.params)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
 print("BODY DONE")
 """
@@ -333,7 +470,9 @@ def test_fit_members_refuses_a_mismatch_of_members_and_seeds():
     data, model, loss = _digits_setup()
     states = initial_train_states(model, (32, 8, 8), optax.sgd(0.1), [0, 1])
     with pytest.raises(ValueError, match="train_states hold 2 members, data_seeds 3"):
-        fit_members(loss, lambda h: optax.sgd(0.1), states, {}, data["train"], batch_size=32, data_seeds=[0, 1, 2], epochs=1)
+        fit_members(
+            loss, lambda h: optax.sgd(0.1), states, {}, data["train"], batch_size=32, data_seeds=[0, 1, 2], epochs=1
+        )
     assert isinstance(jax.tree.map(lambda x: x[0], states), TrainState)
 
 

@@ -22,7 +22,7 @@ ZONE = "us-central2-b"
 TARGET = ["--name", "fundl-tpu", "--zone", ZONE]
 SSH = ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "fundl-tpu", f"--zone={ZONE}", "--worker=all", "--command"]
 IN_VENV = "cd ~/fundl && . ~/fundl-venv/bin/activate && "
-AWKWARD = ["--set", "optimizer.name=it's a \"b\" $HOME `c` \\d", "--out", "runs/my run!"]
+AWKWARD = ["--set", 'optimizer.name=it\'s a "b" $HOME `c` \\d', "--out", "runs/my run!"]
 
 # Fakes for every tool that could reach the network: each one notes its call and fails.
 TRAP = '#!/bin/sh\necho "$0 $*" >> "{log}"\nexit 97\n'
@@ -44,8 +44,11 @@ def env(tmp_path):
     for name in ("gcloud", "ssh", "scp", "git", "curl", "wget"):
         _tool(fake_bin, name, TRAP.format(log=log))
     (tmp_path / "tmp").mkdir()
-    environ = {key: value for key, value in os.environ.items()
-               if key not in ("TPU_NAME", "TPU_ZONE", "TPU_TYPE", "GCP_PROJECT")}
+    environ = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("TPU_NAME", "TPU_ZONE", "TPU_TYPE", "GCP_PROJECT")
+    }
     environ.update(PATH=f"{fake_bin}:{os.environ['PATH']}", TMPDIR=str(tmp_path / "tmp"))
     yield environ
     assert not log.exists(), f"a network tool was called: {log.read_text()}"
@@ -76,17 +79,31 @@ def as_bash_reads(line, tmp_path):
 
 # --- create.sh ---------------------------------------------------------------------------------
 
+
 def test_create_single_host_spot(env):
     out = script("create.sh", *TARGET, "--type", "v4-8", "--spot", "--dry-run", env=env).stdout
-    assert out == ("gcloud compute tpus tpu-vm create fundl-tpu --zone=us-central2-b "
-                   "--accelerator-type=v4-8 --version=tpu-ubuntu2204-base --spot\n")
+    assert out == (
+        "gcloud compute tpus tpu-vm create fundl-tpu --zone=us-central2-b "
+        "--accelerator-type=v4-8 --version=tpu-ubuntu2204-base --spot\n"
+    )
 
 
 def test_create_multi_host_from_environment(env):
     env.update(TPU_NAME="pod", TPU_ZONE="europe-west4-b", TPU_TYPE="v5litepod-16", GCP_PROJECT="my-project")
-    assert dry_run("create.sh", env=env) == [[
-        "gcloud", "compute", "tpus", "tpu-vm", "create", "pod", "--zone=europe-west4-b",
-        "--accelerator-type=v5litepod-16", "--version=v2-alpha-tpuv5-lite", "--project=my-project"]]
+    assert dry_run("create.sh", env=env) == [
+        [
+            "gcloud",
+            "compute",
+            "tpus",
+            "tpu-vm",
+            "create",
+            "pod",
+            "--zone=europe-west4-b",
+            "--accelerator-type=v5litepod-16",
+            "--version=v2-alpha-tpuv5-lite",
+            "--project=my-project",
+        ]
+    ]
 
 
 def test_options_override_environment(env):
@@ -95,31 +112,72 @@ def test_options_override_environment(env):
     assert command[5:8] == ["from-flag", "--zone=us-east1-d", "--accelerator-type=v4-32"]
 
 
-@pytest.mark.parametrize("accelerator, version", [
-    ("v2-8", "tpu-ubuntu2204-base"), ("v3-8", "tpu-ubuntu2204-base"), ("v4-32", "tpu-ubuntu2204-base"),
-    ("v5litepod-8", "v2-alpha-tpuv5-lite"), ("v5p-8", "v2-alpha-tpuv5"), ("v6e-8", "v2-alpha-tpuv6e"),
-])
+@pytest.mark.parametrize(
+    "accelerator, version",
+    [
+        ("v2-8", "tpu-ubuntu2204-base"),
+        ("v3-8", "tpu-ubuntu2204-base"),
+        ("v4-32", "tpu-ubuntu2204-base"),
+        ("v5litepod-8", "v2-alpha-tpuv5-lite"),
+        ("v5p-8", "v2-alpha-tpuv5"),
+        ("v6e-8", "v2-alpha-tpuv6e"),
+    ],
+)
 def test_create_picks_the_software_version(env, accelerator, version):
     [command] = dry_run("create.sh", *TARGET, "--type", accelerator, env=env)
     assert command[-1] == f"--version={version}"
 
 
 def test_create_explicit_version_and_queued_resource(env):
-    assert dry_run("create.sh", *TARGET, "--type", "v6e-16", "--version", "v2-alpha-tpuv6e",
-                   "--queued", "--spot", env=env) == [[
-        "gcloud", "compute", "tpus", "queued-resources", "create", "fundl-tpu", "--node-id=fundl-tpu",
-        f"--zone={ZONE}", "--accelerator-type=v6e-16", "--runtime-version=v2-alpha-tpuv6e", "--spot"]]
+    assert dry_run(
+        "create.sh", *TARGET, "--type", "v6e-16", "--version", "v2-alpha-tpuv6e", "--queued", "--spot", env=env
+    ) == [
+        [
+            "gcloud",
+            "compute",
+            "tpus",
+            "queued-resources",
+            "create",
+            "fundl-tpu",
+            "--node-id=fundl-tpu",
+            f"--zone={ZONE}",
+            "--accelerator-type=v6e-16",
+            "--runtime-version=v2-alpha-tpuv6e",
+            "--spot",
+        ]
+    ]
 
 
 # --- setup.sh ----------------------------------------------------------------------------------
 
+
 def test_setup_copies_this_checkout_to_every_worker(env):
     tarball = f"{env['TMPDIR']}/fundl-src-fundl-tpu.tar.gz"
     pack, copy, install = dry_run("setup.sh", *TARGET, env=env)
-    assert pack == ["tar", "-czf", tarball, "--exclude=./.git", "--exclude=./.venv", "--exclude=./runs",
-                    "--exclude=__pycache__", "--exclude=*.egg-info", "-C", str(ROOT), "."]
-    assert copy == ["gcloud", "compute", "tpus", "tpu-vm", "scp", tarball, "fundl-tpu:fundl-src.tar.gz",
-                    f"--zone={ZONE}", "--worker=all"]
+    assert pack == [
+        "tar",
+        "-czf",
+        tarball,
+        "--exclude=./.git",
+        "--exclude=./.venv",
+        "--exclude=./runs",
+        "--exclude=__pycache__",
+        "--exclude=*.egg-info",
+        "-C",
+        str(ROOT),
+        ".",
+    ]
+    assert copy == [
+        "gcloud",
+        "compute",
+        "tpus",
+        "tpu-vm",
+        "scp",
+        tarball,
+        "fundl-tpu:fundl-src.tar.gz",
+        f"--zone={ZONE}",
+        "--worker=all",
+    ]
     assert install[:-1] == SSH
     steps = install[-1]
     assert steps.startswith("set -e; mkdir -p ~/fundl && tar -xzf ~/fundl-src.tar.gz -C ~/fundl && rm ")
@@ -128,11 +186,14 @@ def test_setup_copies_this_checkout_to_every_worker(env):
 
 
 def test_setup_from_a_git_repository(env, tmp_path):
-    [install] = dry_run("setup.sh", *TARGET, "--repo", "https://example.org/me/fundl.git", "--project", "p-123",
-                        env=env)
+    [install] = dry_run(
+        "setup.sh", *TARGET, "--repo", "https://example.org/me/fundl.git", "--project", "p-123", env=env
+    )
     assert install[:-2] == SSH and install[-1] == "--project=p-123"
-    assert install[-2].startswith("set -e; if [ -d ~/fundl/.git ]; then git -C ~/fundl pull --ff-only; "
-                                  "else git clone https://example.org/me/fundl.git ~/fundl; fi; PY=python3;")
+    assert install[-2].startswith(
+        "set -e; if [ -d ~/fundl/.git ]; then git -C ~/fundl pull --ff-only; "
+        "else git clone https://example.org/me/fundl.git ~/fundl; fi; PY=python3;"
+    )
 
 
 def test_setup_from_another_checkout(env, tmp_path):
@@ -145,25 +206,45 @@ def test_setup_from_another_checkout(env, tmp_path):
 
 # --- run.sh ------------------------------------------------------------------------------------
 
+
 def test_run_single_host(env):
-    out = script("run.sh", *TARGET, "--type", "v5litepod-8", "--dry-run", "--",
-                 "fundl", "run", "mlp_digits", "--set", "train.epochs=3", env=env).stdout
-    assert out == ("gcloud compute tpus tpu-vm ssh fundl-tpu --zone=us-central2-b --worker=all --command "
-                   "'cd ~/fundl && . ~/fundl-venv/bin/activate && fundl run mlp_digits --set train.epochs=3'\n")
+    out = script(
+        "run.sh",
+        *TARGET,
+        "--type",
+        "v5litepod-8",
+        "--dry-run",
+        "--",
+        "fundl",
+        "run",
+        "mlp_digits",
+        "--set",
+        "train.epochs=3",
+        env=env,
+    ).stdout
+    assert out == (
+        "gcloud compute tpus tpu-vm ssh fundl-tpu --zone=us-central2-b --worker=all --command "
+        "'cd ~/fundl && . ~/fundl-venv/bin/activate && fundl run mlp_digits --set train.epochs=3'\n"
+    )
 
 
 def test_run_multi_host_adds_distributed(env):
     env.update(TPU_NAME="fundl-tpu", TPU_ZONE=ZONE, TPU_TYPE="v4-32")
     out = script("run.sh", "--dry-run", "fundl", "run", "cnn_digits", "--seed", "3", env=env).stdout
-    assert out == ("gcloud compute tpus tpu-vm ssh fundl-tpu --zone=us-central2-b --worker=all --command "
-                   "'cd ~/fundl && . ~/fundl-venv/bin/activate && fundl run cnn_digits --seed 3 --distributed'\n")
+    assert out == (
+        "gcloud compute tpus tpu-vm ssh fundl-tpu --zone=us-central2-b --worker=all --command "
+        "'cd ~/fundl && . ~/fundl-venv/bin/activate && fundl run cnn_digits --seed 3 --distributed'\n"
+    )
 
 
-@pytest.mark.parametrize("accelerator, command, expected", [
-    ("v4-32", ["fundl", "run", "x", "--distributed"], "fundl run x --distributed"),  # not twice
-    ("v4-32", ["fundl", "list"], "fundl list"),  # only `fundl run` takes --distributed
-    ("v4-8", ["fundl", "run", "x", "--devices", "1"], "fundl run x --devices 1"),
-])
+@pytest.mark.parametrize(
+    "accelerator, command, expected",
+    [
+        ("v4-32", ["fundl", "run", "x", "--distributed"], "fundl run x --distributed"),  # not twice
+        ("v4-32", ["fundl", "list"], "fundl list"),  # only `fundl run` takes --distributed
+        ("v4-8", ["fundl", "run", "x", "--devices", "1"], "fundl run x --devices 1"),
+    ],
+)
 def test_run_distributed_only_where_needed(env, accelerator, command, expected):
     [ssh] = dry_run("run.sh", *TARGET, "--type", accelerator, "--", *command, env=env)
     assert ssh[-1] == IN_VENV + expected
@@ -181,25 +262,52 @@ def test_run_quotes_awkward_arguments(env, tmp_path):
 
 # --- fetch.sh and delete.sh --------------------------------------------------------------------
 
-@pytest.mark.parametrize("args, source, destination", [
-    (["runs/mlp_digits-20260101-120000/"], "fundl-tpu:fundl/runs/mlp_digits-20260101-120000", "."),
-    (["/mnt/bucket/runs/a", "my runs"], "fundl-tpu:/mnt/bucket/runs/a", "my runs"),
-])
+
+@pytest.mark.parametrize(
+    "args, source, destination",
+    [
+        (["runs/mlp_digits-20260101-120000/"], "fundl-tpu:fundl/runs/mlp_digits-20260101-120000", "."),
+        (["/mnt/bucket/runs/a", "my runs"], "fundl-tpu:/mnt/bucket/runs/a", "my runs"),
+    ],
+)
 def test_fetch_from_worker_0(env, tmp_path, args, source, destination):
     [line] = script("fetch.sh", *TARGET, "--dry-run", *args, env=env).stdout.splitlines()
-    assert as_bash_reads(line, tmp_path) == ["gcloud", "compute", "tpus", "tpu-vm", "scp", source, destination,
-                                             f"--zone={ZONE}", "--worker=0", "--recurse"]
+    assert as_bash_reads(line, tmp_path) == [
+        "gcloud",
+        "compute",
+        "tpus",
+        "tpu-vm",
+        "scp",
+        source,
+        destination,
+        f"--zone={ZONE}",
+        "--worker=0",
+        "--recurse",
+    ]
 
 
 def test_delete(env):
     assert script("delete.sh", *TARGET, "--dry-run", env=env).stdout == (
-        "gcloud compute tpus tpu-vm delete fundl-tpu --zone=us-central2-b --quiet\n")
-    assert dry_run("delete.sh", *TARGET, "--queued", "--project", "p-123", env=env) == [[
-        "gcloud", "compute", "tpus", "queued-resources", "delete", "fundl-tpu", f"--zone={ZONE}", "--force",
-        "--quiet", "--project=p-123"]]
+        "gcloud compute tpus tpu-vm delete fundl-tpu --zone=us-central2-b --quiet\n"
+    )
+    assert dry_run("delete.sh", *TARGET, "--queued", "--project", "p-123", env=env) == [
+        [
+            "gcloud",
+            "compute",
+            "tpus",
+            "queued-resources",
+            "delete",
+            "fundl-tpu",
+            f"--zone={ZONE}",
+            "--force",
+            "--quiet",
+            "--project=p-123",
+        ]
+    ]
 
 
 # --- every script -------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", SCRIPTS)
 def test_help(env, name):
@@ -208,12 +316,15 @@ def test_help(env, name):
     assert "--dry-run" in out and "$TPU_NAME" in out and "$TPU_ZONE" in out
 
 
-@pytest.mark.parametrize("name, args", [
-    ("create.sh", [*TARGET, "--type", "v4-8", "--spot"]),
-    ("run.sh", [*TARGET, "--type", "v4-32", "--", "fundl", "run", "x", *AWKWARD]),
-    ("fetch.sh", [*TARGET, "runs/x", "my runs"]),
-    ("delete.sh", [*TARGET, "--project", "p-123"]),
-])
+@pytest.mark.parametrize(
+    "name, args",
+    [
+        ("create.sh", [*TARGET, "--type", "v4-8", "--spot"]),
+        ("run.sh", [*TARGET, "--type", "v4-32", "--", "fundl", "run", "x", *AWKWARD]),
+        ("fetch.sh", [*TARGET, "runs/x", "my runs"]),
+        ("delete.sh", [*TARGET, "--project", "p-123"]),
+    ],
+)
 def test_without_dry_run_the_printed_commands_run(env, tmp_path, name, args):
     lines = script(name, "--dry-run", *args, env=env).stdout.splitlines()
     log = tmp_path / "gcloud.log"
@@ -227,8 +338,13 @@ def test_without_dry_run_the_printed_commands_run(env, tmp_path, name, args):
 
 def test_without_gcloud_the_error_says_so(env, tmp_path):
     (tmp_path / "empty").mkdir()
-    result = subprocess.run([BASH, str(TPU / "delete.sh"), *TARGET], env={"PATH": str(tmp_path / "empty")},
-                            capture_output=True, text=True, timeout=10)
+    result = subprocess.run(
+        [BASH, str(TPU / "delete.sh"), *TARGET],
+        env={"PATH": str(tmp_path / "empty")},
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
     assert result.returncode == 127 and result.stdout == ""
     assert "gcloud is not installed" in result.stderr and "--dry-run" in result.stderr
 

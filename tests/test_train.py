@@ -72,7 +72,9 @@ def test_fused_and_single_steps_give_identical_params():
     optimizer = optax.sgd(0.1, momentum=0.9)
     prints = {}
     for steps_per_call in ("auto", 1, 5):
-        trained, history = fit(LOSS, optimizer, fresh(optimizer), train, batch_size=32, epochs=2, steps_per_call=steps_per_call, quiet=True)
+        trained, history = fit(
+            LOSS, optimizer, fresh(optimizer), train, batch_size=32, epochs=2, steps_per_call=steps_per_call, quiet=True
+        )
         prints[steps_per_call] = params_fingerprint(trained.params)
         assert history.steps == 94
     assert history.traces == {"train_step": 1, "fused_steps": 1, "eval_step": 0}  # 5-step calls, then single steps
@@ -94,14 +96,23 @@ def test_evaluation_metrics_are_exact_means_over_the_split(eval_batch_size):
     train, test = digits()  # 270 test examples: not a multiple of 32 or 7
     optimizer = optax.sgd(0.1)
     trained, history = fit(
-        LOSS, optimizer, fresh(optimizer), train, batch_size=32, steps=20, eval_data={"test": test},
-        eval_batch_size=eval_batch_size, quiet=True,
+        LOSS,
+        optimizer,
+        fresh(optimizer),
+        train,
+        batch_size=32,
+        steps=20,
+        eval_data={"test": test},
+        eval_batch_size=eval_batch_size,
+        quiet=True,
     )
     logits, _ = MODEL.apply(trained.params, trained.state, test["image"])
     final = history.records[-1]
     assert final.split == "test" and final.step == 20
     np.testing.assert_allclose(final.metrics["accuracy"], float(losses.accuracy(logits, test["label"])), rtol=1e-6)
-    np.testing.assert_allclose(final.metrics["loss"], float(losses.softmax_cross_entropy(logits, test["label"])), rtol=1e-5)
+    np.testing.assert_allclose(
+        final.metrics["loss"], float(losses.softmax_cross_entropy(logits, test["label"])), rtol=1e-5
+    )
 
 
 def test_logs_written_when_the_metrics_come_back_equal_the_logs_of_a_synced_loop():
@@ -109,8 +120,21 @@ def test_logs_written_when_the_metrics_come_back_equal_the_logs_of_a_synced_loop
     # epoch ends): the log is written when its call's metrics are read back, a few calls later.
     train, _ = digits()
     optimizer = optax.adam(1e-3)
-    run = lambda hooks: fit(LOSS, optimizer, fresh(optimizer), train, batch_size=32, epochs=3, log_every=10,  # noqa: E731
-                            steps_per_call=5, hooks=hooks, quiet=True)
+
+    def run(hooks):
+        return fit(
+            LOSS,
+            optimizer,
+            fresh(optimizer),
+            train,
+            batch_size=32,
+            epochs=3,
+            log_every=10,
+            steps_per_call=5,
+            hooks=hooks,
+            quiet=True,
+        )
+
     unsynced, quick = run(())
     synced, slow = run([lambda event: None])  # a hook may look at the state at every log: fit waits there
     assert [r.step for r in quick.records] == [10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 110, 120, 130, 140, 141]
@@ -122,8 +146,16 @@ def test_history_logs_and_evaluations_follow_the_schedule():
     train, test = digits()
     optimizer = optax.sgd(0.1)
     _, history = fit(
-        LOSS, optimizer, fresh(optimizer), train, batch_size=32, steps=100, eval_data={"test": test},
-        eval_every=40, log_every=25, quiet=True,
+        LOSS,
+        optimizer,
+        fresh(optimizer),
+        train,
+        batch_size=32,
+        steps=100,
+        eval_data={"test": test},
+        eval_every=40,
+        log_every=25,
+        quiet=True,
     )
     logs = [r.step for r in history.records if r.split == "train"]
     evals = [r.step for r in history.records if r.split == "test"]
@@ -145,8 +177,15 @@ def test_hooks_see_every_step_and_epoch_and_can_add_to_records():
 
     best = BestParams("test", "accuracy", mode="max")
     trained, history = fit(
-        LOSS, optimizer, fresh(optimizer), train, batch_size=32, epochs=3, eval_data={"test": test},
-        hooks=[record, best, log_learning_rate(schedule)], quiet=True,
+        LOSS,
+        optimizer,
+        fresh(optimizer),
+        train,
+        batch_size=32,
+        epochs=3,
+        eval_data={"test": test},
+        hooks=[record, best, log_learning_rate(schedule)],
+        quiet=True,
     )
     assert [s for kind, s in events if kind == "step"] == list(range(1, 142))
     assert [s for kind, s in events if kind == "epoch_end"] == [47, 94, 141]
@@ -164,8 +203,15 @@ def test_early_stopping_stops_and_says_why():
     train, test = digits()
     optimizer = optax.sgd(0.0)  # nothing improves
     _, history = fit(
-        LOSS, optimizer, fresh(optimizer), train, batch_size=32, epochs=20, eval_data={"test": test},
-        hooks=[early_stopping("test", "loss", patience=2)], quiet=True,
+        LOSS,
+        optimizer,
+        fresh(optimizer),
+        train,
+        batch_size=32,
+        epochs=20,
+        eval_data={"test": test},
+        hooks=[early_stopping("test", "loss", patience=2)],
+        quiet=True,
     )
     assert history.steps == 3 * 47
     assert history.stop_reason.startswith("early stopping: test loss has not improved on")
@@ -185,7 +231,9 @@ def test_a_nan_loss_stops_training_and_names_the_step_and_metric(steps_per_call)
         return loss + 0.0 * jnp.sum(jnp.log1p(batch["image"])), aux  # log1p(-1) = -inf; 0 * -inf = NaN
 
     optimizer = optax.sgd(0.1)
-    trained, history = fit(poisoned, optimizer, fresh(optimizer), train, batch_size=32, epochs=5, steps_per_call=steps_per_call, quiet=True)
+    trained, history = fit(
+        poisoned, optimizer, fresh(optimizer), train, batch_size=32, epochs=5, steps_per_call=steps_per_call, quiet=True
+    )
     assert history.stop_reason == f"loss became nan at step {bad_step}"  # the exact step, inside a fused call too
     assert history.nonfinite and history.steps < 5 * 47
 
@@ -211,7 +259,10 @@ def test_retracing_warns_with_the_argument_that_changed_and_strict_raises():
     optimizer = optax.sgd(0.1)
     _, params, _ = model.init(jax.random.key(0), (32, 64))
     start = lambda: TrainState.create(params, {"count": jnp.asarray(0.0)}, optimizer, jax.random.key(1))  # noqa: E731
-    with pytest.warns(RetraceWarning, match=r"train_step was traced and compiled again .*\.state\['count'\] changed from ~float32\[\] to float32\[\]"):
+    with pytest.warns(
+        RetraceWarning,
+        match=r"train_step was traced and compiled again .*\.state\['count'\] changed from ~float32\[\] to float32\[\]",
+    ):
         _, history = fit(loss_fn, optimizer, start(), train, batch_size=32, steps=3, steps_per_call=1, quiet=True)
     assert history.traces["train_step"] == 2
     with pytest.raises(RetraceError, match=r"state\['count'\] changed"):
@@ -223,8 +274,14 @@ def test_a_clean_run_compiles_each_function_once():
     optimizer = optax.adam(1e-3)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RetraceWarning)
-        _, history = fit(LOSS, optimizer, fresh(optimizer), train, batch_size=32, epochs=2, eval_data={"test": test}, quiet=True)
-    assert history.traces == {"train_step": 0, "fused_steps": 1, "eval_step": 1}  # eval: the whole small test split at once
+        _, history = fit(
+            LOSS, optimizer, fresh(optimizer), train, batch_size=32, epochs=2, eval_data={"test": test}, quiet=True
+        )
+    assert history.traces == {
+        "train_step": 0,
+        "fused_steps": 1,
+        "eval_step": 1,
+    }  # eval: the whole small test split at once
     assert 0 < history.compile_s < history.wall_s
 
 
@@ -263,9 +320,23 @@ def test_bad_arguments_are_clear_errors(kwargs, match):
 def test_empty_or_ragged_data_is_an_error():
     optimizer = optax.sgd(0.1)
     with pytest.raises(ValueError, match="train data is empty: it has 0 examples"):
-        fit(LOSS, optimizer, fresh(optimizer), {"image": np.zeros((0, 64)), "label": np.zeros(0, int)}, batch_size=1, epochs=1)
+        fit(
+            LOSS,
+            optimizer,
+            fresh(optimizer),
+            {"image": np.zeros((0, 64)), "label": np.zeros(0, int)},
+            batch_size=1,
+            epochs=1,
+        )
     with pytest.raises(ValueError, match="every array needs the same leading"):
-        fit(LOSS, optimizer, fresh(optimizer), {"image": np.zeros((5, 64)), "label": np.zeros(4, int)}, batch_size=1, epochs=1)
+        fit(
+            LOSS,
+            optimizer,
+            fresh(optimizer),
+            {"image": np.zeros((5, 64)), "label": np.zeros(4, int)},
+            batch_size=1,
+            epochs=1,
+        )
 
 
 def _run_with_loss(loss_fn, **kwargs):
@@ -279,7 +350,9 @@ def test_a_loss_function_with_the_wrong_output_is_a_clear_error():
         logits, state = MODEL.apply(params, state, batch["image"])
         return optax.losses.softmax_cross_entropy_with_integer_labels(logits, batch["label"]), (state, {})
 
-    with pytest.raises(ValueError, match=r"float scalar loss; the loss returned was float32\[32\]: average the per-example losses"):
+    with pytest.raises(
+        ValueError, match=r"float scalar loss; the loss returned was float32\[32\]: average the per-example losses"
+    ):
         _run_with_loss(per_example)
     with pytest.raises(ValueError, match=r"must return \(loss, \(new_state, metrics\)\); it returned float32\[\]"):
         _run_with_loss(lambda p, s, b, k: jnp.mean(MODEL.apply(p, s, b["image"])[0]))
@@ -302,25 +375,42 @@ def test_evaluation_without_a_way_to_evaluate_is_an_error():
 def test_a_second_fit_with_the_same_pieces_compiles_nothing():
     train, test = digits()
     optimizer = optax.sgd(0.1)
-    _, first = fit(LOSS, optimizer, fresh(optimizer), train, batch_size=32, epochs=1, eval_data={"test": test}, quiet=True)
+    _, first = fit(
+        LOSS, optimizer, fresh(optimizer), train, batch_size=32, epochs=1, eval_data={"test": test}, quiet=True
+    )
     assert first.traces["fused_steps"] == 1 and first.traces["eval_step"] >= 1
-    _, again = fit(LOSS, optimizer, fresh(optimizer), train, batch_size=32, epochs=1, eval_data={"test": test}, quiet=True)
+    _, again = fit(
+        LOSS, optimizer, fresh(optimizer), train, batch_size=32, epochs=1, eval_data={"test": test}, quiet=True
+    )
     assert again.traces == {"train_step": 0, "fused_steps": 0, "eval_step": 0}
     assert again.compile_s < first.compile_s
-    _, other = fit(LOSS, optimizer, fresh(optimizer), train, batch_size=16, epochs=1, quiet=True)  # a new shape: compiled anew
+    _, other = fit(
+        LOSS, optimizer, fresh(optimizer), train, batch_size=16, epochs=1, quiet=True
+    )  # a new shape: compiled anew
     assert other.traces["fused_steps"] == 1
 
 
-@pytest.mark.parametrize("per_epoch, eval_every, log_every, fused, checkpoint_every, total", [
-    (47, 47, 47, 47, None, 141), (47, 10, 47, 10, None, 100), (47, 47, 20, 20, 15, 94), (5, 5, 5, 1, None, 12),
-])
-def test_the_plan_of_calls_never_crosses_a_boundary_and_fuses_where_it_can(per_epoch, eval_every, log_every, fused, checkpoint_every, total):
+@pytest.mark.parametrize(
+    "per_epoch, eval_every, log_every, fused, checkpoint_every, total",
+    [
+        (47, 47, 47, 47, None, 141),
+        (47, 10, 47, 10, None, 100),
+        (47, 47, 20, 20, 15, 94),
+        (5, 5, 5, 1, None, 12),
+    ],
+)
+def test_the_plan_of_calls_never_crosses_a_boundary_and_fuses_where_it_can(
+    per_epoch, eval_every, log_every, fused, checkpoint_every, total
+):
     from fundl.train._plan import CallPlan
 
     every_checkpoint = (lambda step: step + checkpoint_every - step % checkpoint_every) if checkpoint_every else None
     plan = CallPlan(total, per_epoch, eval_every, log_every, fused, every_checkpoint)
-    boundaries = {s for s in range(1, total + 1)
-                  if s == total or any(s % e == 0 for e in (per_epoch, eval_every, log_every, checkpoint_every or total + 1))}
+    boundaries = {
+        s
+        for s in range(1, total + 1)
+        if s == total or any(s % e == 0 for e in (per_epoch, eval_every, log_every, checkpoint_every or total + 1))
+    }
     assert {s for s in range(1, total + 1) if plan.is_boundary(s)} == boundaries
     step, sizes = 0, []
     while step < total:

@@ -70,7 +70,9 @@ def test_builders_shapes_agree_for_the_model_its_encoder_and_its_decoder(v, inpu
     assert set(params["encoder"]["posterior"]) == {"mean", "log_var"}
     for part, shape in ((v.encoder, input_shape), (v.decoder, (batch, latent))):
         part_shape, part_params, _ = part.init(jax.random.key(0), shape)
-        assert as_shapes(part_shape) == jax.tree.map(jnp.shape, jax.jit(part.apply)(part_params, {}, random_input(shape))[0])
+        assert as_shapes(part_shape) == jax.tree.map(
+            jnp.shape, jax.jit(part.apply)(part_params, {}, random_input(shape))[0]
+        )
 
 
 def test_without_a_key_the_model_decodes_the_posterior_mean_and_with_one_a_sample():
@@ -99,7 +101,9 @@ def test_reconstruction_terms_match_the_log_likelihoods_in_numpy():
     out = rng.normal(size=(3, 8, 8)).astype(np.float32)
     x = (rng.integers(0, 17, size=(3, 8, 8)) / 16).astype(np.float32)  # grey levels, like the digits
     np.testing.assert_allclose(reconstruction_nll(out, x), np_bernoulli_nll(out, x), rtol=1e-5)
-    np.testing.assert_allclose(reconstruction_nll(out, x, "gaussian", sigma=0.3), np_gaussian_nll(out, x, 0.3), rtol=1e-5)
+    np.testing.assert_allclose(
+        reconstruction_nll(out, x, "gaussian", sigma=0.3), np_gaussian_nll(out, x, 0.3), rtol=1e-5
+    )
     with pytest.raises(ValueError, match=r"shape \(3, 8, 8\), got \(3, 64\)"):
         reconstruction_nll(out, x.reshape(3, 64))
 
@@ -113,7 +117,10 @@ def test_neg_elbo_loss_is_the_batch_mean_of_reconstruction_plus_kl_and_evaluatio
     loss, (new_state, metrics) = loss_fn(params, state, batch, key)
     (logits, mean, log_var), _ = v.model.apply(params, state, batch["image"], key=key, train=True)
     x = np.asarray(batch["image"])
-    rec, kl = np_bernoulli_nll(np.asarray(logits), x), np_kl(np.asarray(mean, np.float64), np.asarray(log_var, np.float64))
+    rec, kl = (
+        np_bernoulli_nll(np.asarray(logits), x),
+        np_kl(np.asarray(mean, np.float64), np.asarray(log_var, np.float64)),
+    )
     np.testing.assert_allclose(loss, np.mean(rec + kl), rtol=1e-5)
     np.testing.assert_allclose([metrics["reconstruction"], metrics["kl"]], [rec.mean(), kl.mean()], rtol=1e-5)
     assert metrics["neg_elbo"] == loss and new_state == state
@@ -184,13 +191,20 @@ def test_errors_for_unknown_likelihoods_and_shapes_the_decoder_cannot_produce():
 def test_vae_checks_what_its_encoder_and_decoder_output():
     heads = fl.branch(fl.named("mean", fl.dense(2)), fl.named("log_var", fl.dense(2)))
     decoder = fl.serial(fl.dense(64), fl.reshape((8, 8)))
-    with pytest.raises(fl.LayerError, match=r"encoder must output \(mean, log_var\).*latent=2.*got output shape \(4, 2\)"):
+    with pytest.raises(
+        fl.LayerError, match=r"encoder must output \(mean, log_var\).*latent=2.*got output shape \(4, 2\)"
+    ):
         vae(fl.serial(fl.flatten(), fl.dense(2)), decoder, latent=2).model.init(jax.random.key(0), (4, 8, 8))
     with pytest.raises(fl.LayerError, match=r"latent=3"):
         vae(fl.serial(fl.flatten(), heads), decoder, latent=3).model.init(jax.random.key(0), (4, 8, 8))
-    with pytest.raises(fl.LayerError, match=r"decoder maps latents \(4, 2\) to \(4, 64\).*inputs, of shape \(4, 8, 8\).*reshape\(\(8, 8\)\)"):
+    with pytest.raises(
+        fl.LayerError,
+        match=r"decoder maps latents \(4, 2\) to \(4, 64\).*inputs, of shape \(4, 8, 8\).*reshape\(\(8, 8\)\)",
+    ):
         vae(fl.serial(fl.flatten(), heads), fl.dense(64), latent=2).model.init(jax.random.key(0), (4, 8, 8))
-    with pytest.raises(fl.LayerError, match=r"to \(2, 8, 8, 1\), but a VAE reconstructs its inputs, of shape \(2, 16, 16, 1\)"):
+    with pytest.raises(
+        fl.LayerError, match=r"to \(2, 8, 8, 1\), but a VAE reconstructs its inputs, of shape \(2, 16, 16, 1\)"
+    ):
         conv_vae((8, 8, 1), (4,), 2).model.init(jax.random.key(0), (2, 16, 16, 1))  # images it was not built for
 
 
@@ -198,7 +212,10 @@ def test_params_that_do_not_match_the_vae_name_the_entry():
     v = mlp_vae((8, 8), (16,), 2)
     _, params, state = v.model.init(jax.random.key(0), (4, 8, 8))
     x = jnp.zeros((4, 8, 8))
-    with pytest.raises(fl.LayerError, match=r"vae params have unexpected entries \['extra'\]; its children are \['encoder', 'decoder'\]"):
+    with pytest.raises(
+        fl.LayerError,
+        match=r"vae params have unexpected entries \['extra'\]; its children are \['encoder', 'decoder'\]",
+    ):
         v.model.apply({**params, "extra": {}}, state, x)
     with pytest.raises(fl.LayerError, match=r"decoder: serial params have unexpected entries"):
         v.model.apply({**params, "decoder": {"stray": {}}}, state, x)
@@ -209,8 +226,17 @@ def test_fundl_run_vae_digits_tiny_lowers_the_held_out_neg_elbo_and_writes_its_p
     settings = ["train.steps=80", "train.eval_every=4", "train.eval_batch_size=270"]
     assert main(["run", "vae_digits", "--out", str(out), "--quiet", *[a for s in settings for a in ("--set", s)]]) == 0
     pictures = {"samples.png", "reconstructions.png", "latent.png"}
-    expected = {"config.json", "environment.json", "metrics.jsonl", "summary.json", "train_state.msgpack", "curves.png",
-                "status.json", "example.py", "checkpoints"}
+    expected = {
+        "config.json",
+        "environment.json",
+        "metrics.jsonl",
+        "summary.json",
+        "train_state.msgpack",
+        "curves.png",
+        "status.json",
+        "example.py",
+        "checkpoints",
+    }
     assert {p.name for p in out.iterdir()} == expected | pictures
     for name in pictures | {"curves.png"}:
         data = (out / name).read_bytes()

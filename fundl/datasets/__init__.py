@@ -21,8 +21,22 @@ from fundl.datasets._ratings import (
     ratings as ratings,
     to_rating as to_rating,
 )
-from fundl.datasets._seq2seq import NumberTranslation as NumberTranslation, TokenVocabulary as TokenVocabulary, number_translation as number_translation
+from fundl.datasets._seq2seq import (
+    NumberTranslation as NumberTranslation,
+    TokenVocabulary as TokenVocabulary,
+    number_translation as number_translation,
+)
 from fundl.datasets._split import train_validation_split as train_validation_split
 from fundl.datasets._text import Vocabulary, number_words, numbers_text, read_text, sequences
 
-__all__ = ["digits", "mnist", "read_idx", "write_idx", "Vocabulary", "number_words", "numbers_text", "read_text", "sequences"]
+__all__ = [
+    "digits",
+    "mnist",
+    "read_idx",
+    "write_idx",
+    "Vocabulary",
+    "number_words",
+    "numbers_text",
+    "read_text",
+    "sequences",
+]

@@ -60,14 +60,11 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     code, ndim = raw[2], raw[3]
     if code not in _CODE_TO_DTYPE:
         known = ", ".join(f"0x{c:02X}" for c in _CODE_TO_DTYPE)
-        raise ValueError(
-            f"{path}: unknown IDX type code: expected one of {known}, found 0x{code:02X}"
-        )
+        raise ValueError(f"{path}: unknown IDX type code: expected one of {known}, found 0x{code:02X}")
     header_size = 4 + 4 * ndim
     if len(raw) < header_size:
         raise ValueError(
-            f"{path}: truncated header: expected {header_size} bytes for {ndim} dimensions, "
-            f"found {len(raw)}"
+            f"{path}: truncated header: expected {header_size} bytes for {ndim} dimensions, found {len(raw)}"
         )
     shape = struct.unpack(f">{ndim}I", raw[4:header_size])
     dtype = _CODE_TO_DTYPE[code]
@@ -162,9 +159,7 @@ def mnist(path: str | os.PathLike) -> dict[str, dict[str, np.ndarray]]:
                 f"found {images.dtype} of shape {images.shape}"
             )
         if labels.ndim != 1:
-            raise ValueError(
-                f"{label_file}: expected labels of shape (n,), found shape {labels.shape}"
-            )
+            raise ValueError(f"{label_file}: expected labels of shape (n,), found shape {labels.shape}")
         if len(images) != len(labels):
             raise ValueError(
                 f"image and label counts differ: {image_file} has {len(images)} images, "

@@ -62,11 +62,17 @@ def _check_arguments(num_users, num_items, rank, per_user, noise, taste, fractio
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"ratings: `{name}` must be a positive integer, got {value!r}")
     if per_user > num_items // 2:
-        raise ValueError(f"ratings: `per_user` ({per_user}) can be at most half of `num_items` ({num_items}): users rate 0.5x to 1.5x per_user items")
+        raise ValueError(
+            f"ratings: `per_user` ({per_user}) can be at most half of "
+            f"`num_items` ({num_items}): users rate 0.5x to 1.5x per_user items"
+        )
     if noise < 0 or taste < 0:
         raise ValueError(f"ratings: `noise` and `taste` must be non-negative, got noise={noise}, taste={taste}")
     if len(fractions) != 3 or min(fractions) <= 0 or not np.isclose(sum(fractions), 1.0):
-        raise ValueError(f"ratings: `fractions` must be three positive numbers (train, validation, test) summing to 1, got {fractions}")
+        raise ValueError(
+            "ratings: `fractions` must be three positive numbers "
+            f"(train, validation, test) summing to 1, got {fractions}"
+        )
 
 
 def _clean_scores(rng: np.random.Generator, num_users: int, num_items: int, rank: int) -> np.ndarray:
@@ -79,7 +85,9 @@ def _clean_scores(rng: np.random.Generator, num_users: int, num_items: int, rank
     return MEAN_SCORE + user_bias + item_bias + user_factors @ item_factors.T
 
 
-def _observed_pairs(rng: np.random.Generator, scores: np.ndarray, per_user: int, taste: float) -> tuple[np.ndarray, np.ndarray]:
+def _observed_pairs(
+    rng: np.random.Generator, scores: np.ndarray, per_user: int, taste: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Each user's rated items: ``exp(taste * score)``-weighted draws without replacement.
 
     The Gumbel top-k trick: the ``k`` largest of ``taste * score + Gumbel noise`` are a draw

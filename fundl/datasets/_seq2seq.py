@@ -51,7 +51,7 @@ class TokenVocabulary:
         """The ids of ``tokens``; an unknown token is an error that lists the vocabulary."""
         unknown = sorted({t for t in tokens if t not in self._ids or t in SPECIALS})
         if unknown:
-            known = " ".join(self.tokens[len(SPECIALS):])
+            known = " ".join(self.tokens[len(SPECIALS) :])
             raise ValueError(f"{where}: unknown tokens {unknown}; the vocabulary is: {known}")
         return [self._ids[t] for t in tokens]
 

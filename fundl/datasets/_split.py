@@ -40,7 +40,10 @@ def train_validation_split(data: Any, fraction: float = 0.2, *, seed: int = 0, s
 
     n = num_examples(data, "data")
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float, np.floating)) or not 0 < fraction < 1:
-        raise ValueError(f"fraction is the share of examples held out for validation, strictly between 0 and 1 (e.g. 0.2); got {fraction!r}")
+        raise ValueError(
+            "fraction is the share of examples held out for validation, "
+            f"strictly between 0 and 1 (e.g. 0.2); got {fraction!r}"
+        )
     held_out = round(n * fraction)
     if not 0 < held_out < n:
         side = "validation" if held_out == 0 else "training"

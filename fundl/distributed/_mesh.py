@@ -72,7 +72,9 @@ def resolve_mesh(mesh: MeshSpec) -> Mesh:
             raise ValueError(f"the mesh needs a {DATA!r} axis to cut the batch along; its axes are {mesh.axis_names}")
         unknown = set(mesh.axis_names) - {DATA, FSDP}
         if unknown:
-            raise ValueError(f"fundl's data-parallel step knows the axes {DATA!r} and {FSDP!r}; the mesh also has {sorted(unknown)}")
+            raise ValueError(
+                f"fundl's data-parallel step knows the axes {DATA!r} and {FSDP!r}; the mesh also has {sorted(unknown)}"
+            )
         return mesh
     return data_mesh(mesh)
 

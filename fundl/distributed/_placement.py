@@ -67,7 +67,9 @@ class Placement:
     @property
     def member_axis(self) -> str | None:
         """The mesh axis the members are spread over, if any."""
-        spread = self.sharded and self.members is not None and FSDP not in self.axes and self.members % self.mesh.size == 0
+        spread = (
+            self.sharded and self.members is not None and FSDP not in self.axes and self.members % self.mesh.size == 0
+        )
         return DATA if spread else None
 
     @property
@@ -98,13 +100,15 @@ class Placement:
     def _leaf_sharding(self, leaf: Any) -> NamedSharding:
         shape = np.shape(leaf)
         if self.members is None:
-            return self.replicated if _is_key(leaf) else NamedSharding(self.mesh, fsdp_spec(shape, self.axes.get(FSDP, 1)))
+            return (
+                self.replicated if _is_key(leaf) else NamedSharding(self.mesh, fsdp_spec(shape, self.axes.get(FSDP, 1)))
+            )
         if self.member_axis or _is_key(leaf):
             return NamedSharding(self.mesh, P(self.member_axis))
         return NamedSharding(self.mesh, P(None, *fsdp_spec(shape[1:], self.axes.get(FSDP, 1))))
 
     def state_shardings(self, tree: Any) -> Any:
-        """A ``NamedSharding`` for every leaf (``None`` on one device): replicated, cut over ``fsdp``, or over members."""
+        """A ``NamedSharding`` per leaf (``None`` on one device): replicated, cut over ``fsdp``, or over members."""
         return jax.tree.map(self._leaf_sharding, tree) if self.sharded else None
 
     def place_state(self, tree: Any) -> Any:
@@ -152,7 +156,9 @@ class Placement:
         sharding = NamedSharding(self.mesh, self._rows_spec(leading))
 
         def place(a: np.ndarray) -> jax.Array:
-            return jax.make_array_from_process_local_data(sharding, a, (*a.shape[:leading], batch_size, *a.shape[leading + 1 :]))
+            return jax.make_array_from_process_local_data(
+                sharding, a, (*a.shape[:leading], batch_size, *a.shape[leading + 1 :])
+            )
 
         return jax.tree.map(place, local)
 

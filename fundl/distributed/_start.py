@@ -42,13 +42,16 @@ def initialize(
     if num_processes is not None and process_id is not None and not 0 <= process_id < num_processes:
         raise ValueError(f"process_id must be in [0, {num_processes}), got {process_id}")
     if jax.distributed.is_initialized():
-        raise RuntimeError("this process has already joined a multi-process run (jax.distributed.initialize was called)")
+        raise RuntimeError(
+            "this process has already joined a multi-process run (jax.distributed.initialize was called)"
+        )
     try:
         jax.distributed.initialize(coordinator_address, num_processes, process_id, initialization_timeout=timeout_s)
     except Exception as error:  # JAX raises RuntimeError or XlaRuntimeError, with gRPC detail
         if "before any JAX" in str(error):
             raise RuntimeError(
-                "fundl.distributed.initialize must be called before JAX starts (before any array is made or device listed)"
+                "fundl.distributed.initialize must be called before JAX "
+                "starts (before any array is made or device listed)"
             ) from None
         who = "this process" if process_id is None else f"process {process_id} of {num_processes}"
         where = coordinator_address or "the address JAX detected for this cluster"

@@ -15,7 +15,18 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from fundl._core import GLOROT_UNIFORM, ZEROS, Initializer, Layer, LayerError, Shape, check_float, check_positive, check_rank, expect_params
+from fundl._core import (
+    GLOROT_UNIFORM,
+    ZEROS,
+    Initializer,
+    Layer,
+    LayerError,
+    Shape,
+    check_float,
+    check_positive,
+    check_rank,
+    expect_params,
+)
 
 Padding = str | int | Sequence[tuple[int, int]]  # "SAME", "VALID", an int, or one (low, high) per spatial dim
 PADDING_CHOICES = "'SAME', 'VALID', a non-negative int, or one (low, high) pair per spatial dim"
@@ -67,8 +78,13 @@ def as_padding(kind: str, padding: Padding, n: int) -> str | tuple[tuple[int, in
 
 
 def spatial_out(
-    kind: str, sizes: Shape, window: tuple[int, ...], strides: tuple[int, ...], dilation: tuple[int, ...],
-    padding: str | tuple[tuple[int, int], ...], what: str = "kernel",
+    kind: str,
+    sizes: Shape,
+    window: tuple[int, ...],
+    strides: tuple[int, ...],
+    dilation: tuple[int, ...],
+    padding: str | tuple[tuple[int, int], ...],
+    what: str = "kernel",
 ) -> tuple[int, ...]:
     """Output spatial sizes of a convolution or pooling window (the rules in :func:`conv2d`)."""
     out = []
@@ -89,8 +105,15 @@ def spatial_out(
 
 
 def _conv_layer(
-    kind: str, n: int, features: int, kernel: tuple[int, ...], use_bias: bool, w_init: Initializer,
-    b_init: Initializer, out_sizes: Callable[[Shape], tuple[int, ...]], compute: Callable[..., jax.Array],
+    kind: str,
+    n: int,
+    features: int,
+    kernel: tuple[int, ...],
+    use_bias: bool,
+    w_init: Initializer,
+    b_init: Initializer,
+    out_sizes: Callable[[Shape], tuple[int, ...]],
+    compute: Callable[..., jax.Array],
 ) -> Layer:
     """The layer shared by all convolutions: params, checks and bias around ``compute(x, w)``."""
 
@@ -145,9 +168,15 @@ def _conv(kind, n, features, kernel_size, strides, padding, dilation, use_bias, 
 
 
 def conv2d(
-    features: int, kernel_size: int | tuple[int, int], *, strides: int | tuple[int, int] = 1,
-    padding: Padding = "SAME", dilation: int | tuple[int, int] = 1, use_bias: bool = True,
-    w_init: Initializer = GLOROT_UNIFORM, b_init: Initializer = ZEROS,
+    features: int,
+    kernel_size: int | tuple[int, int],
+    *,
+    strides: int | tuple[int, int] = 1,
+    padding: Padding = "SAME",
+    dilation: int | tuple[int, int] = 1,
+    use_bias: bool = True,
+    w_init: Initializer = GLOROT_UNIFORM,
+    b_init: Initializer = ZEROS,
 ) -> Layer:
     """A 2-D convolution (cross-correlation) of channels-last images.
 
@@ -175,9 +204,15 @@ def conv2d(
 
 
 def conv1d(
-    features: int, kernel_size: int | tuple[int], *, strides: int | tuple[int] = 1, padding: Padding = "SAME",
-    dilation: int | tuple[int] = 1, use_bias: bool = True,
-    w_init: Initializer = GLOROT_UNIFORM, b_init: Initializer = ZEROS,
+    features: int,
+    kernel_size: int | tuple[int],
+    *,
+    strides: int | tuple[int] = 1,
+    padding: Padding = "SAME",
+    dilation: int | tuple[int] = 1,
+    use_bias: bool = True,
+    w_init: Initializer = GLOROT_UNIFORM,
+    b_init: Initializer = ZEROS,
 ) -> Layer:
     """A 1-D convolution (cross-correlation) of channels-last sequences.
 
@@ -192,9 +227,14 @@ def conv1d(
 
 
 def conv2d_transpose(
-    features: int, kernel_size: int | tuple[int, int], *, strides: int | tuple[int, int] = 1,
-    padding: str = "SAME", use_bias: bool = True,
-    w_init: Initializer = GLOROT_UNIFORM, b_init: Initializer = ZEROS,
+    features: int,
+    kernel_size: int | tuple[int, int],
+    *,
+    strides: int | tuple[int, int] = 1,
+    padding: str = "SAME",
+    use_bias: bool = True,
+    w_init: Initializer = GLOROT_UNIFORM,
+    b_init: Initializer = ZEROS,
 ) -> Layer:
     """A 2-D transposed convolution (upsampling), computed like ``flax.linen.ConvTranspose``.
 

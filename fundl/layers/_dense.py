@@ -66,9 +66,7 @@ def dense(
     return Layer(init, apply, "dense")
 
 
-def embedding(
-    vocab_size: int, features: int, *, table_init: Initializer = STANDARD_NORMAL
-) -> Layer:
+def embedding(vocab_size: int, features: int, *, table_init: Initializer = STANDARD_NORMAL) -> Layer:
     """Looks up a learned vector for each integer token id.
 
     Shapes: ``ids (...) int -> y (..., features)``; params ``table (vocab_size, features)``.

@@ -14,7 +14,10 @@ from fundl.layers._conv import Padding, as_padding, as_tuple, layout, rank_hint,
 
 
 def _pool(
-    kind: str, window: tuple[int, ...], strides: int | tuple[int, ...] | None, padding: Padding,
+    kind: str,
+    window: tuple[int, ...],
+    strides: int | tuple[int, ...] | None,
+    padding: Padding,
     reduce: Callable[[jax.Array, tuple[int, ...], tuple[int, ...], object], jax.Array],
 ) -> Layer:
     """A window reduction ``reduce(x, dims, strides, padding)`` over the spatial dims."""
@@ -32,8 +35,9 @@ def _pool(
 
     def output_shape(shape: Shape) -> Shape:
         shape = tuple(shape)
-        check_rank(kind, shape, n + 2, layout(n) if n <= 3 else f"(batch, {n} spatial dims, channels)",
-                   rank_hint(shape, n))
+        check_rank(
+            kind, shape, n + 2, layout(n) if n <= 3 else f"(batch, {n} spatial dims, channels)", rank_hint(shape, n)
+        )
         return (shape[0], *spatial_out(kind, shape[1:-1], window, strides, (1,) * n, pad, "window"), shape[-1])
 
     def init(key, input_shape):

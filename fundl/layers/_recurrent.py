@@ -206,8 +206,13 @@ def _gru_step(p: Params, xw_t: Array, h: Array) -> Array:
 
 
 def simple_rnn(
-    hidden: int, *, return_sequences: bool = False, return_state: bool = False, reverse: bool = False,
-    w_init: Initializer = GLOROT_UNIFORM, u_init: Initializer = ORTHOGONAL,
+    hidden: int,
+    *,
+    return_sequences: bool = False,
+    return_state: bool = False,
+    reverse: bool = False,
+    w_init: Initializer = GLOROT_UNIFORM,
+    u_init: Initializer = ORTHOGONAL,
     b_init: Initializer = ZEROS,
 ) -> Layer:
     """An Elman RNN: ``h_t = tanh(x_t w + h_{t-1} u + b)``, from ``h_{-1} = 0``.
@@ -236,9 +241,15 @@ def simple_rnn(
 
 
 def lstm(
-    hidden: int, *, return_sequences: bool = False, return_state: bool = False, reverse: bool = False,
-    w_init: Initializer = GLOROT_UNIFORM, u_init: Initializer = ORTHOGONAL,
-    b_init: Initializer = ZEROS, forget_bias: float = 1.0,
+    hidden: int,
+    *,
+    return_sequences: bool = False,
+    return_state: bool = False,
+    reverse: bool = False,
+    w_init: Initializer = GLOROT_UNIFORM,
+    u_init: Initializer = ORTHOGONAL,
+    b_init: Initializer = ZEROS,
+    forget_bias: float = 1.0,
 ) -> Layer:
     """A long short-term memory layer, with gates ``[i, f, g, o]`` side by side on the last axis.
 
@@ -275,8 +286,13 @@ def lstm(
 
 
 def gru(
-    hidden: int, *, return_sequences: bool = False, return_state: bool = False, reverse: bool = False,
-    w_init: Initializer = GLOROT_UNIFORM, u_init: Initializer = ORTHOGONAL,
+    hidden: int,
+    *,
+    return_sequences: bool = False,
+    return_state: bool = False,
+    reverse: bool = False,
+    w_init: Initializer = GLOROT_UNIFORM,
+    u_init: Initializer = ORTHOGONAL,
     b_init: Initializer = ZEROS,
 ) -> Layer:
     """A gated recurrent unit, with gates ``[r, z, n]`` side by side on the last axis.
@@ -340,7 +356,9 @@ def bidirectional(layer: Layer) -> Layer:
             shapes[name], params[name], _ = init_child(name, layer, key, input_shape)
         out = shapes["forward"]
         if not all(isinstance(d, int) for d in out):
-            raise LayerError(f"bidirectional expects a layer with one output (not return_state=True), got output shapes {out}")
+            raise LayerError(
+                f"bidirectional expects a layer with one output (not return_state=True), got output shapes {out}"
+            )
         *lead, hidden = out
         return (*lead, 2 * hidden), params, {}
 
@@ -355,8 +373,13 @@ def bidirectional(layer: Layer) -> Layer:
         for name, start in zip(names, starts):
             backward = name == "backward"
             try:
-                y, _ = layer.apply(params.get(name, {}), {}, flip(x) if backward else x,
-                                   mask=flip(mask) if backward else mask, initial_state=start)
+                y, _ = layer.apply(
+                    params.get(name, {}),
+                    {},
+                    flip(x) if backward else x,
+                    mask=flip(mask) if backward else mask,
+                    initial_state=start,
+                )
             except LayerError as error:
                 raise error.within(name)
             ys.append(flip(y) if backward and jnp.ndim(y) == 3 else y)

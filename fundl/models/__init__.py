@@ -27,8 +27,18 @@ from fundl.models._recsys import (
     triplet_loss as triplet_loss,
     triplet_margin as triplet_margin,
 )
-from fundl.models._rnn import CharLM as CharLM, char_lm as char_lm, generate as generate, rnn_classifier as rnn_classifier
-from fundl.models._seq2seq import Seq2Seq as Seq2Seq, beam_decode as beam_decode, greedy_decode as greedy_decode, seq2seq as seq2seq
+from fundl.models._rnn import (
+    CharLM as CharLM,
+    char_lm as char_lm,
+    generate as generate,
+    rnn_classifier as rnn_classifier,
+)
+from fundl.models._seq2seq import (
+    Seq2Seq as Seq2Seq,
+    beam_decode as beam_decode,
+    greedy_decode as greedy_decode,
+    seq2seq as seq2seq,
+)
 from fundl.models._vae import (
     LIKELIHOODS as LIKELIHOODS,
     VAE as VAE,

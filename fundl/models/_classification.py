@@ -39,7 +39,11 @@ def split_batch(batch: Any, inputs: str = "image", labels: str = "label", name: 
         )
     if isinstance(batch, (tuple, list)) and len(batch) == 2:
         return batch[0], batch[1]
-    got = f"a {type(batch).__name__} of length {len(batch)}" if isinstance(batch, (tuple, list)) else f"a {type(batch).__name__}"
+    got = (
+        f"a {type(batch).__name__} of length {len(batch)}"
+        if isinstance(batch, (tuple, list))
+        else f"a {type(batch).__name__}"
+    )
     raise ValueError(f"{forms}; {name} is {got}")
 
 

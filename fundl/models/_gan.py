@@ -84,7 +84,10 @@ def gan(generator: Layer, discriminator: Layer, *, latent: int) -> GAN:
 
     def init(key: Key, input_shape: Shape) -> tuple[Shape, Params, State]:
         if len(input_shape) != 2 or input_shape[-1] != latent:
-            raise LayerError(f"gan: the model's input is the noise z, shape (batch, latent={latent}); got input shape {tuple(input_shape)}")
+            raise LayerError(
+                "gan: the model's input is the noise z, shape (batch, "
+                f"latent={latent}); got input shape {tuple(input_shape)}"
+            )
         images, g_params, g_state = init_child("generator", generator, key, input_shape)
         logits, d_params, d_state = init_child("discriminator", discriminator, key, images)
         if tuple(logits) not in ((images[0],), (images[0], 1)):
@@ -102,8 +105,11 @@ def gan(generator: Layer, discriminator: Layer, *, latent: int) -> GAN:
 
 
 def mlp_gan(
-    image_shape: Sequence[int], latent: int = 16, *,
-    generator_hidden: Sequence[int] = (128, 256), discriminator_hidden: Sequence[int] = (256, 128),
+    image_shape: Sequence[int],
+    latent: int = 16,
+    *,
+    generator_hidden: Sequence[int] = (128, 256),
+    discriminator_hidden: Sequence[int] = (256, 128),
     negative_slope: float = 0.2,
 ) -> GAN:
     """A GAN with dense players and leaky-ReLU hidden layers; images in [0, 1].
@@ -152,7 +158,15 @@ def gan_loss(g: GAN, *, inputs: str = "image") -> Loss:
         fake, g_state = apply_child("generator", g.generator, params, state, z, key, train)
 
         def discriminate(d_params, d_state, images):
-            logits, d_state = apply_child("discriminator", g.discriminator, {"discriminator": d_params}, {"discriminator": d_state}, images, key, train)
+            logits, d_state = apply_child(
+                "discriminator",
+                g.discriminator,
+                {"discriminator": d_params},
+                {"discriminator": d_state},
+                images,
+                key,
+                train,
+            )
             return jnp.reshape(logits, (-1,)), d_state
 
         d_params, d_state = params.get("discriminator", {}), state.get("discriminator", {})
@@ -195,7 +209,9 @@ def gan_optimizer(
     def labels(params):
         if not isinstance(params, dict) or not set(params) <= set(PLAYERS):
             got = sorted(params) if isinstance(params, dict) else type(params).__name__
-            raise ValueError(f"gan_optimizer expects params with the top-level keys {PLAYERS} (a GAN model's), got {got}")
+            raise ValueError(
+                f"gan_optimizer expects params with the top-level keys {PLAYERS} (a GAN model's), got {got}"
+            )
         return {name: jax.tree.map(lambda _: name, tree) for name, tree in params.items()}
 
     return optax.multi_transform({"generator": generator, "discriminator": discriminator}, labels)
@@ -210,7 +226,9 @@ def gan_samples(g: GAN, params: Params, key: Key, n: int, *, state: State | None
       >>> images = gan_samples(g, train_state.params, jax.random.key(0), 100)
     """
     check_positive("gan_samples", n=n)
-    images, _ = g.generator.apply(params["generator"], (state or {}).get("generator", {}), jax.random.normal(key, (n, g.latent)))
+    images, _ = g.generator.apply(
+        params["generator"], (state or {}).get("generator", {}), jax.random.normal(key, (n, g.latent))
+    )
     return images
 
 
@@ -231,7 +249,9 @@ def sample_quality(probs: np.ndarray) -> dict[str, float | list[int]]:
     """
     probs = np.asarray(probs, dtype=np.float64)
     if probs.ndim != 2 or len(probs) == 0:
-        raise ValueError(f"sample_quality expects class probabilities of shape (n, classes) with n >= 1, got {probs.shape}")
+        raise ValueError(
+            f"sample_quality expects class probabilities of shape (n, classes) with n >= 1, got {probs.shape}"
+        )
     counts = np.bincount(probs.argmax(axis=1), minlength=probs.shape[1])
     frequencies = counts[counts > 0] / len(probs)
     return {

@@ -46,9 +46,16 @@ _NO_NEGATIVES = (
 
 def _pair_shape(kind: str, input_shape) -> tuple[int, ...]:
     """Checks that the input is ``((batch,), (batch,))`` and returns the batch shape."""
-    ok = isinstance(input_shape, (tuple, list)) and len(input_shape) == 2 and all(isinstance(s, (tuple, list)) for s in input_shape)
+    ok = (
+        isinstance(input_shape, (tuple, list))
+        and len(input_shape) == 2
+        and all(isinstance(s, (tuple, list)) for s in input_shape)
+    )
     if not ok or tuple(input_shape[0]) != tuple(input_shape[1]):
-        raise LayerError(f"{kind} expects a pair of id arrays of one shape, (users (batch,), items (batch,)); got input shape {input_shape}")
+        raise LayerError(
+            f"{kind} expects a pair of id arrays of one shape, (users "
+            f"(batch,), items (batch,)); got input shape {input_shape}"
+        )
     return tuple(input_shape[0])
 
 
@@ -90,7 +97,11 @@ def dot_recommender(
 
     def side(count: int, bias: bool) -> Layer:
         vector = named("vector", embedding(count, features, table_init=initializers.normal(init_std)))
-        return branch(vector, named("bias", embedding(count, 1, table_init=initializers.zeros))) if bias else branch(vector)
+        return (
+            branch(vector, named("bias", embedding(count, 1, table_init=initializers.zeros)))
+            if bias
+            else branch(vector)
+        )
 
     def score(pair):
         (user, *user_biases), (item, *item_biases) = pair
@@ -131,7 +142,10 @@ def deep_recommender(
     user, item = (embedding(count, features, table_init=table_init) for count in (num_users, num_items))
     embeddings = named("embeddings", parallel(named("user", user), named("item", item)))
     head = stateless("score", lambda y: offset + y[..., 0], lambda shape: tuple(shape[:-1]))
-    return _with_pair_check("deep_recommender", serial(embeddings, fan_in_concat(), named("mlp", mlp([*hidden, 1], dropout_rate=dropout_rate)), head))
+    return _with_pair_check(
+        "deep_recommender",
+        serial(embeddings, fan_in_concat(), named("mlp", mlp([*hidden, 1], dropout_rate=dropout_rate)), head),
+    )
 
 
 def _split_key(key):
@@ -192,7 +206,9 @@ def triplet_loss(model: Layer, num_items: int, *, margin: float = 1.0) -> Loss:
 
 def score_matrix(model: Layer, params, state, num_users: int, num_items: int) -> np.ndarray:
     """``(num_users, num_items)``: the model's score of every (user, item) pair, in evaluation mode."""
-    users, items = np.meshgrid(np.arange(num_users, dtype=np.int32), np.arange(num_items, dtype=np.int32), indexing="ij")
+    users, items = np.meshgrid(
+        np.arange(num_users, dtype=np.int32), np.arange(num_items, dtype=np.int32), indexing="ij"
+    )
     apply = jax.jit(lambda p, s, u, i: model.apply(p, s, (u, i), train=False)[0])
     return np.asarray(apply(params, state, users.ravel(), items.ravel())).reshape(num_users, num_items)
 
@@ -230,7 +246,9 @@ def per_user_auc(scores: np.ndarray, positives: np.ndarray, negatives: np.ndarra
             f"got {scores.shape}, {positives.shape}, {negatives.shape}"
         )
     if np.any(positives & negatives):
-        raise ValueError("per_user_auc: an item cannot be both a positive and a negative of a user; make the masks disjoint")
+        raise ValueError(
+            "per_user_auc: an item cannot be both a positive and a negative of a user; make the masks disjoint"
+        )
     if not np.all(np.isfinite(scores)):
         raise ValueError("per_user_auc expects finite scores, got NaN or infinite values")
     return np.asarray(_auc_rows(scores.astype(np.float32), positives, negatives))

@@ -66,14 +66,18 @@ def _check_pair(shape: Any) -> tuple[tuple[int, int], tuple[int, int]]:
     """Raises LayerError unless ``shape`` is ``((batch, S), (batch, T))``."""
     is_pair = lambda s: isinstance(s, (tuple, list)) and len(s) == 2  # noqa: E731
     if not (is_pair(shape) and all(is_pair(s) for s in shape)):
-        raise LayerError(f"seq2seq expects a pair (source (batch, S), inputs (batch, T)) of int ids, got shapes {shape}")
+        raise LayerError(
+            f"seq2seq expects a pair (source (batch, S), inputs (batch, T)) of int ids, got shapes {shape}"
+        )
     (b1, s), (b2, t) = shape
     if b1 != b2:
         raise LayerError(f"seq2seq expects source and inputs with the same batch size, got shapes {shape}")
     return (b1, s), (b2, t)
 
 
-def seq2seq(source_size: int, target_size: int, *, embed: int = 32, hidden: int = 128, attention: bool = True) -> Seq2Seq:
+def seq2seq(
+    source_size: int, target_size: int, *, embed: int = 32, hidden: int = 128, attention: bool = True
+) -> Seq2Seq:
     """An encoder-decoder GRU translating token sequences (see the module docstring).
 
     Example:
@@ -85,9 +89,15 @@ def seq2seq(source_size: int, target_size: int, *, embed: int = 32, hidden: int 
 
     def init(key, input_shape):
         (batch, s_len), (_, t_len) = _check_pair(input_shape)
-        ins = {"source_embed": (batch, s_len), "encoder": (batch, s_len, embed), "target_embed": (batch, t_len),
-               "decoder": (batch, t_len, embed), "score": (batch, t_len, hidden),
-               "combine": (batch, t_len, 2 * hidden), "head": (batch, t_len, hidden)}
+        ins = {
+            "source_embed": (batch, s_len),
+            "encoder": (batch, s_len, embed),
+            "target_embed": (batch, t_len),
+            "decoder": (batch, t_len, embed),
+            "score": (batch, t_len, hidden),
+            "combine": (batch, t_len, 2 * hidden),
+            "head": (batch, t_len, hidden),
+        }
         make = lambda key: {name: init_child(name, layer, key, ins[name])[1] for name, layer in layers.items()}  # noqa: E731
         params = jax.jit(make)(key)  # one compiled program: eager orthogonal inits cost seconds on a CPU
         return (batch, t_len, target_size), params, {}
@@ -213,8 +223,13 @@ def beam_decode(s2s: Seq2Seq, params: Params, source: Array, length: int, beam_w
         return (new, regroup(carry, parent), done, jnp.reshape(best, (-1,)), tokens), None
 
     first = jnp.tile(jnp.where(jnp.arange(k) == 0, 0.0, -jnp.inf), batch)  # only one live beam at the start
-    start = (jnp.full((batch * k,), BOS), carry, jnp.zeros((batch * k,), bool), first,
-             jnp.zeros((batch * k, length), jnp.int32))
+    start = (
+        jnp.full((batch * k,), BOS),
+        carry,
+        jnp.zeros((batch * k,), bool),
+        first,
+        jnp.zeros((batch * k, length), jnp.int32),
+    )
     (_, _, _, score, tokens), _ = lax.scan(step, start, jnp.arange(length))
     best = jnp.arange(batch) * k  # top_k sorts: beam 0 of each example is its best
     return tokens[best], score[best]

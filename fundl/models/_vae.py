@@ -121,7 +121,9 @@ def reconstruction_nll(out: Array, x: Array, likelihood: str = "bernoulli", *, s
     """
     _check_likelihood("reconstruction_nll", likelihood)
     if jnp.shape(out) != jnp.shape(x):
-        raise ValueError(f"reconstruction_nll expects inputs x of the decoder's output shape {jnp.shape(out)}, got {jnp.shape(x)}")
+        raise ValueError(
+            f"reconstruction_nll expects inputs x of the decoder's output shape {jnp.shape(out)}, got {jnp.shape(x)}"
+        )
     if likelihood == "bernoulli":
         per_value = optax.losses.sigmoid_binary_cross_entropy(out, x)
     else:
@@ -159,7 +161,9 @@ def vae(encoder: Layer, decoder: Layer, *, latent: int, likelihood: str = "berno
             raise LayerError(_ENCODER_OUTPUT.format(latent=latent, got=z_shapes))
         out_shape, dec_params, dec_state = init_child("decoder", decoder, key, z_shapes[0])
         if tuple(out_shape) != tuple(input_shape):
-            raise LayerError(_DECODER_OUTPUT.format(z=z_shapes[0], out=out_shape, x=tuple(input_shape), image=tuple(input_shape[1:])))
+            raise LayerError(
+                _DECODER_OUTPUT.format(z=z_shapes[0], out=out_shape, x=tuple(input_shape), image=tuple(input_shape[1:]))
+            )
         params = keep_nonempty({"encoder": enc_params, "decoder": dec_params})
         state = keep_nonempty({"encoder": enc_state, "decoder": dec_state})
         return (tuple(out_shape), *z_shapes), params, state
@@ -181,7 +185,9 @@ def _posterior(latent: int) -> Layer:
     return named("posterior", branch(named("mean", dense(latent)), named("log_var", dense(latent))))
 
 
-def mlp_vae(image_shape: Sequence[int], hidden: Sequence[int] = (256, 128), latent: int = 2, *, likelihood: str = "bernoulli") -> VAE:
+def mlp_vae(
+    image_shape: Sequence[int], hidden: Sequence[int] = (256, 128), latent: int = 2, *, likelihood: str = "bernoulli"
+) -> VAE:
     """A VAE with dense encoder and decoder, mirror images of each other.
 
     Encoder: flatten -> (dense(h) -> relu per ``hidden``) -> ``posterior`` (mean and log_var
@@ -203,13 +209,21 @@ def mlp_vae(image_shape: Sequence[int], hidden: Sequence[int] = (256, 128), late
     if hidden:
         check_positive("mlp_vae", hidden=hidden)
     encoder = serial(flatten(), *[layer for h in hidden for layer in (dense(h), relu())], _posterior(latent))
-    decoder = serial(*[layer for h in reversed(hidden) for layer in (dense(h), relu())], dense(math.prod(image_shape)), reshape(image_shape))
+    decoder = serial(
+        *[layer for h in reversed(hidden) for layer in (dense(h), relu())],
+        dense(math.prod(image_shape)),
+        reshape(image_shape),
+    )
     return vae(encoder, decoder, latent=latent, likelihood=likelihood)
 
 
 def conv_vae(
-    image_shape: Sequence[int], channels: Sequence[int] = (16, 32), latent: int = 2, *,
-    kernel_size: int = 3, likelihood: str = "bernoulli",
+    image_shape: Sequence[int],
+    channels: Sequence[int] = (16, 32),
+    latent: int = 2,
+    *,
+    kernel_size: int = 3,
+    likelihood: str = "bernoulli",
 ) -> VAE:
     """A convolutional VAE: stride-2 convolutions down, stride-2 transposed convolutions up.
 
@@ -233,7 +247,10 @@ def conv_vae(
         raise LayerError("conv_vae: `channels` needs at least one channel count, e.g. (16, 32)")
     check_positive("conv_vae", channels=channels)
     if len(image_shape) != 3:
-        raise LayerError(f"conv_vae: `image_shape` must be (height, width, channels), got {image_shape}: add the channel axis, e.g. {(*image_shape, 1)}")
+        raise LayerError(
+            "conv_vae: `image_shape` must be (height, width, channels), got "
+            f"{image_shape}: add the channel axis, e.g. {(*image_shape, 1)}"
+        )
     check_positive("conv_vae", image_shape=image_shape)
     height, width, c_image = image_shape
     m = 2 ** len(channels)
@@ -243,7 +260,9 @@ def conv_vae(
     encoder = serial(*down, flatten(), _posterior(latent))
     small = (height // m, width // m, channels[-1])
     up = [layer for c in reversed(channels[:-1]) for layer in (conv2d_transpose(c, kernel_size, strides=2), relu())]
-    decoder = serial(dense(math.prod(small)), relu(), reshape(small), *up, conv2d_transpose(c_image, kernel_size, strides=2))
+    decoder = serial(
+        dense(math.prod(small)), relu(), reshape(small), *up, conv2d_transpose(c_image, kernel_size, strides=2)
+    )
     return vae(encoder, decoder, latent=latent, likelihood=likelihood)
 
 
@@ -274,7 +293,10 @@ def neg_elbo_loss(v: VAE, *, sigma: float = 0.1, inputs: str = "image") -> Loss:
         reconstruction = reconstruction_nll(out, x, v.likelihood, sigma=sigma)
         kl = kl_standard_normal(mean, log_var)
         neg_elbo = jnp.mean(reconstruction + kl)
-        return neg_elbo, (new_state, {"neg_elbo": neg_elbo, "reconstruction": jnp.mean(reconstruction), "kl": jnp.mean(kl)})
+        return neg_elbo, (
+            new_state,
+            {"neg_elbo": neg_elbo, "reconstruction": jnp.mean(reconstruction), "kl": jnp.mean(kl)},
+        )
 
     return Loss(loss_fn, EvalMode(loss_fn))
 

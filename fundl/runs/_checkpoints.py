@@ -85,12 +85,16 @@ class Checkpoints:
             self.directory.mkdir(parents=True, exist_ok=True)
             remove_unfinished(self.directory)
         index = self.directory / _INDEX
-        self._scores: dict[int, float] = {int(k): v for k, v in json.loads(index.read_text()).items()} if index.is_file() else {}
+        self._scores: dict[int, float] = (
+            {int(k): v for k, v in json.loads(index.read_text()).items()} if index.is_file() else {}
+        )
 
     # --- the Checkpointer protocol of fit -----------------------------------------------------
 
     def next_step(self, step: int) -> int | None:
-        due = [s for s in (self.every and step + self.every - step % self.every, self.stop_after_steps) if s and s > step]
+        due = [
+            s for s in (self.every and step + self.every - step % self.every, self.stop_after_steps) if s and s > step
+        ]
         return min(due) if due else None
 
     def save(self, step: int, train_state: Any, extra: dict[str, Any], metrics: dict[str, float]) -> None:
@@ -149,7 +153,9 @@ class Checkpoints:
         """The steps of the complete checkpoints, oldest first."""
         if not self.directory.is_dir():
             return []
-        return sorted(int(p.name[: -len(SUFFIX)]) for p in self.directory.glob(f"*{SUFFIX}") if p.name[: -len(SUFFIX)].isdigit())
+        return sorted(
+            int(p.name[: -len(SUFFIX)]) for p in self.directory.glob(f"*{SUFFIX}") if p.name[: -len(SUFFIX)].isdigit()
+        )
 
     def restore(self, like: Any, step: int | None = None) -> tuple[int, Any, dict[str, Any]]:
         """The train state and what was saved with it (``extra``) of the checkpoint at ``step`` (default: the latest).
@@ -170,13 +176,17 @@ class Checkpoints:
         raw = path.read_bytes()
         digest, data = raw[:32], raw[32:]
         if hashlib.sha256(data).digest() != digest:
-            raise ValueError(f"the checkpoint {path} is corrupted or truncated: its contents do not match their SHA-256")
+            raise ValueError(
+                f"the checkpoint {path} is corrupted or truncated: its contents do not match their SHA-256"
+            )
         try:
             payload = flax.serialization.msgpack_restore(data)
         except Exception as error:  # msgpack raises several kinds for a broken file
             raise ValueError(f"the checkpoint {path} cannot be read: {type(error).__name__}: {error}") from None
         if payload.get("run_id") != self.run_id:
-            raise ValueError(f"the checkpoint {path} was written by another run ({payload.get('run_id')}), not by {self.run_id}")
+            raise ValueError(
+                f"the checkpoint {path} was written by another run ({payload.get('run_id')}), not by {self.run_id}"
+            )
         extra = {k: v for k, v in payload.items() if k not in ("run_id", "step", "train_state")}
         return payload["step"], from_host(payload["train_state"], like, f"the checkpoint {path}"), extra
 

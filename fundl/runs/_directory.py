@@ -97,7 +97,9 @@ class RunDirectory:
         except FileExistsError:
             raise FileExistsError(f"another run has just claimed {path}: choose another --out directory") from None
         with os.fdopen(fd, "w") as file:
-            file.write(json.dumps({"status": "running", "step": 0, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n")
+            file.write(
+                json.dumps({"status": "running", "step": 0, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n"
+            )
         return cls(path)
 
     @classmethod
@@ -146,7 +148,9 @@ class RunDirectory:
         if not copy.is_file():
             raise FileNotFoundError(f"{copy} is missing: the run directory is incomplete")
         if file_sha256(copy) != self.manifest().get("example_sha256"):
-            raise ValueError(f"{copy} differs from the example the run was started with (its SHA-256 is not the manifest's)")
+            raise ValueError(
+                f"{copy} differs from the example the run was started with (its SHA-256 is not the manifest's)"
+            )
         return copy
 
     # --- status -------------------------------------------------------------------------------
@@ -155,8 +159,10 @@ class RunDirectory:
         """Keeps ``status.json`` current: one of :data:`STATUSES`, the step, and why."""
         if status not in STATUSES:
             raise ValueError(f"unknown status {status!r}; one of {', '.join(STATUSES)}")
-        write_json(self.path / self.STATUS, {"status": status, "step": step, "reason": reason,
-                                             "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        write_json(
+            self.path / self.STATUS,
+            {"status": status, "step": step, "reason": reason, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+        )
 
     def status(self) -> dict[str, Any]:
         """``status.json``; for a directory older than status files, what its summary says."""
@@ -243,7 +249,10 @@ class RunDirectory:
 
         path = self.path / self.FINAL_STATE
         if path.is_file() and file_sha256(path) != sha256:
-            raise ValueError(f"{path} is not the file this run saved (its SHA-256 differs from {self.SUMMARY}'s): corrupted or replaced")
+            raise ValueError(
+                f"{path} is not the file this run saved (its SHA-256 "
+                f"differs from {self.SUMMARY}'s): corrupted or replaced"
+            )
         return restore_train_state(path, like)
 
     @property

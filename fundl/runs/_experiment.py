@@ -96,10 +96,15 @@ def load_example(name_or_path: str) -> ModuleType:
     else:
         available = bundled_examples()
         if name_or_path not in available:
-            raise ValueError(f"unknown example {name_or_path!r}; bundled examples: {', '.join(available)} (or give a path to a .py file)")
+            raise ValueError(
+                f"unknown example {name_or_path!r}; bundled examples: "
+                f"{', '.join(available)} (or give a path to a .py file)"
+            )
         module = importlib.import_module(f"fundl.examples.{name_or_path}")
     if not isinstance(getattr(module, "CONFIG", None), dict) or not callable(getattr(module, "experiment", None)):
-        raise ValueError(f"example {name_or_path!r} must define a CONFIG dict and a function experiment(config) -> Experiment")
+        raise ValueError(
+            f"example {name_or_path!r} must define a CONFIG dict and a function experiment(config) -> Experiment"
+        )
     return module
 
 

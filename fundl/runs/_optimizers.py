@@ -25,20 +25,22 @@ OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
 SCHEDULES = ("constant", "cosine")
 
 
-def make_optimizer(
-    config: Mapping[str, Any], total_steps: int
-) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def make_optimizer(config: Mapping[str, Any], total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """The optax optimizer and learning-rate schedule described by ``config["optimizer"]``."""
     opt = config["optimizer"]
     name = opt["name"]
     if name not in OPTIMIZERS:
         raise ConfigError(f"unknown optimizer {name!r} (optimizer.name); available: {', '.join(OPTIMIZERS)}")
     if opt["schedule"] not in SCHEDULES:
-        raise ConfigError(f"unknown schedule {opt['schedule']!r} (optimizer.schedule); available: {', '.join(SCHEDULES)}")
+        raise ConfigError(
+            f"unknown schedule {opt['schedule']!r} (optimizer.schedule); available: {', '.join(SCHEDULES)}"
+        )
     lr, warmup = opt["learning_rate"], opt["warmup_steps"] or 0
     if opt["schedule"] == "cosine":  # optax.warmup_cosine_decay_schedule's, but the rate may be traced (a sweep's)
         decay = max(total_steps, warmup + 1) - warmup
-        schedule = optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), optax.cosine_decay_schedule(lr, decay)], [warmup])
+        schedule = optax.join_schedules(
+            [optax.linear_schedule(0.0, lr, warmup), optax.cosine_decay_schedule(lr, decay)], [warmup]
+        )
     elif warmup:
         schedule = optax.linear_schedule(0.0, lr, warmup)
     else:

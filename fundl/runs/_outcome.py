@@ -18,7 +18,9 @@ from fundl.train import History, params_fingerprint
 from fundl.train._progress import format_metrics
 
 
-def record_outcome(plan: Plan, files: RunDirectory | None, carry: Any, history: History, echo: Callable[[str], None]) -> Run:
+def record_outcome(
+    plan: Plan, files: RunDirectory | None, carry: Any, history: History, echo: Callable[[str], None]
+) -> Run:
     """Writes the outcome (on the writing process): status, and for a run that ended well its results."""
     members = None if plan.members is None else _members(plan, carry, history)
     summary = _summary(plan, carry, history, members)
@@ -54,7 +56,16 @@ def record_outcome(plan: Plan, files: RunDirectory | None, carry: Any, history: 
 
 
 def _summary(plan: Plan, carry: Any, history: History, members: list[dict[str, Any]] | None) -> dict[str, Any]:
-    keys = ("steps", "epochs", "wall_s", "compile_s", "stop_reason", "steps_per_call", "steps_per_call_reason", "traces")
+    keys = (
+        "steps",
+        "epochs",
+        "wall_s",
+        "compile_s",
+        "stop_reason",
+        "steps_per_call",
+        "steps_per_call_reason",
+        "traces",
+    )
     summary: dict[str, Any] = {key: getattr(history, key) for key in keys}
     if members is None:
         return {**summary, "params_fingerprint": params_fingerprint(carry.params), "metrics": history.final_metrics()}
@@ -64,8 +75,11 @@ def _summary(plan: Plan, carry: Any, history: History, members: list[dict[str, A
         "members": len(members),
         "params_fingerprint": params_fingerprint(carry.states.params),
         "settings": settings,
-        "metrics": {split: {k: v["mean"] for k, v in metrics.items()} for split, metrics in settings[0]["metrics"].items()}
-        if len(settings) == 1 else {},
+        "metrics": {
+            split: {k: v["mean"] for k, v in metrics.items()} for split, metrics in settings[0]["metrics"].items()
+        }
+        if len(settings) == 1
+        else {},
         "frozen": [m["frozen"] for m in members if m["frozen"]],
     }
 
@@ -75,21 +89,25 @@ def _members(plan: Plan, carry: Any, history: History) -> list[dict[str, Any]]:
     members = []
     for index, end in enumerate(history.members):
         params = plan.population.train_state(carry, index).params
-        who = f"member {index} (seed {plan.seeds[index]}{''.join(f', {k}={v}' for k, v in plan.settings(index).items())})"
-        members.append({
-            "member": index,
-            "seed": plan.seeds[index],
-            "settings": plan.settings(index),
-            "metrics": history.final_metrics(member=index),
-            "params_fingerprint": params_fingerprint(params),
-            "stop_reason": end.stop_reason,
-            "frozen": f"{who} {end.stop_reason}" if end.nonfinite else None,
-        })
+        who = (
+            f"member {index} (seed {plan.seeds[index]}{''.join(f', {k}={v}' for k, v in plan.settings(index).items())})"
+        )
+        members.append(
+            {
+                "member": index,
+                "seed": plan.seeds[index],
+                "settings": plan.settings(index),
+                "metrics": history.final_metrics(member=index),
+                "params_fingerprint": params_fingerprint(params),
+                "stop_reason": end.stop_reason,
+                "frozen": f"{who} {end.stop_reason}" if end.nonfinite else None,
+            }
+        )
     return members
 
 
 def _settings_spread(members: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """For each setting, the mean, std, min and max of every final metric over its seeds (those that trained to the end)."""
+    """Per setting: the mean, std, min and max of each final metric over its seeds (those that trained to the end)."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for member in members:
         groups.setdefault(repr(sorted(member["settings"].items())), []).append(member)
@@ -100,10 +118,21 @@ def _settings_spread(members: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for split, metrics in healthy[0]["metrics"].items():
             for name in metrics:
                 values = np.array([m["metrics"].get(split, {}).get(name, np.nan) for m in healthy], np.float64)
-                spread.setdefault(split, {})[name] = {"mean": float(np.mean(values)), "std": float(np.std(values)),
-                                                      "min": float(np.min(values)), "max": float(np.max(values))}
-        out.append({"settings": group[0]["settings"], "members": [m["member"] for m in group], "seeds": [m["seed"] for m in group],
-                    "frozen": len(group) - len([m for m in group if not m["frozen"]]), "metrics": spread})
+                spread.setdefault(split, {})[name] = {
+                    "mean": float(np.mean(values)),
+                    "std": float(np.std(values)),
+                    "min": float(np.min(values)),
+                    "max": float(np.max(values)),
+                }
+        out.append(
+            {
+                "settings": group[0]["settings"],
+                "members": [m["member"] for m in group],
+                "seeds": [m["seed"] for m in group],
+                "frozen": len(group) - len([m for m in group if not m["frozen"]]),
+                "metrics": spread,
+            }
+        )
     return out
 
 
@@ -114,10 +143,17 @@ def _result_lines(summary: dict[str, Any], members: list[dict[str, Any]] | None)
     lines = []
     for setting in summary["settings"]:
         named = ", ".join(f"{k}={v}" for k, v in setting["settings"].items())
-        lines.append(f"{named + ': ' if named else ''}{len(setting['seeds'])} seeds" + (f", {setting['frozen']} frozen" if setting["frozen"] else ""))
+        lines.append(
+            f"{named + ': ' if named else ''}{len(setting['seeds'])} seeds"
+            + (f", {setting['frozen']} frozen" if setting["frozen"] else "")
+        )
         for split, metrics in setting["metrics"].items():
-            lines.append(f"  {split}: " + "  ".join(f"{k} {v['mean']:.4f} ± {v['std']:.4f} [{v['min']:.4f}, {v['max']:.4f}]"
-                                                  for k, v in metrics.items()))
+            lines.append(
+                f"  {split}: "
+                + "  ".join(
+                    f"{k} {v['mean']:.4f} ± {v['std']:.4f} [{v['min']:.4f}, {v['max']:.4f}]" for k, v in metrics.items()
+                )
+            )
     return [*lines, *summary["frozen"], f"{len(members)} members"]
 
 

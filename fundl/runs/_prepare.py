@@ -100,7 +100,9 @@ class Plan(NamedTuple):
 
     def hyper(self) -> dict[str, np.ndarray]:
         """Each swept setting's value for every member, ``{dotted_key: (M,)}``."""
-        return {key: np.array([float(c["optimizer"][key.split(".", 1)[1]]) for c in self.configs]) for key in self.sweep}
+        return {
+            key: np.array([float(c["optimizer"][key.split(".", 1)[1]]) for c in self.configs]) for key in self.sweep
+        }
 
     def settings(self, lane: int) -> dict[str, Any]:
         """A member's swept settings, ``{dotted_key: value}``."""
@@ -115,17 +117,23 @@ def loop_options(config: Config, experiment: Experiment) -> tuple[Budget, Execut
     except ValueError as error:
         raise ConfigError(f"train.devices={train['devices']}, train.fsdp={train['fsdp']}: {error}") from None
     try:
-        budget = Budget(train["epochs"] if train["steps"] is None else None, train["steps"], train["eval_every"], train["log_every"])
+        budget = Budget(
+            train["epochs"] if train["steps"] is None else None, train["steps"], train["eval_every"], train["log_every"]
+        )
         evaluation = Evaluation(dict(experiment.eval_data or {}), train["eval_batch_size"])
         execution = Execution(mesh, accumulate=train["accumulate"], steps_per_call=train["steps_per_call"])
     except ValueError as error:
         raise ConfigError(f"train.{error}") from None
     if train["batch_size"] % train["accumulate"]:
-        raise ConfigError(f"train.accumulate must divide train.batch_size={train['batch_size']}, got {train['accumulate']}")
+        raise ConfigError(
+            f"train.accumulate must divide train.batch_size={train['batch_size']}, got {train['accumulate']}"
+        )
     return budget, execution, evaluation
 
 
-def prepare(module: ModuleType, config: Config, seeds: list[int] | None = None, sweep: dict[str, list[Any]] | None = None) -> Plan:
+def prepare(
+    module: ModuleType, config: Config, seeds: list[int] | None = None, sweep: dict[str, list[Any]] | None = None
+) -> Plan:
     """Builds the experiment and makes every check the loop would make, naming config keys.
 
     Args:
@@ -143,7 +151,10 @@ def prepare(module: ModuleType, config: Config, seeds: list[int] | None = None, 
         seeds = seeds or [config["seed"]]
         count = len(seeds) * math.prod(len(values) for values in sweep.values())
         if count > MAX_MEMBERS:
-            raise ConfigError(f"a sweep of {count:,} members: at most {MAX_MEMBERS:,} train as one program; split it into several sweeps")
+            raise ConfigError(
+                f"a sweep of {count:,} members: at most {MAX_MEMBERS:,} "
+                "train as one program; split it into several sweeps"
+            )
         _check_memory(experiment, config, total, count)
         members = _member_configs(config, seeds, sweep)
         for c in members:
@@ -158,7 +169,10 @@ def prepare(module: ModuleType, config: Config, seeds: list[int] | None = None, 
     try:
         placement.check_batch_size(train["batch_size"], "training")
     except ValueError as error:
-        raise ConfigError(f"train.devices={train['devices']}, train.fsdp={train['fsdp']}, train.batch_size={train['batch_size']}: {error}") from None
+        raise ConfigError(
+            f"train.devices={train['devices']}, train.fsdp={train['fsdp']}, "
+            f"train.batch_size={train['batch_size']}: {error}"
+        ) from None
     _check_checkpoint_config(config["checkpoint"], members is not None)
     _check_early_stopping_config(config["early_stopping"], experiment)
     loss = with_precision(Loss.of(experiment.loss_fn, experiment.eval_fn), train["precision"])
@@ -184,7 +198,11 @@ def lane_hooks(plan: Plan, lane: int, writer: Hook | None, tensorboard: Path | N
     stopping = plan.config["early_stopping"]
     if stopping["metric"]:
         split, metric = stopping["metric"].split("/", 1)
-        hooks.append(early_stopping(split, metric, mode=stopping["mode"], patience=stopping["patience"], min_delta=stopping["min_delta"]))
+        hooks.append(
+            early_stopping(
+                split, metric, mode=stopping["mode"], patience=stopping["patience"], min_delta=stopping["min_delta"]
+            )
+        )
     if plan.config["log"]["tensorboard"]:
         from fundl.runs._tensorboard import tensorboard_writer
 
@@ -203,9 +221,14 @@ def parse_seeds(text: str) -> list[int]:
         try:
             span = range(int(first), int(last) + 1) if dash else range(int(first), int(first) + 1)
         except ValueError:
-            raise ConfigError(f"--seeds takes ranges and lists of non-negative integers, e.g. 0-31 or 0,1,5; got {text!r}") from None
+            raise ConfigError(
+                f"--seeds takes ranges and lists of non-negative integers, e.g. 0-31 or 0,1,5; got {text!r}"
+            ) from None
         if len(seeds) + len(span) > MAX_MEMBERS:
-            raise ConfigError(f"--seeds {text}: a sweep trains at most {MAX_MEMBERS:,} members as one program; split it into several sweeps")
+            raise ConfigError(
+                f"--seeds {text}: a sweep trains at most {MAX_MEMBERS:,} "
+                "members as one program; split it into several sweeps"
+            )
         seeds += span
     if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
         raise ConfigError(f"--seeds needs distinct non-negative seeds, got {text!r}")
@@ -234,10 +257,15 @@ def _member_configs(base: Config, seeds: list[int], sweep: dict[str, list[Any]])
                 f"(fundl run NAME --set {key}=VALUE)"
             )
         if any(value is None for value in sweep[key]):
-            raise ConfigError(f"--sweep {key}: every value must be a number (null turns the setting off: run it separately)")
+            raise ConfigError(
+                f"--sweep {key}: every value must be a number (null turns the setting off: run it separately)"
+            )
     keys = list(sweep)
-    return [override(base, [("seed", seed), *zip(keys, values)])
-            for values in itertools.product(*(sweep[k] for k in keys)) for seed in seeds]
+    return [
+        override(base, [("seed", seed), *zip(keys, values)])
+        for values in itertools.product(*(sweep[k] for k in keys))
+        for seed in seeds
+    ]
 
 
 def _optimizer_fn(base: Config, total: int) -> Any:
@@ -256,16 +284,20 @@ def _check_memory(experiment: Experiment, config: Config, total: int, members: i
     """A sweep's stacked train states must fit a share of the machine's memory: refused before anything is made."""
     params, state = jax.eval_shape(lambda: experiment.model.init(jax.random.key(0), experiment.input_shape)[1:])
     opt_state = jax.eval_shape(make_optimizer(config, total)[0].init, params)
-    member_bytes = 4 * sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves((params, state, opt_state)))  # with updates
+    member_bytes = 4 * sum(
+        leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves((params, state, opt_state))
+    )  # with updates
     try:
         memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError):
         memory = 8 << 30
     if members * member_bytes > memory * _MEMORY_SHARE:
         most = int(memory * _MEMORY_SHARE // max(member_bytes, 1))
-        raise ConfigError(f"a sweep of {members} members needs about {members * member_bytes / 2**30:.1f} GiB for its train states "
-                          f"(params, optimizer state and their updates), more than a quarter of this machine's memory: "
-                          f"sweep at most {most} members at once")
+        raise ConfigError(
+            f"a sweep of {members} members needs about {members * member_bytes / 2**30:.1f} GiB for its train states "
+            f"(params, optimizer state and their updates), more than a quarter of this machine's memory: "
+            f"sweep at most {most} members at once"
+        )
 
 
 # --- checks ---------------------------------------------------------------------------------------
@@ -284,10 +316,14 @@ def _check_checkpoint_config(checkpoint: dict[str, Any], sweep: bool) -> None:
     if checkpoint["best_mode"] not in ("max", "min"):
         raise ConfigError(f"checkpoint.best_mode must be 'max' or 'min', got {checkpoint['best_mode']!r}")
     if checkpoint["best"] is not None and "/" not in checkpoint["best"]:
-        raise ConfigError(f"checkpoint.best names a 'split/metric', e.g. 'validation/accuracy'; got {checkpoint['best']!r}")
+        raise ConfigError(
+            f"checkpoint.best names a 'split/metric', e.g. 'validation/accuracy'; got {checkpoint['best']!r}"
+        )
     if checkpoint["best"] is not None and sweep:
-        raise ConfigError("checkpoint.best keeps the checkpoint of one run's best evaluation; a sweep's checkpoints hold every "
-                          "member at one step, so it cannot: drop checkpoint.best (each member's metrics are in metrics.jsonl)")
+        raise ConfigError(
+            "checkpoint.best keeps the checkpoint of one run's best evaluation; a sweep's checkpoints hold every "
+            "member at one step, so it cannot: drop checkpoint.best (each member's metrics are in metrics.jsonl)"
+        )
 
 
 def _check_early_stopping_config(stopping: dict[str, Any], experiment: Experiment) -> None:
@@ -296,21 +332,31 @@ def _check_early_stopping_config(stopping: dict[str, Any], experiment: Experimen
     split = stopping["metric"].partition("/")[0]
     splits = sorted(experiment.eval_data or {})
     if split in (experiment.test_data or {}):
-        raise ConfigError(f"early_stopping.metric {stopping['metric']!r}: the test split is scored once, after training, so that "
-                          f"nothing is tuned on it; watch an evaluated split instead ({', '.join(splits)})")
+        raise ConfigError(
+            f"early_stopping.metric {stopping['metric']!r}: the test split is scored once, after training, so that "
+            f"nothing is tuned on it; watch an evaluated split instead ({', '.join(splits)})"
+        )
     if "/" not in stopping["metric"] or split not in splits:
-        raise ConfigError(f"early_stopping.metric names an evaluated 'split/metric' (splits: {', '.join(splits)}), got {stopping['metric']!r}")
+        raise ConfigError(
+            "early_stopping.metric names an evaluated 'split/metric' "
+            f"(splits: {', '.join(splits)}), got {stopping['metric']!r}"
+        )
     try:
-        early_stopping(split, "x", mode=stopping["mode"], patience=stopping["patience"], min_delta=stopping["min_delta"])
+        early_stopping(
+            split, "x", mode=stopping["mode"], patience=stopping["patience"], min_delta=stopping["min_delta"]
+        )
     except ValueError as error:
         raise ConfigError(f"early_stopping: {error}") from None
 
 
 def _check_test_data(experiment: Experiment, loss: Loss) -> None:
-    """The test splits, checked before training as the loop checks its evaluation splits: an error now, not after training."""
+    """The test splits, checked before training as the loop checks its evaluation splits: an error now, not later."""
     clash = sorted(set(experiment.test_data or {}) & {"train", *(experiment.eval_data or {})})
     if clash:
-        raise ValueError(f"the experiment's test_data and eval_data (or the training metrics) both name split(s) {clash}: give each its own name")
+        raise ValueError(
+            "the experiment's test_data and eval_data (or the training "
+            f"metrics) both name split(s) {clash}: give each its own name"
+        )
     for name, split in (experiment.test_data or {}).items():
         num_examples(split, f"test split {name!r}")
         (loss.check_data or check_finite)(split, f"test split {name!r}")

@@ -71,14 +71,30 @@ def run(
         echo(f"run directory: {directory.path}")
         directory.write_config(config)
         sha = directory.copy_example(module)
-        population = {} if plan.members is None else {"sweep": {"seeds": sorted(set(plan.seeds)), "settings": plan.sweep,
-                                                                 "members": len(plan.members)}}
-        directory.write_manifest({"run_id": run_id, **manifest(example, sha, config["train"]["precision"],
-                                                               describe_mesh(plan.execution.mesh)), **population})
+        population = (
+            {}
+            if plan.members is None
+            else {"sweep": {"seeds": sorted(set(plan.seeds)), "settings": plan.sweep, "members": len(plan.members)}}
+        )
+        directory.write_manifest(
+            {
+                "run_id": run_id,
+                **manifest(example, sha, config["train"]["precision"], describe_mesh(plan.execution.mesh)),
+                **population,
+            }
+        )
     carry = plan.initial_carry()
     checkpoints = _checkpoints(plan, _checkpoint_directory(directory, out), run_id, stop_after_steps)
-    return _train(plan, directory if writer else None, checkpoints, carry, _hooks(plan, directory if writer else None), None,
-                  quiet, echo)
+    return _train(
+        plan,
+        directory if writer else None,
+        checkpoints,
+        carry,
+        _hooks(plan, directory if writer else None),
+        None,
+        quiet,
+        echo,
+    )
 
 
 def sweep(
@@ -118,7 +134,16 @@ def sweep(
     Example:
       >>> sweep("mlp_digits", seeds=list(range(8))).summary["settings"][0]["metrics"]["test"]["accuracy"]
     """
-    return run(example, settings, seeds=seeds, sweep=sweep or {}, out=out, quiet=quiet, echo=echo, stop_after_steps=stop_after_steps)
+    return run(
+        example,
+        settings,
+        seeds=seeds,
+        sweep=sweep or {},
+        out=out,
+        quiet=quiet,
+        echo=echo,
+        stop_after_steps=stop_after_steps,
+    )
 
 
 def resume(directory: str | os.PathLike, *, quiet: bool = False, echo: Callable[[str], None] = print) -> Run:
@@ -136,7 +161,10 @@ def resume(directory: str | os.PathLike, *, quiet: bool = False, echo: Callable[
     files = RunDirectory.open(directory)
     status = files.status()
     if status["status"] in ("finished", "stopped_early"):
-        raise ValueError(f"{files.path} has {status['status'].replace('_', ' ')} at step {status['step']}: there is nothing to resume")
+        raise ValueError(
+            f"{files.path} has {status['status'].replace('_', ' ')} "
+            f"at step {status['step']}: there is nothing to resume"
+        )
     module, config = _verified_example(files)
     environment = files.manifest()
     swept = environment.get("sweep")
@@ -147,7 +175,8 @@ def resume(directory: str | os.PathLike, *, quiet: bool = False, echo: Callable[
         step, carry, extra = checkpoints.restore(like)
     except FileNotFoundError:
         raise FileNotFoundError(
-            f"{files.path} has no complete checkpoint to resume from (it stopped before its first one): start it again with "
+            f"{files.path} has no complete checkpoint to resume from "
+            "(it stopped before its first one): start it again with "
             f"`fundl run`"
         ) from None
     writer = jax.process_index() == 0
@@ -170,15 +199,19 @@ def _sweep_of(swept: dict[str, Any] | None) -> tuple[list[int] | None, dict[str,
 def _load_hook_states(path: Path, hooks: list[list[Hook]], states: list[list[Any]]) -> None:
     """Gives each hook back the state a checkpoint saved, by lane and position."""
     if [len(h) for h in hooks] != [len(s) for s in states]:
-        raise ValueError(f"the checkpoint of {path} holds the state of {[len(s) for s in states]} hooks, "
-                         f"the example now has {[len(h) for h in hooks]}")
+        raise ValueError(
+            f"the checkpoint of {path} holds the state of {[len(s) for s in states]} hooks, "
+            f"the example now has {[len(h) for h in hooks]}"
+        )
     for lane_hooks_, lane_states in zip(hooks, states):
         for hook, state in zip(lane_hooks_, lane_states):
             if state is None:
                 continue
             load_state_dict = getattr(hook, "load_state_dict", None)
             if load_state_dict is None:
-                raise ValueError(f"the checkpoint of {path} holds a state for hook {hook!r}, which has no load_state_dict method")
+                raise ValueError(
+                    f"the checkpoint of {path} holds a state for hook {hook!r}, which has no load_state_dict method"
+                )
             load_state_dict(state)
 
 
@@ -186,14 +219,25 @@ def _hooks(plan: Plan, files: RunDirectory | None) -> list[list[Hook]]:
     """Each lane's hooks (with the record writer and TensorBoard files on the writing process)."""
     members = plan.members is not None
     writer = files.record_writer() if files else None
-    return [lane_hooks(plan, lane, writer, files.tensorboard(lane if members else None) if files else None)
-            for lane in range(len(plan.configs))]
+    return [
+        lane_hooks(plan, lane, writer, files.tensorboard(lane if members else None) if files else None)
+        for lane in range(len(plan.configs))
+    ]
 
 
 def _checkpoints(plan: Plan, directory: Path, run_id: str, stop_after_steps: int | None) -> Checkpoints:
     c = plan.config["checkpoint"]
-    return Checkpoints(directory, steps_per_epoch=plan.steps_per_epoch, every_steps=c["every_steps"], every_epochs=c["every_epochs"],
-                       keep=c["keep"], best=c["best"], best_mode=c["best_mode"], stop_after_steps=stop_after_steps, run_id=run_id)
+    return Checkpoints(
+        directory,
+        steps_per_epoch=plan.steps_per_epoch,
+        every_steps=c["every_steps"],
+        every_epochs=c["every_epochs"],
+        keep=c["keep"],
+        best=c["best"],
+        best_mode=c["best_mode"],
+        stop_after_steps=stop_after_steps,
+        run_id=run_id,
+    )
 
 
 def _checkpoint_directory(directory: RunDirectory | None, out: str | None) -> Path:
@@ -205,8 +249,16 @@ def _checkpoint_directory(directory: RunDirectory | None, out: str | None) -> Pa
     return RunDirectory(out).checkpoints
 
 
-def _train(plan: Plan, files: RunDirectory | None, checkpoints: Checkpoints, carry: Any, hooks: list[list[Hook]],
-           ends: list[MemberEnd] | None, quiet: bool, echo: Callable[[str], None]) -> Run:
+def _train(
+    plan: Plan,
+    files: RunDirectory | None,
+    checkpoints: Checkpoints,
+    carry: Any,
+    hooks: list[list[Hook]],
+    ends: list[MemberEnd] | None,
+    quiet: bool,
+    echo: Callable[[str], None],
+) -> Run:
     """Trains with checkpoints and preemption signals; records the outcome (``files``: process 0 only)."""
     population = plan.population
     if files:
@@ -227,8 +279,9 @@ def _train(plan: Plan, files: RunDirectory | None, checkpoints: Checkpoints, car
                 budget=plan.budget,
                 execution=plan.execution,
                 evaluation=plan.evaluation,
-                callbacks=Callbacks(hooks[0] if not members else (lambda member: hooks[member]), True, checkpoints,
-                                    quiet or not files),
+                callbacks=Callbacks(
+                    hooks[0] if not members else (lambda member: hooks[member]), True, checkpoints, quiet or not files
+                ),
                 ends=ends,
             )
         checkpoints.wait()
@@ -238,7 +291,11 @@ def _train(plan: Plan, files: RunDirectory | None, checkpoints: Checkpoints, car
         checkpoints.wait()
         if files:
             step = checkpoints.steps()[-1] if checkpoints.steps() else 0
-            reason = "aborted (a second Ctrl-C)" if isinstance(error, KeyboardInterrupt) else f"{type(error).__name__}: {error}"
+            reason = (
+                "aborted (a second Ctrl-C)"
+                if isinstance(error, KeyboardInterrupt)
+                else f"{type(error).__name__}: {error}"
+            )
             files.set_status("interrupted" if isinstance(error, KeyboardInterrupt) else "failed", step, reason)
         raise
     finally:
@@ -256,8 +313,15 @@ def _score_test_splits(plan: Plan, carry: Any, history: History, hooks: list[lis
     """Scores the experiment's test splits once, with the final params: a record each (a member's each) in the
     history, and a ``"test"`` event to the hooks (``metrics.jsonl`` is written by one)."""
     train_config = plan.config["train"]
-    scores = score(plan.population, plan.loss, carry, plan.experiment.test_data or {}, mesh=plan.execution.mesh,
-                   batch_size=train_config["batch_size"], eval_batch_size=train_config["eval_batch_size"])
+    scores = score(
+        plan.population,
+        plan.loss,
+        carry,
+        plan.experiment.test_data or {},
+        mesh=plan.execution.mesh,
+        batch_size=train_config["batch_size"],
+        eval_batch_size=train_config["eval_batch_size"],
+    )
     step, members = history.steps, plan.members is not None
     for split, per_lane in scores.items():
         for lane, metrics in enumerate(per_lane):
@@ -300,7 +364,9 @@ def _verified_example(files: RunDirectory) -> tuple[ModuleType, Config]:
     expected, got = flat_keys(resolve_config(module)), flat_keys(config)
     unknown, missing = sorted(set(got) - set(expected)), sorted(set(expected) - set(got))
     if unknown or missing:
-        raise ValueError(f"{files.path / files.CONFIG} does not fit its example: unknown keys {unknown}, missing keys {missing}")
+        raise ValueError(
+            f"{files.path / files.CONFIG} does not fit its example: unknown keys {unknown}, missing keys {missing}"
+        )
     return module, config
 
 
@@ -338,18 +404,27 @@ def load_run(directory: str | os.PathLike, member: int | None = None) -> Run:
         if member is not None:
             raise ValueError(f"{files.path} is a single run, not a sweep: load it without a member")
         if params_fingerprint(final.params) != summary["params_fingerprint"]:
-            raise ValueError(f"{files.path / files.FINAL_STATE} holds params whose fingerprint is not the one recorded in summary.json")
+            raise ValueError(
+                f"{files.path / files.FINAL_STATE} holds params whose "
+                "fingerprint is not the one recorded in summary.json"
+            )
         return Run(files.path, config, plan.experiment, final, None, summary)
     members = files.members() or []
     if member is None or not 0 <= member < len(members):
-        raise ValueError(f"{files.path} is a sweep of {len(members)} members: give the member to load, 0 to {len(members) - 1}")
+        raise ValueError(
+            f"{files.path} is a sweep of {len(members)} members: give the member to load, 0 to {len(members) - 1}"
+        )
     state = jax.tree.map(lambda leaf: leaf[member], final)
     if params_fingerprint(state.params) != members[member]["params_fingerprint"]:
-        raise ValueError(f"{files.path / files.FINAL_STATE} holds params for member {member} whose fingerprint is not members.json's")
+        raise ValueError(
+            f"{files.path / files.FINAL_STATE} holds params for member {member} whose fingerprint is not members.json's"
+        )
     return Run(files.path, plan.configs[member], plan.experiment, state, None, summary, members)
 
 
-def sample(directory: str | os.PathLike, prompt: str = "", *, temperature: float = 1.0, length: int = 200, seed: int = 0) -> str:
+def sample(
+    directory: str | os.PathLike, prompt: str = "", *, temperature: float = 1.0, length: int = 200, seed: int = 0
+) -> str:
     """Generates from a finished run of a generative example (what ``fundl sample`` does)."""
     loaded = load_run(directory)
     if loaded.experiment.sample is None:
@@ -360,4 +435,3 @@ def sample(directory: str | os.PathLike, prompt: str = "", *, temperature: float
     if length < 1:
         raise ValueError(f"length must be at least 1, got {length}")
     return loaded.experiment.sample(loaded, prompt, temperature=temperature, length=length, seed=seed)
-

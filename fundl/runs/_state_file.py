@@ -15,7 +15,7 @@ from fundl.runs._files import write_atomic
 
 
 def from_host(state_dict: Any, like: Any, where: str) -> Any:
-    """A train state (or any tree) from its serialized state dict, checked against ``like`` (names the first difference)."""
+    """A train state (or any tree) from its serialized state dict, checked against ``like`` (naming any difference)."""
     target = jax.eval_shape(key_data, like)
     try:
         restored = flax.serialization.from_state_dict(target, state_dict)

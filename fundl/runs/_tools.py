@@ -21,7 +21,9 @@ from fundl.runs._config import flat_keys
 from fundl.runs._directory import RunDirectory
 from fundl.train._history import final_metrics
 
-NO_RUNS_DIR = "{path} does not exist: nothing to list (`fundl run` writes its runs under runs/ unless --out says otherwise)"
+NO_RUNS_DIR = (
+    "{path} does not exist: nothing to list (`fundl run` writes its runs under runs/ unless --out says otherwise)"
+)
 HEADLINE_METRICS = ("accuracy", "loss")
 DEFAULT_PLOT_METRICS = ("validation/accuracy", "test/accuracy", "train/loss")
 
@@ -152,14 +154,16 @@ def format_runs(runs: Sequence[dict[str, Any]]) -> str:
     rows = [["NAME", "EXAMPLE", "STATUS", "STEPS", "METRIC", "FINGERPRINT"]]
     for run in runs:
         headline = run["headline"]
-        rows.append([
-            run["name"],
-            str(run["example"] or "-"),
-            run["status"],
-            "-" if run["steps"] is None else str(run["steps"]),
-            f"{headline[0]} {_number(headline[1])}" if headline else "-",
-            (run["fingerprint"] or "-")[:12],
-        ])
+        rows.append(
+            [
+                run["name"],
+                str(run["example"] or "-"),
+                run["status"],
+                "-" if run["steps"] is None else str(run["steps"]),
+                f"{headline[0]} {_number(headline[1])}" if headline else "-",
+                (run["fingerprint"] or "-")[:12],
+            ]
+        )
     return "\n".join(_table(rows))
 
 
@@ -198,8 +202,10 @@ def show_run(directory: str | os.PathLike) -> str:
     versions = environment.get("versions") or {}
     status = described["status"]
     if summary is not None:
-        status += (f": {summary.get('steps')} steps, {summary.get('epochs')} epochs, {_seconds(summary.get('wall_s'))}"
-                   f" ({_seconds(summary.get('compile_s'))} compiling)")
+        status += (
+            f": {summary.get('steps')} steps, {summary.get('epochs')} epochs, {_seconds(summary.get('wall_s'))}"
+            f" ({_seconds(summary.get('compile_s'))} compiling)"
+        )
     elif described["steps"] is not None:
         status += f": logged up to step {described['steps']}"
     rows = [
@@ -223,7 +229,10 @@ def show_run(directory: str | os.PathLike) -> str:
         lines += ["", f"sweep: {described['members']} members, mean ± std over each setting's seeds"]
         for setting in described["settings"]:
             named = ", ".join(f"{k}={_value(v)}" for k, v in setting["settings"].items()) or "seeds"
-            spread = {split: {k: f"{_number(v['mean'])} ± {v['std']:.4f}" for k, v in m.items()} for split, m in setting["metrics"].items()}
+            spread = {
+                split: {k: f"{_number(v['mean'])} ± {v['std']:.4f}" for k, v in m.items()}
+                for split, m in setting["metrics"].items()
+            }
             lines += [f"  {named} ({len(setting['seeds'])} seeds)", *_metric_lines(spread, "    ")]
     else:
         lines += ["", f"metrics{source}", *_metric_lines(described["metrics"])]
@@ -254,7 +263,9 @@ def compare_runs(directories: Sequence[str | os.PathLike]) -> str:
     differing = [k for k in keys if len({json.dumps(c[k]) if k in c else "<missing>" for c in configs}) > 1]
     lines.append("")
     if differing:
-        lines += _table([["config", *labels], *([k, *(_value(c[k]) if k in c else "-" for c in configs)] for k in differing)])
+        lines += _table(
+            [["config", *labels], *([k, *(_value(c[k]) if k in c else "-" for c in configs)] for k in differing)]
+        )
     else:
         lines.append("config: identical")
 
@@ -296,14 +307,22 @@ def plot_runs(
     if metric is None:
         metric = next((m for m in DEFAULT_PLOT_METRICS if m in everywhere), None)
         if metric is None:
-            raise ValueError(f"no default metric to plot ({' or '.join(DEFAULT_PLOT_METRICS)}); "
-                             f"choose one with --metric: {', '.join(everywhere) or 'none logged in every run'}")
+            raise ValueError(
+                f"no default metric to plot ({' or '.join(DEFAULT_PLOT_METRICS)}); "
+                f"choose one with --metric: {', '.join(everywhere) or 'none logged in every run'}"
+            )
     elif metric not in everywhere:
-        raise ValueError(f"unknown metric {metric!r} (want SPLIT/METRIC logged by every run); "
-                         f"available: {', '.join(everywhere) or 'none'}")
+        raise ValueError(
+            f"unknown metric {metric!r} (want SPLIT/METRIC logged by every run); "
+            f"available: {', '.join(everywhere) or 'none'}"
+        )
     split, name = metric.split("/", 1)
     series = {
-        label: [(r.step, r.metrics[name]) for r in records if r.split == split and name in r.metrics and r.member in (None, 0)]
+        label: [
+            (r.step, r.metrics[name])
+            for r in records
+            if r.split == split and name in r.metrics and r.member in (None, 0)
+        ]
         for label, records in zip(_labels(paths), runs)
     }
     from fundl.plots import plot_runs_metric  # matplotlib only when a plot is drawn

@@ -11,7 +11,12 @@ from fundl._core import EvalFn as EvalFn, Loss as Loss, LossFn as LossFn
 from fundl._data import check_finite as check_finite
 from fundl.models._classification import classification_loss as classification_loss
 from fundl.train._checks import check_opt_state as check_opt_state, check_params as check_params
-from fundl.train._evaluate import evaluate as evaluate, history_arrays as history_arrays, predict as predict, score as score
+from fundl.train._evaluate import (
+    evaluate as evaluate,
+    history_arrays as history_arrays,
+    predict as predict,
+    score as score,
+)
 from fundl.train._fit import fit as fit, fit_members as fit_members
 from fundl.train._history import History as History, MemberEnd as MemberEnd, Record as Record
 from fundl.train._hooks import (

@@ -63,20 +63,32 @@ def check_opt_state(optimizer: optax.GradientTransformation, params: Any, opt_st
     have = jax.tree_util.tree_flatten_with_path(opt_state)[0]
     for (want_path, want_leaf), (have_path, have_leaf) in zip(want, have):
         if want_path != have_path:
-            raise ValueError(_OTHER_OPTIMIZER.format(path=jax.tree_util.keystr(want_path), expected=_describe(want_leaf), got="nothing"))
+            raise ValueError(
+                _OTHER_OPTIMIZER.format(
+                    path=jax.tree_util.keystr(want_path), expected=_describe(want_leaf), got="nothing"
+                )
+            )
         if np.shape(have_leaf) != tuple(want_leaf.shape) or jnp.result_type(have_leaf) != want_leaf.dtype:
             raise ValueError(
-                _OTHER_OPTIMIZER.format(path=jax.tree_util.keystr(want_path), expected=_describe(want_leaf), got=_describe(have_leaf))
+                _OTHER_OPTIMIZER.format(
+                    path=jax.tree_util.keystr(want_path), expected=_describe(want_leaf), got=_describe(have_leaf)
+                )
             )
     if len(want) > len(have):
         path, leaf = want[len(have)]
-        raise ValueError(_OTHER_OPTIMIZER.format(path=jax.tree_util.keystr(path), expected=_describe(leaf), got="nothing"))
+        raise ValueError(
+            _OTHER_OPTIMIZER.format(path=jax.tree_util.keystr(path), expected=_describe(leaf), got="nothing")
+        )
     if len(have) > len(want):
         path, leaf = have[len(want)]
-        raise ValueError(_OTHER_OPTIMIZER.format(path=jax.tree_util.keystr(path), expected="nothing", got=_describe(leaf)))
+        raise ValueError(
+            _OTHER_OPTIMIZER.format(path=jax.tree_util.keystr(path), expected="nothing", got=_describe(leaf))
+        )
     if jax.tree.structure(expected) != jax.tree.structure(opt_state):  # type: ignore[operator]  # jaxlib has no stub for PyTreeDef
         raise ValueError(
             _OTHER_OPTIMIZER.format(
-                path="", expected=f"the containers {jax.tree.structure(expected)}"[:300], got=f"{jax.tree.structure(opt_state)}"[:300]
+                path="",
+                expected=f"the containers {jax.tree.structure(expected)}"[:300],
+                got=f"{jax.tree.structure(opt_state)}"[:300],
             )
         )

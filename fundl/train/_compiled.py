@@ -126,7 +126,9 @@ def compiled_functions(program: Program, carry_like: Any) -> Compiled:
     placement = program.placement
     state_shardings = placement.state_shardings(carry_like)
     # On a mesh, the train state keeps its layout and metrics come back replicated.
-    layout: dict[str, Any] = {} if state_shardings is None else {"out_shardings": (state_shardings, placement.replicated)}
+    layout: dict[str, Any] = (
+        {} if state_shardings is None else {"out_shardings": (state_shardings, placement.replicated)}
+    )
     evaluate = program.loss.evaluate
     eval_layout: dict[str, Any] = {"out_shardings": placement.replicated} if placement.sharded else {}
     population = program.population

@@ -41,7 +41,9 @@ def evaluation_of(loss: Loss) -> EvalFn:
     return loss.evaluate
 
 
-def exact_means(eval_call: Callable, params: Any, state: Any, batches: Iterable[tuple[Any, int]]) -> dict[str, np.ndarray]:
+def exact_means(
+    eval_call: Callable, params: Any, state: Any, batches: Iterable[tuple[Any, int]]
+) -> dict[str, np.ndarray]:
     """The mean of each metric over every example of ``batches`` (``(batch, size)`` pairs): each batch's metrics,
     computed by ``eval_call(params, state, batch)``, weighted by its size and summed in float64.
 
@@ -57,8 +59,14 @@ def exact_means(eval_call: Callable, params: Any, state: Any, batches: Iterable[
 class Evaluator:
     """Every evaluation split's exact metrics for a carry, per lane: ``{split: [metrics of each lane]}``."""
 
-    def __init__(self, eval_call: Callable | None, population: Any, placement: Placement, splits: Mapping[str, Any],
-                 batch_sizes: Mapping[str, int]):
+    def __init__(
+        self,
+        eval_call: Callable | None,
+        population: Any,
+        placement: Placement,
+        splits: Mapping[str, Any],
+        batch_sizes: Mapping[str, int],
+    ):
         self.eval_call, self.population, self.placement = eval_call, population, placement
         self.splits, self.batch_sizes = splits, batch_sizes
 
@@ -68,14 +76,23 @@ class Evaluator:
             return {}
         params, state = self.population.eval_args(carry)
         return {
-            name: self.population.lane_means(exact_means(self.eval_call, params, state,
-                                                         self.placement.eval_batches(split, self.batch_sizes[name])))
+            name: self.population.lane_means(
+                exact_means(self.eval_call, params, state, self.placement.eval_batches(split, self.batch_sizes[name]))
+            )
             for name, split in (self.splits if splits is None else splits).items()
         }
 
 
-def score(population: Any, loss: Loss, carry: Any, splits: Mapping[str, Any], *, mesh: Any, batch_size: int,
-          eval_batch_size: int | None = None) -> dict[str, list[dict[str, float]]]:
+def score(
+    population: Any,
+    loss: Loss,
+    carry: Any,
+    splits: Mapping[str, Any],
+    *,
+    mesh: Any,
+    batch_size: int,
+    eval_batch_size: int | None = None,
+) -> dict[str, list[dict[str, float]]]:
     """Each split's exact metrics for a trained carry (one run's train state, or a population's), per member.
 
     What a run does once, after training, with its test splits: the same evaluator as the
@@ -108,7 +125,13 @@ def _predict_batch(params: Params, state: State, x_batch: Any, *, apply: Callabl
 
 
 def evaluate(
-    loss_fn: Loss | Callable[..., Any], params: Params, state: State, data: Any, *, batch_size: int = 256, mesh: MeshSpec = 1,
+    loss_fn: Loss | Callable[..., Any],
+    params: Params,
+    state: State,
+    data: Any,
+    *,
+    batch_size: int = 256,
+    mesh: MeshSpec = 1,
     eval_fn: EvalFn | None = None,
 ) -> dict[str, float]:
     """The loss and metrics of ``loss_fn`` over every example of ``data``, in evaluation mode.

@@ -124,7 +124,9 @@ def fit(
         batch_size=batch_size,
         data_seeds=[data_seed],
         budget=Budget(epochs, steps, eval_every, log_every),
-        execution=Execution.on(mesh, accumulate=accumulate, steps_per_call=steps_per_call, max_in_flight=max_in_flight, strict=strict),
+        execution=Execution.on(
+            mesh, accumulate=accumulate, steps_per_call=steps_per_call, max_in_flight=max_in_flight, strict=strict
+        ),
         evaluation=Evaluation(dict(eval_data or {}), eval_batch_size),
         callbacks=Callbacks(tuple(hooks), stop_on_nan, checkpoint, quiet),
     )
@@ -187,7 +189,9 @@ def fit_members(
     carry = train_states if isinstance(train_states, MemberStates) else MemberStates.of(train_states, dict(hyper or {}))
     seeds = [int(seed) for seed in np.asarray(data_seeds).ravel()]
     if len(carry.alive) != len(seeds):
-        raise ValueError(f"train_states hold {len(carry.alive)} members, data_seeds {len(seeds)}: give one data seed a member")
+        raise ValueError(
+            f"train_states hold {len(carry.alive)} members, data_seeds {len(seeds)}: give one data seed a member"
+        )
     return loop(
         Members(optimizer_fn, len(seeds)),
         Loss.of(loss_fn, eval_fn),
@@ -196,7 +200,9 @@ def fit_members(
         batch_size=batch_size,
         data_seeds=seeds,
         budget=Budget(epochs, steps, eval_every, log_every),
-        execution=Execution.on(mesh, accumulate=accumulate, steps_per_call=steps_per_call, max_in_flight=max_in_flight, strict=strict),
+        execution=Execution.on(
+            mesh, accumulate=accumulate, steps_per_call=steps_per_call, max_in_flight=max_in_flight, strict=strict
+        ),
         evaluation=Evaluation(dict(eval_data or {}), eval_batch_size),
         callbacks=Callbacks(hooks or (), True, checkpoint, quiet),
     )

@@ -85,7 +85,9 @@ def _watched(event: Event, split: str, metric: str) -> float | None:
     if event.kind != "eval" or event.record.split != split:
         return None
     if metric not in event.record.metrics:
-        raise ValueError(f"metric {metric!r} is not reported for split {split!r}; available: {list(event.record.metrics)}")
+        raise ValueError(
+            f"metric {metric!r} is not reported for split {split!r}; available: {list(event.record.metrics)}"
+        )
     return event.record.metrics[metric]
 
 
@@ -114,7 +116,10 @@ class EarlyStopping:
             return None
         self.waited += 1
         if self.waited >= self.patience:
-            return f"early stopping: {self.split} {self.metric} has not improved on {self.best:.6g} for {self.patience} evaluations"
+            return (
+                f"early stopping: {self.split} {self.metric} has not improved on {self.best:.6g} "
+                f"for {self.patience} evaluations"
+            )
         return None
 
     def state_dict(self) -> dict[str, Any]:
@@ -124,7 +129,9 @@ class EarlyStopping:
         self.best, self.waited = state["best"], int(state["waited"])
 
 
-def early_stopping(split: str, metric: str, *, mode: str = "min", patience: int = 5, min_delta: float = 0.0) -> EarlyStopping:
+def early_stopping(
+    split: str, metric: str, *, mode: str = "min", patience: int = 5, min_delta: float = 0.0
+) -> EarlyStopping:
     """Stops when ``split``'s ``metric`` has not improved by more than ``min_delta`` for ``patience`` evaluations.
 
     Example:

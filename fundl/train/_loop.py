@@ -37,7 +37,7 @@ _MAX_FUSED_BYTES = 64 * 2**20  # the most batch data one fused call takes to the
 _MAX_RESIDENT_BYTES = 1 << 30  # training data up to this size is kept on each device and gathered there
 
 
-def loop(
+def loop(  # noqa: C901  (the loop reads best top to bottom in its sections; each piece it calls is tested alone)
     population: OneRun | Members,
     loss: Loss,
     carry: Any,
@@ -51,7 +51,7 @@ def loop(
     callbacks: Callbacks = Callbacks(),
     ends: Sequence[MemberEnd] | None = None,
 ) -> tuple[Any, History]:
-    """Trains ``carry`` (a train state, or a population's :class:`MemberStates`) until the budget is used up or it stops.
+    """Trains ``carry`` (a train state, or a population's :class:`MemberStates`) until its budget is spent or it stops.
 
     ``ends``: each member's end as a checkpoint recorded it, when resuming a population
     (its stopped members stay stopped). See :func:`fundl.train.fit` for the rules.
@@ -64,7 +64,10 @@ def loop(
     orders = population.orders(train_data, batch_size, data_seeds)
     placement.check_batch_size(batch_size, "training")
     if batch_size % execution.accumulate:
-        raise ValueError(f"accumulate must be a positive integer that divides the batch size {batch_size}, got {execution.accumulate!r}")
+        raise ValueError(
+            "accumulate must be a positive integer that divides the "
+            f"batch size {batch_size}, got {execution.accumulate!r}"
+        )
     rows = placement.local_rows(batch_size)  # this process's share of every global batch
     per_epoch = orders[0].steps_per_epoch
     total = budget.total(per_epoch)
@@ -91,18 +94,32 @@ def loop(
     first_checkpoint = checkpoint.next_step(0) if checkpoint else None
     intervals = [every for every in (eval_every, log_every, first_checkpoint) if every]
     convolution = uses_convolution(traced_loss)
-    fused, how = _steps_per_call(execution.steps_per_call, convolution, first_batch, orders[0], population.lanes, *intervals)
+    fused, how = _steps_per_call(
+        execution.steps_per_call, convolution, first_batch, orders[0], population.lanes, *intervals
+    )
     if isinstance(population, Members) and fused == 1 and convolution and jax.default_backend() == "cpu":
         population = dataclasses.replace(population, vectorized=False)
         how += "; one call per member (vmapped convolutions run as slower grouped convolutions on XLA:CPU)"
     resident = placement.resident(orders[0].data) if orders[0].data_bytes <= _MAX_RESIDENT_BYTES else None
-    program = Program(population, loss if splits else dataclasses.replace(loss, evaluate=None), execution.accumulate, placement,
-                      resident is not None, fused, execution.strict, _eval_shapes(splits, eval_sizes, placement.shards),
-                      abstract(carry), abstract(first_batch), tuple(abstract(split) for split in splits.values()))
+    program = Program(
+        population,
+        loss if splits else dataclasses.replace(loss, evaluate=None),
+        execution.accumulate,
+        placement,
+        resident is not None,
+        fused,
+        execution.strict,
+        _eval_shapes(splits, eval_sizes, placement.shards),
+        abstract(carry),
+        abstract(first_batch),
+        tuple(abstract(split) for split in splits.values()),
+    )
     compiled = compiled_functions(program, carry)
     traces_before = {name: guard.traces for name, guard in compiled.guards.items()}
 
-    plan = CallPlan(total, per_epoch, eval_every, log_every, fused, checkpoint.next_step if checkpoint else None, bool(splits))
+    plan = CallPlan(
+        total, per_epoch, eval_every, log_every, fused, checkpoint.next_step if checkpoint else None, bool(splits)
+    )
     feed = BatchFeed(orders, placement, plan, batch_size, rows, resident, members=population.size is not None)
     evaluate = Evaluator(compiled.evaluate, population, placement, splits, eval_sizes)
 
@@ -112,18 +129,31 @@ def loop(
     carry = placement.place_state(carry)
     step = start = population.step_count(carry)
     progress = ProgressReport(total, math.ceil(total / per_epoch), callbacks.quiet)
-    where = "" if not placement.sharded else f" on {placement.mesh.size} devices {describe_mesh(placement.mesh)['axes']}"
+    where = (
+        "" if not placement.sharded else f" on {placement.mesh.size} devices {describe_mesh(placement.mesh)['axes']}"
+    )
     who = "" if population.size is None else f"{population.size} members "
-    progress.print(f"training {who}{total - start} steps from step {start}{where}")  # how many per call: history.steps_per_call_reason
+    progress.print(
+        f"training {who}{total - start} steps from step {start}{where}"
+    )  # how many per call: history.steps_per_call_reason
     clock = time.perf_counter()
     with CompileTimer() as timer, placement.context():
-        recorder = Recorder(callbacks.lane_hooks(population.size), progress, per_epoch, members=population.size is not None,
-                            stop_on_nan=callbacks.stop_on_nan,
-                            speed=lambda done: (done - start) * batch_size * population.lanes / max(time.perf_counter() - clock - timer.seconds, 1e-9))
+        recorder = Recorder(
+            callbacks.lane_hooks(population.size),
+            progress,
+            per_epoch,
+            members=population.size is not None,
+            stop_on_nan=callbacks.stop_on_nan,
+            speed=lambda done: (
+                (done - start) * batch_size * population.lanes / max(time.perf_counter() - clock - timer.seconds, 1e-9)
+            ),
+        )
         if ends is not None:
             recorder.restore_ends(ends)
-        in_flight = InFlight(lambda first, n, outputs: recorder.steps_done(first, *population.lane_metrics(outputs, n)),
-                             on_log=lambda done: recorder.log(done, lambda lane: None))
+        in_flight = InFlight(
+            lambda first, n, outputs: recorder.steps_done(first, *population.lane_metrics(outputs, n)),
+            on_log=lambda done: recorder.log(done, lambda lane: None),
+        )
         save = CheckpointSaves(checkpoint, recorder)
         frozen = set(recorder.stopped_lanes())  # a resumed population's stopped members are frozen in its carry
 
@@ -141,23 +171,39 @@ def loop(
                     recorder.interrupt(reason)
                 # With no hooks to show the state to, a boundary that needs no state (an epoch end, a log) need not
                 # wait for the device: a log is written when this call's metrics come back, and the next call goes on.
-                passing = not recorder.hooks and plan.is_boundary(step) and not plan.needs_state(step) and recorder.stop_reason is None
+                passing = (
+                    not recorder.hooks
+                    and plan.is_boundary(step)
+                    and not plan.needs_state(step)
+                    and recorder.stop_reason is None
+                )
                 in_flight.add(step - n, n, outputs, log_after=passing and plan.log_due(step))
-                upcoming = feed.call(step) if step < total and recorder.stop_reason is None else None  # overlaps the running call
+                upcoming = (
+                    feed.call(step) if step < total and recorder.stop_reason is None else None
+                )  # overlaps the running call
                 in_flight.drain(keep=execution.max_in_flight)
                 if (plan.is_boundary(step) and not passing) or recorder.stop_reason:
                     in_flight.drain()
                     record_boundary(recorder, plan, evaluate, step, carry, state_of)
                     if step % per_epoch == 0:
                         for index, lane in enumerate(recorder.lanes):
-                            recorder.emit("epoch_end", _position(recorder, step, lane), state_of(index) if lane.hooks else None, lane)
-                    if stopped := set(recorder.stopped_lanes()) - frozen:  # members stopped by a hook (or frozen on the device)
+                            recorder.emit(
+                                "epoch_end",
+                                _position(recorder, step, lane),
+                                state_of(index) if lane.hooks else None,
+                                lane,
+                            )
+                    if (
+                        stopped := set(recorder.stopped_lanes()) - frozen
+                    ):  # members stopped by a hook (or frozen on the device)
                         carry = population.freeze(carry, sorted(stopped))
                         frozen |= stopped
                     if plan.checkpoint_due(step) or recorder.interrupted:
                         save(step, carry)
             in_flight.drain()
-            if not recorder.records or recorder.records[-1].step != step:  # no step ran, or the last boundary was not reached
+            if (
+                not recorder.records or recorder.records[-1].step != step
+            ):  # no step ran, or the last boundary was not reached
                 record_boundary(recorder, plan, evaluate, step, carry, state_of)
             save(step, carry)
             for index, lane in enumerate(recorder.lanes):
@@ -201,7 +247,9 @@ def _eval_shapes(splits: Mapping[str, Any], batch_sizes: Mapping[str, int], shar
     return max(len(sizes), 1)
 
 
-def _steps_per_call(option: int | str, convolution: bool, batch: Any, train: Any, lanes: int, *intervals: int) -> tuple[int, str]:
+def _steps_per_call(
+    option: int | str, convolution: bool, batch: Any, train: Any, lanes: int, *intervals: int
+) -> tuple[int, str]:
     """How many steps each compiled call runs, and why (``convolution``: the model has one)."""
     if option != "auto":
         return int(option), f"{option} steps per call (set by steps_per_call)"
@@ -213,8 +261,9 @@ def _steps_per_call(option: int | str, convolution: bool, batch: Any, train: Any
     return per_call, f"{per_call} steps per call (auto: one lax.scan per {per_call} steps)"
 
 
-def record_boundary(recorder: Recorder, plan: CallPlan, evaluate: Callable, step: int, carry: Any,
-                    state_of: Callable[[int], Any]) -> None:
+def record_boundary(
+    recorder: Recorder, plan: CallPlan, evaluate: Callable, step: int, carry: Any, state_of: Callable[[int], Any]
+) -> None:
     """At a boundary after ``step`` steps: the training logs and the evaluations that are due.
 
     Stopping early logs and evaluates where it stops; an interruption (to be resumed)

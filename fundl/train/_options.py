@@ -52,7 +52,9 @@ class Budget:
 
     def __post_init__(self) -> None:
         if (self.epochs is None) == (self.steps is None):
-            raise ValueError(f"give exactly one training budget, epochs or steps; got epochs={self.epochs}, steps={self.steps}")
+            raise ValueError(
+                f"give exactly one training budget, epochs or steps; got epochs={self.epochs}, steps={self.steps}"
+            )
         name, value = ("epochs", self.epochs) if self.steps is None else ("steps", self.steps)
         if not is_count(value, 0):
             raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
@@ -89,7 +91,9 @@ class Execution:
 
     def __post_init__(self) -> None:
         if not is_count(self.accumulate, 1):
-            raise ValueError(f"accumulate must be a positive integer that divides the batch size, got {self.accumulate!r}")
+            raise ValueError(
+                f"accumulate must be a positive integer that divides the batch size, got {self.accumulate!r}"
+            )
         if self.steps_per_call != "auto" and not is_count(self.steps_per_call, 1):
             raise ValueError(f'steps_per_call must be a positive integer or "auto", got {self.steps_per_call!r}')
         if not is_count(self.max_in_flight, 1):
@@ -116,7 +120,10 @@ class Evaluation:
 
     def __post_init__(self) -> None:
         if self.batch_size is not None and not is_count(self.batch_size, 1):
-            raise ValueError(f"eval_batch_size must be a positive integer (or None for the training batch size), got {self.batch_size!r}")
+            raise ValueError(
+                "eval_batch_size must be a positive integer (or None "
+                f"for the training batch size), got {self.batch_size!r}"
+            )
         if "train" in self.splits:
             raise ValueError('eval split name "train" is taken by the training metrics; name it e.g. "train_eval"')
 
@@ -164,5 +171,7 @@ class Callbacks:
         if callable(self.hooks):
             return [list(self.hooks(member)) for member in range(members)]
         if self.hooks:
-            raise TypeError("a population takes its hooks as a function member -> that member's hooks (each member needs its own)")
+            raise TypeError(
+                "a population takes its hooks as a function member -> that member's hooks (each member needs its own)"
+            )
         return [[] for _ in range(members)]

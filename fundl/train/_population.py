@@ -89,7 +89,7 @@ class MemberStates(NamedTuple):
 
     @classmethod
     def of(cls, states: TrainState, hyper: dict[str, Any] | None = None) -> "MemberStates":
-        """A population's carry: stacked ``states`` (leading axis ``M``), all alive, with their settings ``{name: (M,)}``."""
+        """A population's carry: stacked ``states`` (leading axis ``M``), all alive, with settings ``{name: (M,)}``."""
         size = jax.tree.leaves(states)[0].shape[0]
         hyper = {name: jnp.asarray(values, jnp.float32).reshape(size) for name, values in (hyper or {}).items()}
         return cls(states, jnp.ones((size,), bool), hyper)
@@ -139,13 +139,17 @@ class Members:
         return step
 
     def step_one(self, loss: Loss, accumulate: int) -> Callable:
-        """Member ``i``'s step on its slice of the carry: ``(carry, batches (M, B, ...), i) -> (carry, (metrics, alive))``."""
+        """Member ``i``'s step on its slice of the carry: ``(carry, batches (M, B, ...), i) -> (carry, outputs)``."""
         member_step = self._member_step(loss, accumulate)
 
-        def step(carry: MemberStates, batch: Any, i: jax.Array) -> tuple[MemberStates, tuple[dict[str, jax.Array], jax.Array]]:
+        def step(
+            carry: MemberStates, batch: Any, i: jax.Array
+        ) -> tuple[MemberStates, tuple[dict[str, jax.Array], jax.Array]]:
             take = lambda tree: jax.tree.map(lambda leaf: jax.lax.dynamic_index_in_dim(leaf, i, keepdims=False), tree)  # noqa: E731
             new, keep, metrics = member_step(take(carry.states), take(carry.hyper), carry.alive[i], take(batch))
-            states = jax.tree.map(lambda leaf, value: jax.lax.dynamic_update_index_in_dim(leaf, value, i, 0), carry.states, new)
+            states = jax.tree.map(
+                lambda leaf, value: jax.lax.dynamic_update_index_in_dim(leaf, value, i, 0), carry.states, new
+            )
             return MemberStates(states, carry.alive.at[i].set(keep), carry.hyper), (metrics, keep)
 
         return step
@@ -167,7 +171,9 @@ class Members:
             raise ValueError(f"a population of {self.size} members needs {self.size} data seeds, got {len(seeds)}")
         return [Shuffled(data, batch_size, seed=seed) for seed in seeds]
 
-    def lane_metrics(self, outputs: tuple[dict[str, np.ndarray], np.ndarray], steps: int) -> tuple[list[Metrics | None], list[int | None]]:
+    def lane_metrics(
+        self, outputs: tuple[dict[str, np.ndarray], np.ndarray], steps: int
+    ) -> tuple[list[Metrics | None], list[int | None]]:
         metrics, kept = outputs  # (steps, M) each
         kept = np.reshape(kept, (steps, self.size))
         lanes: list[Metrics | None] = []
@@ -176,11 +182,17 @@ class Members:
             stopped = np.flatnonzero(~kept[:, member])
             last = int(stopped[0]) + 1 if stopped.size else steps  # up to and including the step that froze it
             frozen.append(int(stopped[0]) if stopped.size else None)
-            lanes.append({name: np.reshape(values, (steps, self.size))[:last, member] for name, values in metrics.items()} if last else None)
+            lanes.append(
+                {name: np.reshape(values, (steps, self.size))[:last, member] for name, values in metrics.items()}
+                if last
+                else None
+            )
         return lanes, frozen
 
     def lane_means(self, means: dict[str, np.ndarray]) -> list[dict[str, float]]:
-        return [{name: float(np.reshape(value, (self.size,))[m]) for name, value in means.items()} for m in range(self.size)]
+        return [
+            {name: float(np.reshape(value, (self.size,))[m]) for name, value in means.items()} for m in range(self.size)
+        ]
 
     def freeze(self, carry: MemberStates, lanes: Sequence[int]) -> MemberStates:
         if not lanes:
@@ -189,4 +201,3 @@ class Members:
         keep[list(lanes)] = False
         alive = np.logical_and(np.asarray(carry.alive), keep)
         return carry._replace(alive=jax.device_put(alive, carry.alive.sharding))  # the layout the compiled calls expect
-

@@ -51,7 +51,11 @@ class ProgressReport:
 
     def update(self, step: int, epoch: int, loss: float, examples_per_s: float) -> None:
         self._bar.update(
-            self._task, completed=step, epoch=min(epoch + 1, self.epochs), loss=f"{loss:.4g}", speed=f"{examples_per_s:,.0f}"
+            self._task,
+            completed=step,
+            epoch=min(epoch + 1, self.epochs),
+            loss=f"{loss:.4g}",
+            speed=f"{examples_per_s:,.0f}",
         )
 
     def record_line(self, record: Record) -> None:
@@ -59,10 +63,13 @@ class ProgressReport:
         if self._started:
             self._bar.refresh()  # the bar shows this step before its line is printed
         member = "" if record.member is None else f"  member {record.member:>3}"
-        self.print(f"step {record.step:>6}  epoch {record.epoch:>6.2f}{member}  {record.split:>10}: {format_metrics(record.metrics)}")
+        self.print(
+            f"step {record.step:>6}  epoch {record.epoch:>6.2f}{member} "
+            f" {record.split:>10}: {format_metrics(record.metrics)}"
+        )
 
     def population_line(self, records: Sequence[Record]) -> None:
-        """One line for the members' records of one split: ``... validation: accuracy 0.9621 ± 0.0074  (16 members)``."""
+        """One line for the members' records of one split: ``... validation: accuracy 0.9621 ± 0.0074 (16 members)``."""
         if self._started:
             self._bar.refresh()
         first = records[0]
@@ -71,7 +78,10 @@ class ProgressReport:
         for name in names:
             values = np.array([r.metrics[name] for r in records if name in r.metrics], np.float64)
             spread.append(f"{name} {np.mean(values):.4g} ± {np.std(values):.2g}")
-        self.print(f"step {first.step:>6}  epoch {first.epoch:>6.2f}  {first.split:>10}: {'  '.join(spread)}  ({len(records)} members)")
+        self.print(
+            f"step {first.step:>6}  epoch {first.epoch:>6.2f}  "
+            f"{first.split:>10}: {'  '.join(spread)}  ({len(records)} members)"
+        )
 
     def close(self) -> None:
         if self._started:

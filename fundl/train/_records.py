@@ -86,8 +86,16 @@ class Recorder:
       speed: ``step -> examples/s`` so far, for the progress bar.
     """
 
-    def __init__(self, lane_hooks: Sequence[Sequence[Hook]], progress: ProgressReport, per_epoch: int, *, members: bool = False,
-                 stop_on_nan: bool = True, speed: Callable[[int], float] = lambda step: 0.0):
+    def __init__(
+        self,
+        lane_hooks: Sequence[Sequence[Hook]],
+        progress: ProgressReport,
+        per_epoch: int,
+        *,
+        members: bool = False,
+        stop_on_nan: bool = True,
+        speed: Callable[[int], float] = lambda step: 0.0,
+    ):
         self.lanes = [Lane(hooks, i if members else None) for i, hooks in enumerate(lane_hooks)]
         self.progress = progress
         self.per_epoch = per_epoch
@@ -139,7 +147,9 @@ class Recorder:
         for hook in lane.hooks:
             self.stop_lane(lane, hook(Event(kind, record, train_state)))
 
-    def steps_done(self, first_step: int, metrics: Sequence[Metrics | None], frozen: Sequence[int | None] | None = None) -> None:
+    def steps_done(
+        self, first_step: int, metrics: Sequence[Metrics | None], frozen: Sequence[int | None] | None = None
+    ) -> None:
         """Each lane's metrics for the steps after ``first_step``, read back (``None``: the lane took no step):
         kept for the next log, checked, one event a step. ``frozen``: for each member, the index of the step
         at which it stopped being finite and was frozen on the device, if it did in these steps."""
@@ -149,7 +159,10 @@ class Recorder:
                 continue
             good = lane_metrics if froze is None else {name: values[:froze] for name, values in lane_metrics.items()}
             if froze is not None:  # frozen on the device: its last good state is kept, training goes on for the others
-                why = first_nonfinite(lane_metrics, first_step) or f"its params stopped being finite at step {first_step + froze + 1}"
+                why = (
+                    first_nonfinite(lane_metrics, first_step)
+                    or f"its params stopped being finite at step {first_step + froze + 1}"
+                )
                 self.stop_lane(lane, f"{why}: frozen at its last good state", nonfinite=True)
             elif self.stop_on_nan and (reason := first_nonfinite(lane_metrics, first_step)):
                 self.stop_lane(lane, reason, nonfinite=True)
@@ -159,7 +172,9 @@ class Recorder:
             lane.since_log.append(good)
             for i in range(steps) if lane.hooks else ():
                 step = first_step + i + 1
-                self.emit("step", self._record(step, "train", {k: float(v[i]) for k, v in good.items()}, lane), None, lane)
+                self.emit(
+                    "step", self._record(step, "train", {k: float(v[i]) for k, v in good.items()}, lane), None, lane
+                )
             last = max(last, first_step + steps)
             losses.append(float(good["loss"][-1]))
         if losses:
@@ -175,12 +190,19 @@ class Recorder:
             if not lane.since_log or (lane.member is not None and not lane.live):  # a stopped member logs no more
                 continue
             names = lane.since_log[0]
-            means = {name: float(np.mean(np.concatenate([m[name] for m in lane.since_log]), dtype=np.float64)) for name in names}
+            means = {
+                name: float(np.mean(np.concatenate([m[name] for m in lane.since_log]), dtype=np.float64))
+                for name in names
+            }
             lane.since_log.clear()
-            added.append(self.add("log", self._record(step, "train", means, lane), state_of(index) if lane.hooks else None, lane))
+            added.append(
+                self.add("log", self._record(step, "train", means, lane), state_of(index) if lane.hooks else None, lane)
+            )
         self._population_line(added)
 
-    def evaluation(self, step: int, split: str, metrics: Sequence[dict[str, float]], state_of: StateView, kind: str = "eval") -> None:
+    def evaluation(
+        self, step: int, split: str, metrics: Sequence[dict[str, float]], state_of: StateView, kind: str = "eval"
+    ) -> None:
         """Records one split's evaluation after ``step`` steps: one metrics dict per lane (live lanes only,
         unless ``kind`` is ``"test"``: the final scores of every member)."""
         added = [
@@ -224,7 +246,7 @@ class Recorder:
 
 
 class CheckpointSaves:
-    """Saves through a :class:`~fundl.train.Checkpointer`: never twice at one step, never a state that went non-finite."""
+    """Saves through a :class:`~fundl.train.Checkpointer`: never twice at a step, never a state that went non-finite."""
 
     def __init__(self, checkpoint: Any, recorder: Recorder):
         self.checkpoint = checkpoint

@@ -59,7 +59,9 @@ def params_fingerprint(params: Any) -> str:
 _QUICK_COMPILE: dict[str, Any] = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
-def _initial_state_fn(model: Layer, input_shape: Shape, optimizer: optax.GradientTransformation) -> Callable[[Any], TrainState]:
+def _initial_state_fn(
+    model: Layer, input_shape: Shape, optimizer: optax.GradientTransformation
+) -> Callable[[Any], TrainState]:
     def make(seed):
         init_key, train_key = jax.random.split(jax.random.key(seed))
         _, params, state = model.init(init_key, input_shape)
@@ -74,7 +76,9 @@ def _compiled_once(fn: Callable, *example_args: Any) -> Callable:
     return jax.jit(fn).lower(*example_args).compile(compiler_options=options)
 
 
-def initial_train_state(model: Layer, input_shape: Shape, optimizer: optax.GradientTransformation, seed: int) -> TrainState:
+def initial_train_state(
+    model: Layer, input_shape: Shape, optimizer: optax.GradientTransformation, seed: int
+) -> TrainState:
     """The train state at step 0: params from ``split(key(seed))[0]``, the training key the other half.
 
     The whole of it is made by one compiled program (made eagerly, every initializer of
@@ -95,6 +99,8 @@ def initial_train_states(
     """:func:`initial_train_state` for each seed (below 2**32), stacked on a leading member axis."""
     if max(seeds) >= 2**32:
         raise ValueError(f"the seeds of a sweep must be below 2**32, got {max(seeds)}")
-    make = _compiled_once(_initial_state_fn(model, input_shape, optimizer), np.uint32(0))  # compiled once, called per seed
+    make = _compiled_once(
+        _initial_state_fn(model, input_shape, optimizer), np.uint32(0)
+    )  # compiled once, called per seed
     states = [make(np.uint32(seed)) for seed in seeds]
     return jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)

@@ -30,7 +30,9 @@ def check_loss_output(loss_fn: LossFn, train_state: TrainState, batch: Batch) ->
 
     Returns the traced loss (a jaxpr), for what else ``fit`` asks of it (see :func:`uses_convolution`).
     """
-    jaxpr, out = jax.make_jaxpr(loss_fn, return_shape=True)(train_state.params, train_state.state, batch, train_state.key)
+    jaxpr, out = jax.make_jaxpr(loss_fn, return_shape=True)(
+        train_state.params, train_state.state, batch, train_state.key
+    )
     if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], tuple) and len(out[1]) == 2):
         raise ValueError(f"{_LOSS_FORM}; it returned {_describe(out)}")
     loss, (new_state, metrics) = out
@@ -74,7 +76,9 @@ def train_step_fn(loss_fn: LossFn, optimizer: optax.GradientTransformation, accu
         def micro_step(carry, micro):
             state, total = carry
             index, micro_batch = micro
-            (loss, (state, metrics)), grads = grad_fn(train_state.params, state, micro_batch, jax.random.fold_in(key, index))
+            (loss, (state, metrics)), grads = grad_fn(
+                train_state.params, state, micro_batch, jax.random.fold_in(key, index)
+            )
             return (state, jax.tree.map(jnp.add, total, (grads, {"loss": loss, **metrics}))), None
 
         micro_batches = jax.tree.map(lambda a: jnp.swapaxes(a.reshape(-1, accumulate, *a.shape[1:]), 0, 1), batch)
