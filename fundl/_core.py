@@ -277,6 +277,12 @@ class Loss:
     def __call__(self, params: Params, state: State, batch: Batch, key: Key | None, /, **kwargs: Any) -> Any:
         return self.fn(params, state, batch, key, **kwargs)
 
+    def check(self, data: Any, name: str) -> None:
+        """Checks a split once on the host before training (all of it in memory; a source's first examples)."""
+        from fundl._data import check_finite, is_source, sample
+
+        (self.check_data or check_finite)(sample(data), f"{name} (its first examples)" if is_source(data) else name)
+
     @classmethod
     def of(cls, loss_fn: Any, eval_fn: EvalFn | None = None) -> "Loss":
         """``loss_fn`` as a :class:`Loss`; a plain function is read once, here, at the API's edge.

@@ -1,8 +1,12 @@
-"""In-memory datasets, the basics: how many examples, checked once on the host, read in order.
+"""Datasets, the basics: how many examples, checked once on the host, read by rows.
 
-A dataset is any pytree of arrays (a dict of NumPy arrays, typically) whose leaves share
-a leading example axis. These checks and readers are shared by the losses, the datasets
-and the training loop, and need nothing but NumPy and ``jax.tree``.
+A dataset is either in memory, any pytree of arrays (a dict of NumPy arrays, typically)
+whose leaves share a leading example axis, or a **source**: anything with ``__len__`` and
+``__getitem__(i)`` returning one example (a pytree of arrays), such as
+``fundl.datasets.records(path)``, a ``grain.MapDataset`` or a list of examples' files read
+on demand. A source is read lazily, a few rows at a time (``read_rows``); a source with a
+``read(indices)`` method reads a batch at once. These checks and readers are shared by the
+losses, the datasets and the training loop, and need nothing but NumPy and ``jax.tree``.
 """
 
 from __future__ import annotations
@@ -18,10 +22,11 @@ Batch = Any
 
 
 _NOT_IN_MEMORY = (
-    "{name} is {what}: fit needs the data in memory, as arrays with a leading example axis, "
-    "e.g. {{'image': (n, 8, 8), 'label': (n,)}} or (x, y). Collect it first: "
+    "{name} is {what}: fit needs random access to the data, as arrays with a leading example axis "
+    "(e.g. {{'image': (n, 8, 8), 'label': (n,)}} or (x, y)) or as a source with __len__ and __getitem__ "
+    "(e.g. fundl.datasets.records(path)). Collect a stream first: "
     "batches = list(...); data = jax.tree.map(lambda *b: np.concatenate(b), *batches) "
-    "(np.stack for single examples instead of batches)"
+    "(np.stack for single examples instead of batches), or write it with fundl.datasets.write_records"
 )
 
 
@@ -40,13 +45,44 @@ def _lazy_data(data: Any) -> str | None:
     return None
 
 
+def is_source(data: Any) -> bool:
+    """Whether ``data`` is a random-access source of examples rather than arrays with an example axis."""
+    if isinstance(data, (Mapping, tuple, list, str, bytes, np.ndarray, jax.Array)) or hasattr(data, "shape"):
+        return False
+    return hasattr(data, "__len__") and hasattr(data, "__getitem__")
+
+
+def read_rows(data: Any, indices: Any) -> Any:
+    """The examples of ``data`` at ``indices`` (an integer array), stacked: leaves ``(*indices.shape, ...)``.
+
+    In-memory arrays are indexed; a source is asked for the batch (``source.read(indices)``)
+    if it can, else for each example, stacked.
+    """
+    indices = np.asarray(indices)
+    if not is_source(data):
+        return jax.tree.map(lambda a: a[indices], data)
+    if hasattr(data, "read"):
+        return data.read(indices)
+    examples = [data[int(i)] for i in indices.ravel()]
+    return jax.tree.map(lambda *leaves: np.stack(leaves).reshape(*indices.shape, *np.shape(leaves[0])), *examples)
+
+
+def sample(data: Any, count: int = 256) -> Any:
+    """The first ``count`` examples of ``data`` (all of it in memory): what is checked of a source before training."""
+    return read_rows(data, np.arange(min(count, len(data)))) if is_source(data) else data
+
+
 def num_examples(data: Any, name: str = "data") -> int:
-    """The common length of the leading axis of every array in ``data``.
+    """The number of examples: the common length of the leading axis of every array, or a source's ``len``.
 
     Raises:
       TypeError: ``data`` is an iterator, a generator or another stream of batches.
       ValueError: ``data`` is empty, or its arrays disagree on the number of examples.
     """
+    if is_source(data):
+        if len(data) == 0:
+            raise ValueError(f"{name} is empty: the source has 0 examples")
+        return len(data)
     if (what := _lazy_data(data)) is not None:
         raise TypeError(_NOT_IN_MEMORY.format(name=name, what=what))
     leaves = jax.tree.leaves(data)
@@ -72,6 +108,9 @@ def eval_batch_size_for(split: Any, given: int | None, training: int) -> int:
     the training batch size."""
     if given:
         return int(given)
+    if is_source(split):  # its size: the first example's, times the number of examples
+        size = len(split) * sum(np.asarray(leaf).nbytes for leaf in jax.tree.leaves(split[0]))
+        return num_examples(split) if size <= WHOLE_SPLIT_BYTES else training
     size = sum(getattr(leaf, "nbytes", None) or np.asarray(leaf).nbytes for leaf in jax.tree.leaves(split))
     return num_examples(split) if size <= WHOLE_SPLIT_BYTES else training
 
@@ -87,13 +126,19 @@ def check_batch_size(batch_size: Any, size: int | None, name: str) -> None:
         )
 
 
+def rows(data: Any, start: int, stop: int) -> Any:
+    """Examples ``start`` to ``stop`` of in-memory arrays (a slice) or of a source (read)."""
+    return read_rows(data, np.arange(start, stop)) if is_source(data) else jax.tree.map(lambda a: a[start:stop], data)
+
+
 def in_order(data: Any, batch_size: int) -> Iterator[tuple[Batch, int]]:
     """Every example once, in order, as ``(batch, size)``; the last batch may be smaller."""
-    data = jax.tree.map(np.asarray, data)
+    if not is_source(data):
+        data = jax.tree.map(np.asarray, data)
     size = num_examples(data)
     for start in range(0, size, batch_size):
         stop = min(start + batch_size, size)
-        yield jax.tree.map(lambda a: a[start:stop], data), stop - start
+        yield rows(data, start, stop), stop - start
 
 
 def check_finite(data: Any, name: str = "data") -> None:

@@ -96,6 +96,26 @@ def _parser() -> argparse.ArgumentParser:
 
     commands.add_parser("list", help="list the bundled examples")
 
+    data = commands.add_parser("data", help="datasets on disk: pack data into ArrayRecord files that runs read lazily")
+    pack = data.add_subparsers(dest="data_command", required=True).add_parser(
+        "pack",
+        help="write an example's splits (or an IDX pair) as ArrayRecord shards with their metadata",
+        description="fundl data pack EXAMPLE DIR writes every split of the example to DIR/<split>/ (then: fundl run "
+        "EXAMPLE --set data.records=DIR); fundl data pack IMAGES.idx DIR --labels LABELS.idx writes one IDX pair.",
+    )
+    pack.add_argument("source", help="a bundled example or example file; with --labels, an IDX images file")
+    pack.add_argument("out", help="the directory to write")
+    pack.add_argument("--labels", metavar="LABELS.idx", help="the IDX labels file that goes with the IDX images")
+    pack.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="the example's config overrides, as for fundl run",
+    )
+    pack.add_argument("--shards", type=int, default=1, help="files per split (default: 1)")
+
     ls = commands.add_parser(
         "ls", help="list the run directories under DIR: example, status, steps, a metric, fingerprint"
     )
@@ -184,6 +204,9 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: C901  (one branch p
     from fundl import runs  # imported here so that `fundl --help` answers at once
 
     try:
+        if args.command == "data":
+            print(_pack(args))
+            return 0
         if args.command == "list":
             for name in runs.bundled_examples():
                 module = runs.load_example(name)
@@ -239,6 +262,20 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: C901  (one branch p
     if history.stop_reason:
         print(f"stopped early: {history.stop_reason}", file=sys.stderr)
     return 0
+
+
+def _pack(args: argparse.Namespace) -> str:
+    """``fundl data pack``: an example's splits, or an IDX pair, as ArrayRecord files."""
+    from fundl import datasets, runs
+
+    if args.labels is not None:
+        images, labels = datasets.read_idx(args.source), datasets.read_idx(args.labels)
+        meta = datasets.write_records(args.out, {"image": images, "label": labels}, shards=args.shards)
+        return f"wrote {meta['count']} examples to {args.out}"
+    written = runs.pack(args.source, runs.parse_settings(args.settings), args.out, shards=args.shards)
+    splits = ", ".join(f"{name} {meta['count']}" for name, meta in written.items())
+    command = f"fundl run {args.source} --set data.records={args.out}"
+    return f"wrote {splits} examples under {args.out}; train from them with: {command}"
 
 
 def _start_jax(args: argparse.Namespace) -> None:

@@ -21,6 +21,12 @@ from fundl.datasets._ratings import (
     ratings as ratings,
     to_rating as to_rating,
 )
+from fundl.datasets._records import (
+    Records as Records,
+    RecordsError as RecordsError,
+    records as records,
+    write_records as write_records,
+)
 from fundl.datasets._seq2seq import (
     NumberTranslation as NumberTranslation,
     TokenVocabulary as TokenVocabulary,

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from fundl._data import num_examples, rows
 from fundl.distributed._mesh import DATA, FSDP
 
 
@@ -175,22 +176,22 @@ class Placement:
 
         Each batch is cut over the devices; the last few examples that do not fill one
         row per device go as a separate replicated batch, so no example is padded or
-        repeated and the means stay exact.
+        repeated and the means stay exact. Each process reads only its rows (of a source too).
         """
-        size = jax.tree.leaves(data)[0].shape[0]
+        size = num_examples(data)
         shards = 1 if not self.sharded else self.mesh.size
         for start in range(0, size, batch_size):
             stop = min(start + batch_size, size)
             whole = stop - (stop - start) % shards
             if whole > start and self.sharded and not self.member_axis:
-                rows = self.local_rows(whole - start)
-                part = jax.tree.map(lambda a: a[start + rows.start : start + rows.stop], data)
+                local = self.local_rows(whole - start)
+                part = rows(data, start + local.start, start + local.stop)
                 yield Placement(self.mesh).batch(part, whole - start), whole - start
             elif whole > start:
-                part = jax.tree.map(lambda a: a[start:whole], data)
+                part = rows(data, start, whole)
                 yield (self.replicate(part) if self.sharded else self.batch(part, whole - start)), whole - start
             if stop > whole:
-                yield self.replicate(jax.tree.map(lambda a: a[whole:stop], data)), stop - whole
+                yield self.replicate(rows(data, whole, stop)), stop - whole
 
 
 def _copy_to(leaf: Any, sharding: NamedSharding) -> Any:

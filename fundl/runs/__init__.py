@@ -23,6 +23,7 @@ from fundl.runs._experiment import (
     resolve_config as resolve_config,
 )
 from fundl.runs._optimizers import OPTIMIZERS as OPTIMIZERS, make_optimizer as make_optimizer
+from fundl.runs._pack import pack as pack
 from fundl.runs._prepare import (
     SWEEPABLE as SWEEPABLE,
     Plan as Plan,

@@ -10,12 +10,15 @@ Each checkpoint is one file, ``checkpoints/<step>.ckpt``: a SHA-256 digest, then
 flax msgpack of the state. It is written by a background thread (training goes on)
 into a temporary file that is synced and renamed when complete, so a save killed midway
 leaves only a ``.<step>.ckpt.tmp*`` file, which is never read and is removed when the run
-resumes; a file that was damaged later fails its digest. Why not orbax-checkpoint: on
-the course's models a save must cost milliseconds (a digits epoch takes a fraction of a
-second), and an orbax save costs tens of milliseconds of blocking whatever the size
-(benchmarks/README.md, checkpoint_cost.py).
-On a mesh or across processes the state is gathered to process 0, which writes it; a
-checkpoint restores onto any number of devices.
+resumes; a file that was damaged later fails its digest. On the course's models a save
+must cost milliseconds (a digits epoch takes a fraction of a second), and these files are
+faster there than orbax-checkpoint, whose save costs tens of milliseconds of blocking
+whatever the size (benchmarks/README.md, checkpoint_cost.py).
+
+A state sharded over devices (FSDP), spread over processes, or larger than
+:data:`ORBAX_BYTES` is saved with orbax instead (:mod:`fundl.runs._orbax`): every process
+writes its own shards, asynchronously, and nothing is gathered. Both kinds restore onto
+any number of devices, and ``fundl resume`` reads whichever the latest checkpoint is.
 """
 
 from __future__ import annotations
@@ -32,11 +35,13 @@ import flax.serialization
 import jax
 import jax.numpy as jnp
 
-from fundl.distributed import host_copy
+from fundl.distributed import host_copy, key_data
 from fundl.runs._files import write_atomic, write_json
+from fundl.runs._orbax import SUBDIRECTORY as ORBAX_SUBDIRECTORY, OrbaxStore
 from fundl.runs._state_file import from_host
 
 SUFFIX = ".ckpt"
+ORBAX_BYTES = 64 << 20  # a single-process state larger than this is saved with orbax (see benchmarks/README.md)
 _INDEX = "index.json"  # the watched metric of each checkpoint, for keeping the best
 _MAX_PENDING = 3  # saves queued for the writer thread before save() waits
 
@@ -55,6 +60,8 @@ class Checkpoints:
       stop_after_steps: stop training at this step, as if preempted.
       run_id: saved with every checkpoint and checked on restore, so that a checkpoint
         copied from another run is refused.
+      format: ``"auto"`` (orbax for sharded, multi-process or large states, fundl's files
+        otherwise), ``"orbax"`` or ``"file"``.
     """
 
     def __init__(
@@ -69,9 +76,14 @@ class Checkpoints:
         best_mode: str = "max",
         stop_after_steps: int | None = None,
         run_id: str = "",
+        format: str = "auto",
     ):
         if best_mode not in ("max", "min"):
             raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}")
+        if format not in ("auto", "orbax", "file"):
+            raise ValueError(f"format must be 'auto', 'orbax' or 'file', got {format!r}")
+        self.format = format
+        self._orbax: OrbaxStore | None = None
         intervals = [every for every in (every_steps, every_epochs and every_epochs * steps_per_epoch) if every]
         self.every = min(intervals) if intervals else None
         self.stop_after_steps = stop_after_steps
@@ -98,16 +110,36 @@ class Checkpoints:
         return min(due) if due else None
 
     def save(self, step: int, train_state: Any, extra: dict[str, Any], metrics: dict[str, float]) -> None:
-        if jax.process_count() > 1:
-            train_state = host_copy(train_state)  # a collective: every process takes part; process 0 writes
-        else:
-            train_state = _device_copy(train_state)  # dispatched, not waited for: the writer thread fetches it
+        score = metrics.get(self.best) if self.best else None
+        if self._wants_orbax(train_state):  # every process writes its own shards
+            self._orbax_store().save(step, train_state, {"run_id": self.run_id, "step": step, "extra": extra}, score)
+            return
+        train_state = _device_copy(train_state)  # dispatched, not waited for: the writer thread fetches it
         if not self._writer:
             return
         while len(self._pending) >= _MAX_PENDING or (self._pending and self._pending[0].done()):
             self._pending.pop(0).result()  # bounded memory; raises if an earlier save failed
-        score = metrics.get(self.best) if self.best else None
         self._pending.append(self._pool.submit(self._write, step, train_state, extra, score))
+
+    def _wants_orbax(self, train_state: Any) -> bool:
+        if self.format != "auto":
+            return self.format == "orbax"
+        if jax.process_count() > 1:
+            return True
+        leaves = [leaf for leaf in jax.tree.leaves(key_data(train_state)) if isinstance(leaf, jax.Array)]
+        if any(len(leaf.sharding.device_set) > 1 and not leaf.sharding.is_fully_replicated for leaf in leaves):
+            return True
+        return sum(leaf.nbytes for leaf in leaves) > ORBAX_BYTES
+
+    def _orbax_store(self) -> OrbaxStore:
+        if self._orbax is None:
+            self._orbax = OrbaxStore(self.directory, keep=self.keep, best=self.best, best_mode=self.best_mode)
+        return self._orbax
+
+    def _orbax_steps(self) -> list[int]:
+        if self._orbax is None and not (self.directory / ORBAX_SUBDIRECTORY).is_dir():
+            return []
+        return self._orbax_store().steps()
 
     def interrupted(self, step: int) -> str | None:
         if self.preemption:
@@ -142,27 +174,37 @@ class Checkpoints:
         """Blocks until every pending save is written (re-raising the first error, if any)."""
         while self._pending:
             self._pending.pop(0).result()
+        if self._orbax is not None:
+            self._orbax.wait()
 
     def close(self) -> None:
         self.wait()
         self._pool.shutdown()
+        if self._orbax is not None:
+            self._orbax.close()
 
     # --- reading back ---------------------------------------------------------------------------
 
-    def steps(self) -> list[int]:
-        """The steps of the complete checkpoints, oldest first."""
+    def _file_steps(self) -> list[int]:
         if not self.directory.is_dir():
             return []
         return sorted(
             int(p.name[: -len(SUFFIX)]) for p in self.directory.glob(f"*{SUFFIX}") if p.name[: -len(SUFFIX)].isdigit()
         )
 
-    def restore(self, like: Any, step: int | None = None) -> tuple[int, Any, dict[str, Any]]:
+    def steps(self) -> list[int]:
+        """The steps of the complete checkpoints (of both kinds), oldest first."""
+        return sorted(set(self._file_steps()) | set(self._orbax_steps()))
+
+    def restore(self, like: Any, step: int | None = None, shardings: Any = None) -> tuple[int, Any, dict[str, Any]]:
         """The train state and what was saved with it (``extra``) of the checkpoint at ``step`` (default: the latest).
 
         Args:
           like: a train state of the same model and optimizer (arrays or
             ``jax.ShapeDtypeStruct``), the target the checkpoint is read into.
+          shardings: where each array of the restored state goes (a tree of shardings
+            like ``like``, e.g. ``Placement.state_shardings``); ``None``: one device. An
+            orbax checkpoint reads each process's shards straight into them.
 
         Raises:
           FileNotFoundError: there is no complete checkpoint.
@@ -172,7 +214,10 @@ class Checkpoints:
         steps = self.steps()
         if not steps:
             raise FileNotFoundError(f"no complete checkpoint in {self.directory}")
-        path = self.directory / f"{steps[-1] if step is None else step}{SUFFIX}"
+        step = steps[-1] if step is None else step
+        if step not in self._file_steps():
+            return self._restore_orbax(step, like, shardings)
+        path = self.directory / f"{step}{SUFFIX}"
         raw = path.read_bytes()
         digest, data = raw[:32], raw[32:]
         if hashlib.sha256(data).digest() != digest:
@@ -189,6 +234,22 @@ class Checkpoints:
             )
         extra = {k: v for k, v in payload.items() if k not in ("run_id", "step", "train_state")}
         return payload["step"], from_host(payload["train_state"], like, f"the checkpoint {path}"), extra
+
+    def _restore_orbax(self, step: int, like: Any, shardings: Any) -> tuple[int, Any, dict[str, Any]]:
+        store = self._orbax_store()
+        path = store.path(step)
+        try:
+            state, meta = store.restore(step, like, shardings)
+        except Exception as error:  # orbax and tensorstore raise many kinds for a damaged or foreign checkpoint
+            raise ValueError(
+                f"the checkpoint {path} cannot be read as this run's train state: "
+                f"{type(error).__name__}: {str(error)[:500]}"
+            ) from None
+        if meta.get("run_id") != self.run_id:
+            raise ValueError(
+                f"the checkpoint {path} was written by another run ({meta.get('run_id')}), not by {self.run_id}"
+            )
+        return int(meta["step"]), state, dict(meta["extra"])
 
 
 @jax.jit

@@ -44,6 +44,10 @@ DEFAULTS: Config = {
         "min_delta": 0.0,  # the least change that counts as an improvement
     },
     "log": {"tensorboard": False},  # also write the logged scalars as TensorBoard event files
+    "data": {
+        "records": None,  # a directory written by `fundl data pack EXAMPLE DIR`: read every split from its files
+        "workers": 0,  # processes that read (and augment) training batches ahead; 0: a thread
+    },
     "optimizer": {
         "name": "sgd",
         "learning_rate": 0.1,
@@ -101,6 +105,7 @@ TYPES: dict[str, tuple[type, ...]] = {
     "checkpoint.every_epochs": (int,),
     "checkpoint.every_steps": (int,),
     "checkpoint.best": (str,),
+    "data.records": (str,),
     "early_stopping.metric": (str,),
     "optimizer.momentum": (float,),
     "optimizer.weight_decay": (float,),

@@ -39,6 +39,8 @@ class Experiment(NamedTuple):
       report: called with the finished :class:`Run`, e.g. to draw pictures into its directory.
       sample: ``sample(run, prompt, temperature=..., length=..., seed=...) -> str`` for
         generative examples, used by ``fundl sample RUN_DIR``.
+      augment: ``augment(example, rng) -> example``, applied to each training example as it
+        is read (in worker processes with ``data.workers``); a module-level function.
     """
 
     model: Layer
@@ -51,6 +53,7 @@ class Experiment(NamedTuple):
     hooks: Sequence[Hook] = ()
     report: Callable[["Run"], None] | None = None
     sample: Callable[..., str] | None = None
+    augment: Callable[[Any, Any], Any] | None = None
 
 
 class Run(NamedTuple):

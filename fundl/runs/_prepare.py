@@ -23,17 +23,19 @@ import numpy as np
 import optax
 
 from fundl._core import Loss
-from fundl._data import check_finite, num_examples
+from fundl._data import num_examples
 from fundl.distributed import Placement, data_mesh
 from fundl.runs._config import Config, ConfigError, override, parse_value
 from fundl.runs._experiment import Experiment, total_steps
 from fundl.runs._optimizers import make_optimizer
+from fundl.runs._pack import with_records
 from fundl.train import (
     PRECISION_POLICIES,
     Budget,
     Evaluation,
     Execution,
     Hook,
+    Input,
     Members,
     MemberStates,
     OneRun,
@@ -61,7 +63,7 @@ class Plan(NamedTuple):
       population: one run (:class:`OneRun`, with its optimizer) or a sweep's :class:`Members`.
       members: each member's config (``None`` for a single run).
       sweep: the swept settings, ``{dotted_key: [values]}`` (empty for a single run or seeds only).
-      budget, execution, evaluation: the loop's options.
+      budget, execution, evaluation, input: the loop's options.
       steps_per_epoch, total: the length of an epoch and of the run, in steps.
     """
 
@@ -74,6 +76,7 @@ class Plan(NamedTuple):
     budget: Budget
     execution: Execution
     evaluation: Evaluation
+    input: Input
     steps_per_epoch: int
     total: int
 
@@ -109,7 +112,7 @@ class Plan(NamedTuple):
         return {key: self.configs[lane]["optimizer"][key.split(".", 1)[1]] for key in self.sweep}
 
 
-def loop_options(config: Config, experiment: Experiment) -> tuple[Budget, Execution, Evaluation]:
+def loop_options(config: Config, experiment: Experiment) -> tuple[Budget, Execution, Evaluation, Input]:
     """The loop's option records from a config: the one place where config keys become options."""
     train = config["train"]
     try:
@@ -128,7 +131,11 @@ def loop_options(config: Config, experiment: Experiment) -> tuple[Budget, Execut
         raise ConfigError(
             f"train.accumulate must divide train.batch_size={train['batch_size']}, got {train['accumulate']}"
         )
-    return budget, execution, evaluation
+    try:
+        reading = Input(workers=config["data"]["workers"], augment=experiment.augment)
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"data.{error}") from None
+    return budget, execution, evaluation, reading
 
 
 def prepare(
@@ -145,6 +152,8 @@ def prepare(
     sweep = dict(sweep or {})
     _check_seed(config["seed"])
     experiment = module.experiment(config)
+    if config["data"]["records"] is not None:
+        experiment = with_records(experiment, config["data"]["records"])
     total = total_steps(config, experiment)
     members = None
     if seeds is not None or sweep:
@@ -164,7 +173,7 @@ def prepare(
     train = config["train"]
     if train["precision"] not in PRECISION_POLICIES:
         raise ConfigError(f"unknown train.precision {train['precision']!r}; available: {', '.join(PRECISION_POLICIES)}")
-    budget, execution, evaluation = loop_options(config, experiment)
+    budget, execution, evaluation, reading = loop_options(config, experiment)
     placement = Placement(execution.mesh, None if members is None else len(members))
     try:
         placement.check_batch_size(train["batch_size"], "training")
@@ -184,7 +193,9 @@ def prepare(
         if jax.process_count() > 1:
             raise ConfigError("a sweep trains in one process: run its members separately across processes")
         population = Members(_optimizer_fn(config, total), len(members))
-    return Plan(config, experiment, loss, population, members, sweep, budget, execution, evaluation, per_epoch, total)
+    return Plan(
+        config, experiment, loss, population, members, sweep, budget, execution, evaluation, reading, per_epoch, total
+    )
 
 
 def lane_hooks(plan: Plan, lane: int, writer: Hook | None, tensorboard: Path | None) -> list[Hook]:
@@ -359,4 +370,4 @@ def _check_test_data(experiment: Experiment, loss: Loss) -> None:
         )
     for name, split in (experiment.test_data or {}).items():
         num_examples(split, f"test split {name!r}")
-        (loss.check_data or check_finite)(split, f"test split {name!r}")
+        loss.check(split, f"test split {name!r}")

@@ -21,7 +21,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from fundl.distributed import describe_mesh, host_copy, wrap_keys
+from fundl.distributed import Placement, describe_mesh, host_copy, wrap_keys
 from fundl.runs._checkpoints import Checkpoints, preemption_signals
 from fundl.runs._config import Config, flat_keys
 from fundl.runs._directory import RunDirectory
@@ -171,8 +171,9 @@ def resume(directory: str | os.PathLike, *, quiet: bool = False, echo: Callable[
     plan = prepare(module, config, *_sweep_of(swept))
     checkpoints = _checkpoints(plan, files.checkpoints, environment.get("run_id", ""), None)
     like = jax.eval_shape(plan.initial_carry)
+    placement = Placement(plan.execution.mesh, None if plan.members is None else len(plan.members))
     try:
-        step, carry, extra = checkpoints.restore(like)
+        step, carry, extra = checkpoints.restore(like, shardings=placement.state_shardings(like))
     except FileNotFoundError:
         raise FileNotFoundError(
             f"{files.path} has no complete checkpoint to resume from "
@@ -279,6 +280,7 @@ def _train(
                 budget=plan.budget,
                 execution=plan.execution,
                 evaluation=plan.evaluation,
+                input=plan.input,
                 callbacks=Callbacks(
                     hooks[0] if not members else (lambda member: hooks[member]), True, checkpoints, quiet or not files
                 ),

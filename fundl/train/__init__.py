@@ -36,6 +36,7 @@ from fundl.train._options import (
     Checkpointer as Checkpointer,
     Evaluation as Evaluation,
     Execution as Execution,
+    Input as Input,
 )
 from fundl.train._population import Members as Members, MemberStates as MemberStates, OneRun as OneRun
 from fundl.train._precision import PRECISION_POLICIES as PRECISION_POLICIES, with_precision as with_precision

@@ -1,7 +1,8 @@
 """Training batches: shuffled each epoch by a rule that depends only on the seed and the epoch.
 
 The examples left over at the end of an epoch (fewer than a batch) are skipped in that
-epoch, and a different few in the next.
+epoch, and a different few in the next. The data is in memory or a source (see
+:mod:`fundl._data`); the order is the same either way, so are the batches.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from fundl._data import Batch, check_batch_size, num_examples
+from fundl._data import Batch, check_batch_size, is_source, num_examples, read_rows
 
 
 class Shuffled:
@@ -22,13 +23,15 @@ class Shuffled:
     """
 
     def __init__(self, data: Any, batch_size: int, seed: int = 0, name: str = "train data"):
-        self.data = jax.tree.map(np.asarray, data)
+        self.source = is_source(data)
+        self.data = data if self.source else jax.tree.map(np.asarray, data)
         self.size = num_examples(self.data, name)
         check_batch_size(batch_size, self.size, name)
         self.batch_size = int(batch_size)
         self.seed = seed
         self.steps_per_epoch = self.size // batch_size
-        self.data_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(self.data))
+        # a source is never copied to the devices whole: it is read a batch at a time
+        self.data_bytes = float("inf") if self.source else sum(leaf.nbytes for leaf in jax.tree.leaves(self.data))
         self._order: tuple[int, np.ndarray] | None = None
 
     def order(self, epoch: int) -> np.ndarray:
@@ -49,10 +52,8 @@ class Shuffled:
         ``rows`` selects the same rows of every batch (a process's share of a global batch).
         """
         order = self.order(epoch)[first * self.batch_size : (first + count) * self.batch_size]
-        order = order.reshape(count, self.batch_size)[:, rows]
-        return jax.tree.map(lambda a: a[order], self.data)
+        return read_rows(self.data, order.reshape(count, self.batch_size)[:, rows])
 
     def batch(self, epoch: int, index: int, rows: slice = slice(None)) -> Batch:
         """Batch ``index`` of ``epoch``: leaves ``(batch, ...)``; ``rows`` as in :meth:`batches`."""
-        order = self.order(epoch)[index * self.batch_size : (index + 1) * self.batch_size][rows]
-        return jax.tree.map(lambda a: a[order], self.data)
+        return read_rows(self.data, self.order(epoch)[index * self.batch_size : (index + 1) * self.batch_size][rows])

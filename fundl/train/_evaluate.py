@@ -23,7 +23,7 @@ import jax
 import numpy as np
 
 from fundl._core import EvalFn, Layer, Loss, Params, State
-from fundl._data import check_batch_size, check_finite, eval_batch_size_for, in_order, num_examples
+from fundl._data import check_batch_size, eval_batch_size_for, in_order, is_source, num_examples
 from fundl.distributed import MeshSpec, Placement, resolve_mesh
 from fundl.train._history import History, Record
 
@@ -165,8 +165,8 @@ def evaluate(
     evaluation = evaluation_of(loss)
     size = num_examples(data, "data")
     check_batch_size(batch_size, None, "evaluation")
-    data = jax.tree.map(np.asarray, data)
-    (loss.check_data or check_finite)(data, "data")
+    data = data if is_source(data) else jax.tree.map(np.asarray, data)
+    loss.check(data, "data")
     placement = Placement(resolve_mesh(mesh))
     with placement.context():
         if placement.sharded:

@@ -18,7 +18,7 @@ from fundl.distributed import MeshSpec
 from fundl.train._history import History
 from fundl.train._hooks import Hook
 from fundl.train._loop import loop
-from fundl.train._options import Budget, Callbacks, Checkpointer, Evaluation, Execution
+from fundl.train._options import Budget, Callbacks, Checkpointer, Evaluation, Execution, Input
 from fundl.train._population import Hyper, Members, MemberStates, OneRun, StepFn
 from fundl.train._state import TrainState
 
@@ -46,6 +46,8 @@ def fit(
     accumulate: int = 1,
     step_fn: StepFn | None = None,
     checkpoint: Checkpointer | None = None,
+    workers: int = 0,
+    augment: Callable[[Any, Any], Any] | None = None,
     quiet: bool = False,
     strict: bool = False,
 ) -> tuple[TrainState, History]:
@@ -62,8 +64,10 @@ def fit(
       optimizer: any optax ``GradientTransformation`` (schedules included).
       train_state: where to start, e.g. ``TrainState.create(params, state, optimizer, key)``.
       train_data: a pytree of arrays with a leading example axis, e.g.
-        ``{"image": (n, 8, 8), "label": (n,)}``; each epoch uses ``n // batch_size``
-        full batches in a fresh order.
+        ``{"image": (n, 8, 8), "label": (n,)}``, or a source of examples (anything with
+        ``__len__`` and ``__getitem__``, e.g. ``fundl.datasets.records(path)``, read lazily,
+        each process only its rows); each epoch uses ``n // batch_size`` full batches in a
+        fresh order. The same data in memory or as a source trains to the same params.
       batch_size: training examples per step.
       epochs, steps: the training budget; give exactly one.
       eval_data: named evaluation splits, e.g. ``{"validation": data}``. Each evaluation
@@ -105,6 +109,10 @@ def fit(
         run then logs the training metrics, skips the evaluation, saves a checkpoint and
         returns with ``history.interrupted`` set. Never saved: a state with a
         non-finite loss (the last good checkpoint is kept).
+      workers: processes that read (and augment) batches from the host ahead of the loop
+        (grain, the extra ``fundl[data]``); 0 (the default) reads on a thread.
+      augment: ``augment(example, rng) -> example``, applied to each training example as it
+        is read, with ``rng = np.random.default_rng([data_seed, epoch, index])``.
       quiet: no progress bar and no printed lines.
       strict: an unexpected recompilation is an error instead of a warning.
 
@@ -129,6 +137,7 @@ def fit(
         ),
         evaluation=Evaluation(dict(eval_data or {}), eval_batch_size),
         callbacks=Callbacks(tuple(hooks), stop_on_nan, checkpoint, quiet),
+        input=Input(workers, augment),
     )
 
 
@@ -154,6 +163,8 @@ def fit_members(
     mesh: MeshSpec = None,
     accumulate: int = 1,
     checkpoint: Checkpointer | None = None,
+    workers: int = 0,
+    augment: Callable[[Any, Any], Any] | None = None,
     quiet: bool = False,
     strict: bool = False,
 ) -> tuple[MemberStates, History]:
@@ -205,4 +216,5 @@ def fit_members(
         ),
         evaluation=Evaluation(dict(eval_data or {}), eval_batch_size),
         callbacks=Callbacks(hooks or (), True, checkpoint, quiet),
+        input=Input(workers, augment),
     )

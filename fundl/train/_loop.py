@@ -19,17 +19,18 @@ import jax
 import numpy as np
 
 from fundl._core import Loss
-from fundl._data import check_finite, eval_batch_size_for, num_examples
+from fundl._data import eval_batch_size_for, num_examples
 from fundl.distributed import Placement, describe_mesh
 from fundl.train._checks import check_opt_state, check_params
 from fundl.train._compiled import Program, abstract, compiled_functions
 from fundl.train._evaluate import Evaluator, evaluation_of
 from fundl.train._feed import BatchFeed
 from fundl.train._history import History, MemberEnd, Record
-from fundl.train._options import Budget, Callbacks, Evaluation, Execution
+from fundl.train._options import Budget, Callbacks, Evaluation, Execution, Input
 from fundl.train._plan import CallPlan
 from fundl.train._population import Members, OneRun
 from fundl.train._progress import CompileTimer, ProgressReport
+from fundl.train._reader import Reader
 from fundl.train._records import CheckpointSaves, InFlight, Lane, Recorder
 from fundl.train._step import check_loss_output, uses_convolution
 
@@ -49,6 +50,7 @@ def loop(  # noqa: C901  (the loop reads best top to bottom in its sections; eac
     execution: Execution,
     evaluation: Evaluation = Evaluation(),
     callbacks: Callbacks = Callbacks(),
+    input: Input = Input(),
     ends: Sequence[MemberEnd] | None = None,
 ) -> tuple[Any, History]:
     """Trains ``carry`` (a train state, or a population's :class:`MemberStates`) until its budget is spent or it stops.
@@ -83,7 +85,7 @@ def loop(  # noqa: C901  (the loop reads best top to bottom in its sections; eac
     if isinstance(population, OneRun) and population.step_fn is None:
         check_opt_state(population.optimizer, one.params, one.opt_state)
     for name, split in {"train data": orders[0].data, **{f"eval split {n!r}": s for n, s in splits.items()}}.items():
-        (loss.check_data or check_finite)(split, name)  # labels in range, finite inputs
+        loss.check(split, name)  # labels in range, finite inputs: all in memory, a source's first examples
 
     # --- The compiled calls, checked before they are compiled ----------------------------
     first_batch = orders[0].batch(0, 0)
@@ -100,7 +102,8 @@ def loop(  # noqa: C901  (the loop reads best top to bottom in its sections; eac
     if isinstance(population, Members) and fused == 1 and convolution and jax.default_backend() == "cpu":
         population = dataclasses.replace(population, vectorized=False)
         how += "; one call per member (vmapped convolutions run as slower grouped convolutions on XLA:CPU)"
-    resident = placement.resident(orders[0].data) if orders[0].data_bytes <= _MAX_RESIDENT_BYTES else None
+    kept = orders[0].data_bytes <= _MAX_RESIDENT_BYTES and input.augment is None
+    resident = placement.resident(orders[0].data) if kept else None
     program = Program(
         population,
         loss if splits else dataclasses.replace(loss, evaluate=None),
@@ -120,7 +123,15 @@ def loop(  # noqa: C901  (the loop reads best top to bottom in its sections; eac
     plan = CallPlan(
         total, per_epoch, eval_every, log_every, fused, checkpoint.next_step if checkpoint else None, bool(splits)
     )
-    feed = BatchFeed(orders, placement, plan, batch_size, rows, resident, members=population.size is not None)
+    readers = (
+        None
+        if resident is not None
+        else [
+            Reader(order, rows, total, workers=input.workers, augment=input.augment, ahead=input.ahead)
+            for order in orders
+        ]
+    )
+    feed = BatchFeed(orders, placement, plan, batch_size, rows, resident, population.size is not None, readers)
     evaluate = Evaluator(compiled.evaluate, population, placement, splits, eval_sizes)
 
     # --- The loop: dispatch a call, prepare the next one, read back older results ---------
@@ -209,6 +220,7 @@ def loop(  # noqa: C901  (the loop reads best top to bottom in its sections; eac
             for index, lane in enumerate(recorder.lanes):
                 recorder.emit("end", _position(recorder, step, lane), state_of(index) if lane.hooks else None, lane)
         finally:
+            feed.close()
             progress.close()
     wall = time.perf_counter() - clock
     history = History(

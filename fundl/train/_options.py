@@ -5,6 +5,8 @@
   call, calls in flight. Its fields (but the calls in flight) shape the compiled
   program, so they are part of the compile cache's key (:mod:`fundl.train._compiled`).
 - :class:`Evaluation`: what is evaluated during training, in batches of what size.
+- :class:`Input`: how training batches are read from the host: ahead, on a thread or in
+  worker processes, and changed (augmented) on the way.
 - :class:`Callbacks`: what is called on the way: hooks, the stop on NaN, the checkpointer,
   the console.
 
@@ -126,6 +128,33 @@ class Evaluation:
             )
         if "train" in self.splits:
             raise ValueError('eval split name "train" is taken by the training metrics; name it e.g. "train_eval"')
+
+
+@dataclasses.dataclass(frozen=True)
+class Input:
+    """How training batches are read when they come from the host (a source, data too large for the devices,
+    or augmented data; in-memory data otherwise lives on the devices and is gathered there).
+
+    Attributes:
+      workers: processes that read, decode and augment batches ahead (grain, the extra
+        ``fundl[data]``); 0 reads on a thread of this process.
+      augment: ``augment(example, rng) -> example``, applied to each training example as it
+        is read, with ``rng = np.random.default_rng([data_seed, epoch, index])`` (reproducible
+        whatever reads it). Must be picklable (a module-level function) with workers.
+      ahead: steps read ahead (per worker, with workers).
+    """
+
+    workers: int = 0
+    augment: Callable[[Any, Any], Any] | None = None
+    ahead: int = 4
+
+    def __post_init__(self) -> None:
+        if not is_count(self.workers, 0):
+            raise ValueError(f"workers must be a non-negative integer (0: read on a thread), got {self.workers!r}")
+        if not is_count(self.ahead, 1):
+            raise ValueError(f"ahead must be a positive number of steps, got {self.ahead!r}")
+        if self.augment is not None and not callable(self.augment):
+            raise TypeError(f"augment must be a function (example, rng) -> example, got {type(self.augment).__name__}")
 
 
 class Checkpointer(Protocol):
