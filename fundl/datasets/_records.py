@@ -234,9 +234,12 @@ class Records:
     def _decode(self, raw: bytes, first: int, count: int) -> list[np.ndarray]:
         """``count`` records' bytes, joined, as one array per field ``(count, *shape)``."""
         if len(raw) != count * self._record_bytes:
-            raise RecordsError(
-                f"{self.path}: the records near index {first} hold {len(raw)} bytes for {count} example(s), "
-                f"expected {self._record_bytes} each ({METADATA} fields): the shard does not match its metadata"
+            ends = np.cumsum([s["count"] for s in self.metadata["shards"]])
+            shard = self.metadata["shards"][int(np.searchsorted(ends, first, side="right"))]["file"]
+            raise RecordsError(  # a shard written for other fields, or metadata edited after writing
+                f"{self.path / shard}: its records (near index {first}) hold {len(raw) // max(count, 1)} bytes each, "
+                f"{METADATA}'s fields {self.element_spec} take {self._record_bytes}: "
+                "the shard does not match its metadata"
             )
         rows = np.frombuffer(raw, np.uint8).reshape(count, self._record_bytes)
         out, offset = [], 0
@@ -286,4 +289,7 @@ def records(path: str | os.PathLike, *, verify: bool = True) -> Records:
                 f"or a shard of another dataset"
             )
     _array_record()  # the extra is there, or a clear error now
-    return Records(directory, metadata)
+    opened = Records(directory, metadata)
+    for shard_first in np.cumsum([0] + [s["count"] for s in metadata["shards"]])[:-1]:
+        opened.read(np.array([shard_first]))  # each shard's first record has the metadata's fields, shapes and dtypes
+    return opened

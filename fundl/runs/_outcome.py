@@ -34,7 +34,9 @@ def record_outcome(
         echo(f"{history.stop_reason}: checkpoint at step {step}; continue with: fundl resume {files.path}")
         return done
     ended_well = not history.nonfinite
-    if ended_well:
+    if ended_well and _spread(train_state):  # never gathered: the final state is the last checkpoint's
+        summary["final_state"] = {"checkpoint": step}
+    elif ended_well:
         from fundl.distributed import host_copy
 
         summary["train_state_sha256"] = files.save_final_state(host_copy(train_state))
@@ -53,6 +55,16 @@ def record_outcome(
         echo(f"failed: {history.stop_reason}; the last good checkpoint is kept in {files.checkpoints}")
     echo(f"run directory: {files.path}")
     return done
+
+
+def _spread(train_state: Any) -> bool:
+    """Whether the state is spread over processes or cut over devices, and is saved by each process's shards."""
+    import jax
+
+    if jax.process_count() > 1:
+        return True
+    leaves = [leaf for leaf in jax.tree.leaves(train_state) if isinstance(leaf, jax.Array)]
+    return any(len(leaf.sharding.device_set) > 1 and not leaf.sharding.is_fully_replicated for leaf in leaves)
 
 
 def _summary(plan: Plan, carry: Any, history: History, members: list[dict[str, Any]] | None) -> dict[str, Any]:

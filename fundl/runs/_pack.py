@@ -44,11 +44,14 @@ def pack(
     return written
 
 
-def _spec(data: Any) -> list[tuple[str, tuple[int, ...], str]]:
-    """Each field's name, one example's shape and the dtype, for in-memory arrays or a source."""
+def _spec(data: Any) -> str:
+    """One example's fields, dtypes and shapes (``image float32[8, 8], label int32[]``), in memory or from a source."""
     example = data[0] if is_source(data) else jax.tree.map(lambda a: np.asarray(a)[0], data)
     leaves = jax.tree_util.tree_flatten_with_path(example)[0]
-    return [(jax.tree_util.keystr(path), np.shape(leaf), str(np.asarray(leaf).dtype)) for path, leaf in leaves]
+    return ", ".join(
+        f"{jax.tree_util.keystr(path).strip('[]')} {np.asarray(leaf).dtype}{list(np.shape(leaf))}"
+        for path, leaf in leaves
+    )
 
 
 def with_records(experiment: Experiment, directory: str) -> Experiment:

@@ -21,7 +21,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from fundl.distributed import Placement, describe_mesh, host_copy, wrap_keys
+from fundl.distributed import Placement, describe_mesh
 from fundl.runs._checkpoints import Checkpoints, preemption_signals
 from fundl.runs._config import Config, flat_keys
 from fundl.runs._directory import RunDirectory
@@ -302,8 +302,6 @@ def _train(
         raise
     finally:
         checkpoints.close()
-    if jax.process_count() > 1:  # every process takes part in gathering the state; process 0 writes it
-        carry = wrap_keys(host_copy(carry), carry)
     done = record_outcome(plan, files, carry, history, echo)
     if jax.process_count() > 1:
         echo(f"process {jax.process_index()}: params {done.summary['params_fingerprint']}")
@@ -401,7 +399,14 @@ def load_run(directory: str | os.PathLike, member: int | None = None) -> Run:
     if summary is None:
         raise FileNotFoundError(f"{files.path / files.SUMMARY} is missing: the run directory is incomplete")
     like = jax.eval_shape(plan.initial_carry)
-    final = files.load_final_state(like if plan.members is None else like.states, summary.get("train_state_sha256"))
+    if "final_state" in summary:  # a sharded run's final state is its last checkpoint, each process's shards
+        checkpoints = _checkpoints(plan, files.checkpoints, files.manifest().get("run_id", ""), None)
+        placement = Placement(plan.execution.mesh, None if plan.members is None else len(plan.members))
+        _, carry, _ = checkpoints.restore(like, summary["final_state"]["checkpoint"], placement.state_shardings(like))
+        checkpoints.close()
+        final = carry if plan.members is None else carry.states
+    else:
+        final = files.load_final_state(like if plan.members is None else like.states, summary.get("train_state_sha256"))
     if plan.members is None:
         if member is not None:
             raise ValueError(f"{files.path} is a single run, not a sweep: load it without a member")

@@ -39,10 +39,18 @@ class TrainState(NamedTuple):
 
 
 def params_fingerprint(params: Any) -> str:
-    """A short hash of the params' bytes, paths and dtypes: equal fingerprints, equal params."""
+    """A short hash of the params' bytes, paths and dtypes: equal fingerprints, equal params.
+
+    Params spread over several processes are gathered one array at a time (a collective:
+    every process must call it), so the fingerprint is the same whatever the layout.
+    """
     digest = hashlib.sha256()
     leaves = jax.tree_util.tree_flatten_with_path(params)[0]
     for path, leaf in sorted(leaves, key=lambda item: jax.tree_util.keystr(item[0])):
+        if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+            from jax.experimental import multihost_utils
+
+            leaf = multihost_utils.process_allgather(leaf, tiled=True)
         array = np.asarray(jax.device_get(leaf))
         digest.update(jax.tree_util.keystr(path).encode())
         digest.update(str(array.dtype).encode() + str(array.shape).encode())

@@ -1,0 +1,155 @@
+"""Datasets on disk: ArrayRecord shards with checked metadata, read lazily as a source that trains like memory."""
+
+import json
+import pickle
+import shutil
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+import fundl as fl
+from fundl import runs
+from fundl.datasets import RecordsError, records, write_records
+from fundl.train import TrainState, classification_loss, evaluate, fit, params_fingerprint
+
+QUIET = {"quiet": True, "echo": lambda _: None}
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return fl.datasets.digits(validation=0.2)
+
+
+def test_records_round_trip_every_form_of_data(tmp_path, digits):
+    train = digits["train"]
+    meta = write_records(tmp_path / "dict", train, shards=3)
+    assert meta["count"] == 1222 and [s["count"] for s in meta["shards"]] == [408, 408, 406]
+    source = records(tmp_path / "dict")
+    assert len(source) == 1222 and source.element_spec == {"image": ((8, 8), np.float32), "label": ((), np.int32)}
+    for i in (0, 407, 408, 1221, -1):
+        example = source[i]
+        np.testing.assert_array_equal(example["image"], train["image"][i])
+        assert example["label"] == train["label"][i]
+    rows = np.array([[5, 1000], [408, 0]])
+    batch = source.read(rows)
+    np.testing.assert_array_equal(batch["image"], train["image"][rows])
+    np.testing.assert_array_equal(batch["label"], train["label"][rows])
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(source))[7]["image"], train["image"][7])  # for workers
+    # a tuple (x, y), and an iterable of examples without a length, streamed with its count
+    write_records(tmp_path / "tuple", (train["image"][:10], train["label"][:10]))
+    x, y = records(tmp_path / "tuple")[3]
+    np.testing.assert_array_equal(x, train["image"][3])
+    stream = ({"a": np.full((2,), i, np.int16)} for i in range(7))
+    write_records(tmp_path / "stream", stream, shards=2, count=7)
+    np.testing.assert_array_equal(records(tmp_path / "stream").read(np.arange(7))["a"][:, 0], np.arange(7))
+    with pytest.raises(IndexError, match="index 1222 is out of range"):
+        source[1222]
+
+
+def test_damaged_foreign_or_mismatched_records_are_errors_naming_the_file(tmp_path, digits):
+    write_records(tmp_path / "a", digits["train"], shards=2)
+    write_records(tmp_path / "b", digits["validation"], shards=2)
+    shard = sorted((tmp_path / "a").glob("*.array_record"))[1]
+
+    def fresh(name):
+        shutil.rmtree(tmp_path / name, ignore_errors=True)
+        shutil.copytree(tmp_path / "a", tmp_path / name)
+        return tmp_path / name
+
+    corrupted = fresh("corrupted")
+    data = bytearray((corrupted / shard.name).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (corrupted / shard.name).write_bytes(bytes(data))
+    with pytest.raises(RecordsError, match=rf"{shard.name} is not the shard metadata.json describes .*corrupted"):
+        records(corrupted)
+    truncated = fresh("truncated")
+    (truncated / shard.name).write_bytes(shard.read_bytes()[:-100])
+    with pytest.raises(RecordsError, match=rf"{shard.name} has \d+ bytes, metadata.json records \d+: truncated"):
+        records(truncated)
+    foreign = fresh("foreign")  # a shard of another dataset, renamed into place
+    shutil.copy(sorted((tmp_path / "b").glob("*.array_record"))[1], foreign / shard.name)
+    with pytest.raises(RecordsError, match=rf"{shard.name} (has \d+ bytes|is not the shard).*"):
+        records(foreign)
+    missing = fresh("missing")
+    (missing / shard.name).unlink()
+    with pytest.raises(RecordsError, match=rf"{shard.name} is missing"):
+        records(missing)
+    (fresh("nometa") / "metadata.json").unlink()
+    with pytest.raises(
+        FileNotFoundError, match=r"metadata.json is missing: .* was not written by fundl.datasets.write_records"
+    ):
+        records(tmp_path / "nometa")
+    reshaped = fresh("reshaped")  # a record whose shape differs from the metadata
+    meta = json.loads((reshaped / "metadata.json").read_text())
+    meta["fields"][0]["shape"] = [8, 9]
+    (reshaped / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(
+        RecordsError, match=r"shard-00000-of-00002.array_record: its records .* the shard does not match"
+    ):
+        records(reshaped)
+
+
+def test_a_source_trains_and_evaluates_exactly_as_the_same_data_in_memory(tmp_path, digits):
+    for name in ("train", "validation"):
+        write_records(tmp_path / name, digits[name], shards=2)
+    model = fl.serial(fl.flatten(), fl.dense(32), fl.relu(), fl.dropout(0.1), fl.dense(10))
+    loss, optimizer = classification_loss(model), optax.adam(1e-3)
+    _, params, state = model.init(jax.random.key(0), (32, 8, 8))
+    start = TrainState.create(params, state, optimizer, jax.random.key(1))
+    common = dict(batch_size=32, epochs=2, quiet=True, data_seed=3)
+    memory, memory_history = fit(
+        loss, optimizer, start, digits["train"], eval_data={"v": digits["validation"]}, **common
+    )
+    source = records(tmp_path / "train")
+    disk, disk_history = fit(
+        loss, optimizer, start, source, eval_data={"v": records(tmp_path / "validation")}, **common
+    )
+    assert params_fingerprint(disk.params) == params_fingerprint(memory.params)
+    assert disk_history.records == memory_history.records
+    assert evaluate(loss, disk.params, disk.state, records(tmp_path / "validation"), batch_size=50) == evaluate(
+        loss, memory.params, memory.state, digits["validation"], batch_size=50
+    )
+
+
+def _shift(example, rng):
+    """Moves the digit by up to one pixel: an augmentation drawn from the example's own generator."""
+    dx, dy = rng.integers(-1, 2, size=2)
+    return {**example, "image": np.roll(example["image"], (int(dy), int(dx)), axis=(0, 1))}
+
+
+def test_augmentation_is_per_example_and_the_same_on_a_thread_and_in_worker_processes(tmp_path, digits):
+    write_records(tmp_path / "train", digits["train"])
+    model = fl.serial(fl.flatten(), fl.dense(16), fl.relu(), fl.dense(10))
+    loss, optimizer = classification_loss(model), optax.sgd(0.1)
+    _, params, state = model.init(jax.random.key(0), (32, 8, 8))
+    start = TrainState.create(params, state, optimizer, jax.random.key(1))
+    common = dict(batch_size=32, steps=50, quiet=True, augment=_shift)
+    plain, _ = fit(loss, optimizer, start, records(tmp_path / "train"), batch_size=32, steps=50, quiet=True)
+    thread, _ = fit(loss, optimizer, start, records(tmp_path / "train"), **common)
+    memory, _ = fit(loss, optimizer, start, digits["train"], **common)  # augmented data is read on the host too
+    workers, _ = fit(loss, optimizer, start, records(tmp_path / "train"), workers=2, **common)
+    assert params_fingerprint(thread.params) == params_fingerprint(memory.params) == params_fingerprint(workers.params)
+    assert params_fingerprint(thread.params) != params_fingerprint(plain.params)  # the augmentation did something
+
+
+@pytest.mark.parametrize("example", ["mlp_digits", "cnn_digits"])
+def test_an_example_fed_from_packed_records_ends_as_the_one_in_memory(tmp_path, example):
+    settings = [("train.epochs", 2)]
+    runs.pack(example, settings, str(tmp_path / "records"), shards=2)
+    memory = runs.run(example, settings, out=str(tmp_path / "memory"), **QUIET)
+    disk = runs.run(
+        example, [*settings, ("data.records", str(tmp_path / "records"))], out=str(tmp_path / "disk"), **QUIET
+    )
+    assert disk.summary["params_fingerprint"] == memory.summary["params_fingerprint"]
+    assert disk.summary["metrics"] == memory.summary["metrics"]
+    if example == "cnn_digits":  # its images are (8, 8, 1): mlp_digits' records (8, 8) do not fit it
+        runs.pack("mlp_digits", settings, str(tmp_path / "mlp"))
+        with pytest.raises(
+            runs.ConfigError,
+            match=r"train holds 1222 examples of 'image' float32\[64\], 'label' int32\[\], "
+            r"the example's 'train' split 1222 of 'image' float32\[8, 8, 1\].* packed from another",
+        ):
+            runs.run(example, [("data.records", str(tmp_path / "mlp"))], out=str(tmp_path / "x"), **QUIET)
+        assert not (tmp_path / "x").exists()
