@@ -23,7 +23,7 @@ from jax.experimental import multihost_utils
 
 from fundl.distributed import Placement, describe_mesh
 from fundl.runs._checkpoints import Checkpoints, preemption_signals
-from fundl.runs._config import Config, flat_keys
+from fundl.runs._config import Config, ConfigError, flat_keys, override
 from fundl.runs._directory import RunDirectory
 from fundl.runs._experiment import Run, load_example, resolve_config
 from fundl.runs._manifest import manifest
@@ -217,13 +217,18 @@ def _load_hook_states(path: Path, hooks: list[list[Hook]], states: list[list[Any
 
 
 def _hooks(plan: Plan, files: RunDirectory | None) -> list[list[Hook]]:
-    """Each lane's hooks (with the record writer and TensorBoard files on the writing process)."""
+    """Each lane's hooks (the record writer and TensorBoard files on the writing process, the same number of
+    hooks on every process: a checkpoint holds their states by position)."""
     members = plan.members is not None
-    writer = files.record_writer() if files else None
+    writer = files.record_writer() if files else _no_records
     return [
         lane_hooks(plan, lane, writer, files.tensorboard(lane if members else None) if files else None)
         for lane in range(len(plan.configs))
     ]
+
+
+def _no_records(event: Event) -> None:
+    """The record writer's place on a process that does not write (all but process 0)."""
 
 
 def _checkpoints(plan: Plan, directory: Path, run_id: str, stop_after_steps: int | None) -> Checkpoints:
@@ -394,7 +399,12 @@ def load_run(directory: str | os.PathLike, member: int | None = None) -> Run:
         raise ValueError(f"{files.path} has not finished (status: {status['status']}){hint}")
     module, config = _verified_example(files)
     swept = files.manifest().get("sweep")
-    plan = prepare(module, config, *_sweep_of(swept))
+    try:
+        plan = prepare(module, config, *_sweep_of(swept))
+    except ConfigError as error:  # its devices are not all here: load it onto one (a checkpoint restores on any mesh)
+        if "train.devices" not in str(error):
+            raise
+        plan = prepare(module, override(config, [("train.devices", 1), ("train.fsdp", 1)]), *_sweep_of(swept))
     summary = files.summary()
     if summary is None:
         raise FileNotFoundError(f"{files.path / files.SUMMARY} is missing: the run directory is incomplete")
