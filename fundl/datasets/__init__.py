@@ -11,6 +11,7 @@ models, ``numbers_text()`` generates a corpus (numbers written out in English wo
 cuts next-character training windows.
 """
 
+from fundl.datasets._augment import RandomShift as RandomShift
 from fundl.datasets._digits import digits
 from fundl.datasets._idx import mnist, read_idx, write_idx
 from fundl.datasets._ratings import (
