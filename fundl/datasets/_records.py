@@ -112,7 +112,7 @@ def write_records(
     shard_files, written = [], 0
     for shard in range(shards):
         name = f"shard-{shard:05d}-of-{shards:05d}.array_record"
-        writer = array_record.ArrayRecordWriter(str(directory / name), "group_size:1")
+        writer = array_record.ArrayRecordWriter(str(directory / name), "group_size:1,uncompressed")  # random reads
         n = 0
         for example in examples:
             if not names:
