@@ -185,3 +185,37 @@ def test_mnist_records_packs_once_trains_with_shifts_in_workers_and_resumes_exac
     summary = lambda d: json.loads((tmp_path / d / "summary.json").read_text())  # noqa: E731
     assert summary("s")["params_fingerprint"] == summary("whole")["params_fingerprint"]
     assert summary("whole")["metrics"]["test"]["accuracy"] > 0.5  # two epochs of shifted digits: it learns
+
+
+def test_fundl_data_pack_writes_an_idx_pair_and_an_examples_splits(tmp_path, capsys):
+    from fundl.cli import main
+    from fundl.datasets import write_idx
+
+    images = np.random.default_rng(0).integers(0, 255, (50, 6, 6)).astype(np.uint8)
+    labels = np.arange(50, dtype=np.uint8) % 10
+    write_idx(tmp_path / "images.idx", images)
+    write_idx(tmp_path / "labels.idx", labels)
+    assert (
+        main(
+            [
+                "data",
+                "pack",
+                str(tmp_path / "images.idx"),
+                str(tmp_path / "pair"),
+                "--labels",
+                str(tmp_path / "labels.idx"),
+                "--shards",
+                "2",
+            ]
+        )
+        == 0
+    )
+    assert "wrote 50 examples" in capsys.readouterr().out
+    pair = records(tmp_path / "pair")
+    np.testing.assert_array_equal(pair.read(np.arange(50))["image"], images)
+    np.testing.assert_array_equal(pair.read(np.arange(50))["label"], labels)
+    assert main(["data", "pack", "mlp_digits", str(tmp_path / "digits"), "--set", "hidden=8"]) == 0
+    out = capsys.readouterr().out
+    assert "wrote train 1222, validation 305, test 270 examples" in out and "--set data.records=" in out
+    assert main(["data", "pack", "mlp_digits", str(tmp_path / "digits")]) == 2  # not empty: never overwritten
+    assert "is not empty" in capsys.readouterr().err
