@@ -190,7 +190,7 @@ def test_iterators_of_batches_are_refused_with_the_fix():
     train, _ = digits()
     batches = ((train["image"][i : i + 32], train["label"][i : i + 32]) for i in range(0, 320, 32))
     with pytest.raises(
-        TypeError, match=r"train data is an iterator \(generator\): fit needs the data in memory.*np.concatenate"
+        TypeError, match=r"train data is an iterator \(generator\): fit needs random access to the data.*np.concatenate"
     ):
         fit(classification_loss(LECTURE), optax.sgd(0.1), start(), batches, batch_size=32, epochs=1, quiet=True)
     with pytest.raises(TypeError, match=r"data is an iterator \(map\)"):
