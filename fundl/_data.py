@@ -47,7 +47,7 @@ def _lazy_data(data: Any) -> str | None:
 
 def is_source(data: Any) -> bool:
     """Whether ``data`` is a random-access source of examples rather than arrays with an example axis."""
-    if isinstance(data, (Mapping, tuple, list, str, bytes, np.ndarray, jax.Array)) or hasattr(data, "shape"):
+    if isinstance(data, (Mapping, tuple, list, range, str, bytes, np.ndarray, jax.Array)) or hasattr(data, "shape"):
         return False
     return hasattr(data, "__len__") and hasattr(data, "__getitem__")
 
