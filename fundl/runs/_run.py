@@ -11,6 +11,7 @@ bit-identical to one that never stopped. ``load_run`` brings a finished run back
 from __future__ import annotations
 
 import os
+import signal
 import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -22,7 +23,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from fundl.distributed import describe_mesh, host_copy, wrap_keys
-from fundl.runs._checkpoints import Checkpoints, preemption_signals
+from fundl.runs._checkpoints import Checkpoints
 from fundl.runs._config import Config, flat_keys
 from fundl.runs._directory import RunDirectory
 from fundl.runs._experiment import Run, load_example, resolve_config
@@ -30,6 +31,14 @@ from fundl.runs._manifest import manifest
 from fundl.runs._outcome import record_outcome
 from fundl.runs._prepare import Plan, lane_hooks, prepare
 from fundl.train import Callbacks, Event, History, Hook, MemberEnd, Record, loop, params_fingerprint, score
+from fundl.train._progress import verbosity
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # a run stops cleanly on either: SIGTERM is a preemption notice
+
+
+def say(line: str) -> None:
+    """A run's own lines (its directory, its results), on stdout, flushed at once (a pipe shows them as they come)."""
+    print(line, flush=True)
 
 
 def run(
@@ -39,8 +48,9 @@ def run(
     seeds: list[int] | None = None,
     sweep: dict[str, list[Any]] | None = None,
     out: str | None = None,
+    verbose: int | str = 2,
     quiet: bool = False,
-    echo: Callable[[str], None] = print,
+    echo: Callable[[str], None] = say,
     stop_after_steps: int | None = None,
 ) -> Run:
     """Runs an example (bundled name or file path) with config overrides; returns the run.
@@ -52,8 +62,9 @@ def run(
         ``{dotted_key: [values]}`` of the optimizer crossed with the seeds, all as one
         compiled program (see :func:`sweep`).
       out: the run directory (default ``runs/<name>-<timestamp>``); it must not exist or be empty.
-      quiet: no progress bar.
-      echo: where the few lines of a run go.
+      verbose: what training prints: ``0``/``"silent"``, ``1``/``"epochs"``, ``2``/``"bar"``
+        (see :func:`fundl.train.fit`); ``quiet=True`` is ``verbose=0``.
+      echo: where the few lines of a run go (its directory, its results; default: stdout).
       stop_after_steps: stop at this step as if preempted (a checkpoint is saved; resume
         with :func:`resume`).
 
@@ -92,7 +103,7 @@ def run(
         carry,
         _hooks(plan, directory if writer else None),
         None,
-        quiet,
+        verbosity(verbose, quiet),
         echo,
     )
 
@@ -104,8 +115,9 @@ def sweep(
     seeds: list[int],
     sweep: dict[str, list[Any]] | None = None,
     out: str | None = None,
+    verbose: int | str = 2,
     quiet: bool = False,
-    echo: Callable[[str], None] = print,
+    echo: Callable[[str], None] = say,
     stop_after_steps: int | None = None,
 ) -> Run:
     """Trains every (setting, seed) member of an example as one compiled program; returns the run.
@@ -140,13 +152,16 @@ def sweep(
         seeds=seeds,
         sweep=sweep or {},
         out=out,
+        verbose=verbose,
         quiet=quiet,
         echo=echo,
         stop_after_steps=stop_after_steps,
     )
 
 
-def resume(directory: str | os.PathLike, *, quiet: bool = False, echo: Callable[[str], None] = print) -> Run:
+def resume(
+    directory: str | os.PathLike, *, verbose: int | str = 2, quiet: bool = False, echo: Callable[[str], None] = say
+) -> Run:
     """Continues an interrupted run or sweep from its latest complete checkpoint, exactly.
 
     The run's own config, example (the copy in the run directory), budget and schedule
@@ -186,7 +201,7 @@ def resume(directory: str | os.PathLike, *, quiet: bool = False, echo: Callable[
         files.truncate_records(step)
         echo(f"resuming {files.path} from step {step}")
     ends = [MemberEnd(reason, bool(nonfinite)) for reason, nonfinite in extra.get("members", [])] or None
-    return _train(plan, files if writer else None, checkpoints, carry, hooks, ends, quiet, echo)
+    return _train(plan, files if writer else None, checkpoints, carry, hooks, ends, verbosity(verbose, quiet), echo)
 
 
 def _sweep_of(swept: dict[str, Any] | None) -> tuple[list[int] | None, dict[str, list[Any]] | None]:
@@ -256,10 +271,10 @@ def _train(
     carry: Any,
     hooks: list[list[Hook]],
     ends: list[MemberEnd] | None,
-    quiet: bool,
+    verbose: int,
     echo: Callable[[str], None],
 ) -> Run:
-    """Trains with checkpoints and preemption signals; records the outcome (``files``: process 0 only)."""
+    """Trains with checkpoints, stopping cleanly on SIGINT or SIGTERM; records the outcome (``files``: process 0)."""
     population = plan.population
     if files:
         files.set_status("running", population.step_count(carry))
@@ -268,22 +283,25 @@ def _train(
         import_in_background()  # for curves.png at the end: the import overlaps training
     members = plan.members is not None
     try:
-        with preemption_signals(checkpoints):
-            carry, history = loop(
-                population,
-                plan.loss,
-                carry,
-                plan.experiment.train_data,
-                batch_size=plan.config["train"]["batch_size"],
-                data_seeds=plan.seeds,
-                budget=plan.budget,
-                execution=plan.execution,
-                evaluation=plan.evaluation,
-                callbacks=Callbacks(
-                    hooks[0] if not members else (lambda member: hooks[member]), True, checkpoints, quiet or not files
-                ),
-                ends=ends,
-            )
+        carry, history = loop(
+            population,
+            plan.loss,
+            carry,
+            plan.experiment.train_data,
+            batch_size=plan.config["train"]["batch_size"],
+            data_seeds=plan.seeds,
+            budget=plan.budget,
+            execution=plan.execution,
+            evaluation=plan.evaluation,
+            callbacks=Callbacks(
+                hooks[0] if not members else (lambda member: hooks[member]),
+                True,
+                checkpoints,
+                verbose if files else 0,
+                STOP_SIGNALS,
+            ),
+            ends=ends,
+        )
         checkpoints.wait()
         if not (history.interrupted or history.nonfinite):
             _score_test_splits(plan, carry, history, hooks)

@@ -20,6 +20,7 @@ from fundl.train._hooks import Hook
 from fundl.train._loop import loop
 from fundl.train._options import Budget, Callbacks, Checkpointer, Evaluation, Execution
 from fundl.train._population import Hyper, Members, MemberStates, OneRun, StepFn
+from fundl.train._progress import verbosity
 from fundl.train._state import TrainState
 
 
@@ -46,6 +47,7 @@ def fit(
     accumulate: int = 1,
     step_fn: StepFn | None = None,
     checkpoint: Checkpointer | None = None,
+    verbose: int | str = 2,
     quiet: bool = False,
     strict: bool = False,
 ) -> tuple[TrainState, History]:
@@ -105,8 +107,19 @@ def fit(
         run then logs the training metrics, skips the evaluation, saves a checkpoint and
         returns with ``history.interrupted`` set. Never saved: a state with a
         non-finite loss (the last good checkpoint is kept).
-      quiet: no progress bar and no printed lines.
+      verbose: what is printed: ``0`` or ``"silent"`` nothing; ``1`` or ``"epochs"`` one line
+        per log or evaluation (on stdout); ``2`` or ``"bar"`` (the default) those lines and a
+        live progress bar (on stderr; in a notebook it needs ``ipywidgets``, and where output
+        is not a terminal it is a plain progress line every 10 s).
+      quiet: ``True`` is ``verbose=0``.
       strict: an unexpected recompilation is an error instead of a warning.
+
+    Ctrl-C (or "interrupt the kernel" in a notebook) stops training cleanly: ``fit`` finishes
+    the call in flight, logs, saves a checkpoint if ``checkpoint`` is given, and returns the
+    train state and history so far, with ``history.interrupted`` set and the reason in
+    ``history.stop_reason``; ``fit`` called again with that train state continues exactly
+    (bit-identical to a training that never stopped). A second Ctrl-C aborts at once. A
+    ``KeyboardInterrupt`` raised by a hook counts as the first Ctrl-C.
 
     Returns:
       The final train state, and the :class:`History`: ``records`` (one :class:`Record`
@@ -114,7 +127,7 @@ def fit(
       ``steps``, ``epochs``, ``wall_s``, ``compile_s``, ``steps_per_call`` and how it was
       chosen, the ``mesh`` (axes, devices, processes), the number of ``traces`` of each
       compiled function, ``nonfinite`` (a NaN or infinity stopped training) and
-      ``interrupted`` (the checkpointer asked to stop).
+      ``interrupted`` (Ctrl-C, or the checkpointer asked to stop: resumable).
     """
     return loop(
         OneRun(optimizer, step_fn),
@@ -128,7 +141,7 @@ def fit(
             mesh, accumulate=accumulate, steps_per_call=steps_per_call, max_in_flight=max_in_flight, strict=strict
         ),
         evaluation=Evaluation(dict(eval_data or {}), eval_batch_size),
-        callbacks=Callbacks(tuple(hooks), stop_on_nan, checkpoint, quiet),
+        callbacks=Callbacks(tuple(hooks), stop_on_nan, checkpoint, verbosity(verbose, quiet)),
     )
 
 
@@ -154,6 +167,7 @@ def fit_members(
     mesh: MeshSpec = None,
     accumulate: int = 1,
     checkpoint: Checkpointer | None = None,
+    verbose: int | str = 2,
     quiet: bool = False,
     strict: bool = False,
 ) -> tuple[MemberStates, History]:
@@ -204,5 +218,5 @@ def fit_members(
             mesh, accumulate=accumulate, steps_per_call=steps_per_call, max_in_flight=max_in_flight, strict=strict
         ),
         evaluation=Evaluation(dict(eval_data or {}), eval_batch_size),
-        callbacks=Callbacks(hooks or (), True, checkpoint, quiet),
+        callbacks=Callbacks(hooks or (), True, checkpoint, verbosity(verbose, quiet)),
     )
