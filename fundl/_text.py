@@ -6,7 +6,7 @@ Used by the training lines, a run's last lines and the run tools alike (nothing 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 WIDTH = 7  # "0.1234" and "-1.2345" take up to 7 characters: numbers in a column line up
@@ -38,7 +38,11 @@ def _shape(value: Any) -> list[int]:
     return shape
 
 
+def loss_first(names: Iterable[str]) -> list[str]:
+    """The metric names in their order, but ``loss`` first."""
+    return sorted(names, key=lambda name: name != "loss")  # a stable sort: the others keep their order
+
+
 def metrics_text(metrics: Mapping[str, Any]) -> str:
     """``loss  0.0983  accuracy  0.9704  learning_rate 1.000e-05``: names and :func:`number` values, loss first."""
-    ordered = sorted(metrics.items(), key=lambda item: item[0] != "loss")  # stable: the others keep their order
-    return "  ".join(f"{name} {number(value)}" for name, value in ordered)
+    return "  ".join(f"{name} {number(metrics[name])}" for name in loss_first(metrics))

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from fundl._text import metrics_text, number
+from fundl._text import loss_first, metrics_text, number
 from fundl.runs._directory import RunDirectory
 from fundl.runs._experiment import Run
 from fundl.runs._prepare import Plan
@@ -152,7 +152,7 @@ def _result_lines(summary: dict[str, Any], members: list[dict[str, Any]] | None)
                 f"  {split}: "
                 + "  ".join(
                     f"{k} {number(v['mean'])} ± {_bare(v['std'])} [{_bare(v['min'])}, {_bare(v['max'])}]"
-                    for k, v in metrics.items()
+                    for k, v in ((name, metrics[name]) for name in loss_first(metrics))
                 )
             )
     return [*lines, *summary["frozen"], f"{len(members)} members"]

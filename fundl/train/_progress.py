@@ -28,7 +28,7 @@ import jax
 import jax.monitoring
 import numpy as np
 
-from fundl._text import metrics_text, number
+from fundl._text import loss_first, metrics_text, number
 from fundl.train._history import Record
 
 VERBOSITY = {"silent": 0, "epochs": 1, "bar": 2}
@@ -161,6 +161,7 @@ class ProgressReport:
         self._started = False
         self._pending: list[str] = []
         self._pending_step: tuple[int, float] | None = None
+        self._members = 0  # a population's lines say how many members they summarise
 
     @property
     def quiet(self) -> bool:
@@ -197,14 +198,15 @@ class ProgressReport:
         if not self.level or not records:
             return
         first = records[0]
-        names = list(dict.fromkeys(name for record in records for name in record.metrics))
+        names = loss_first(dict.fromkeys(name for record in records for name in record.metrics))
         spread = []
         for name in names:
             values = [r.metrics[name] for r in records if name in r.metrics]
             if all(isinstance(v, (int, float)) for v in values):
                 column = np.array(values, np.float64)
                 spread.append(f"{name} {number(float(np.mean(column)))} ± {number(float(np.std(column))).strip()}")
-        self._add(first.step, first.epoch, f"{first.split}: {'  '.join(spread)} ({len(records)} members)")
+        self._members = len(records)
+        self._add(first.step, first.epoch, f"{first.split}: {'  '.join(spread)}")
 
     def flush(self) -> None:
         """Writes the pending boundary's line to stdout: ``step     47  epoch   1.00  train: ...  validation: ...``."""
@@ -213,7 +215,8 @@ class ProgressReport:
         step, epoch = self._pending_step
         if self._display is not None and self._started:
             self._display.refresh()  # the bar shows this step before its line is printed
-        _write(sys.stdout, f"step {step:>6}  epoch {epoch:>6.2f}  " + "  ".join(self._pending))
+        members = f"  ({self._members} members: mean ± std)" if self._members else ""
+        _write(sys.stdout, f"step {step:>6}  epoch {epoch:>6.2f}  " + "  ".join(self._pending) + members)
         self._pending, self._pending_step = [], None
 
     def close(self) -> None:
