@@ -6,6 +6,7 @@
     fundl resume RUN_DIR [--verbose LEVEL | --quiet]
     fundl sample RUN_DIR [--prompt TEXT] [--temperature T] [--length N] [--seed N]
     fundl list
+    fundl config [EXAMPLE] [--set key=value ...]
     fundl ls [DIR]
     fundl show RUN_DIR
     fundl compare RUN_DIR RUN_DIR [RUN_DIR ...]
@@ -100,6 +101,18 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, default=0, help="the sampling seed")
 
     commands.add_parser("list", help="list the bundled examples")
+    config = commands.add_parser(
+        "config", help="an example's every config key with its type, value and meaning (without one: the defaults)"
+    )
+    config.add_argument("example", nargs="?", help="a bundled example or the path of an example .py file")
+    config.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="show the config with this value set, as fundl run --set would (repeatable)",
+    )
 
     ls = commands.add_parser(
         "ls", help="list the run directories under DIR: example, status, steps, a metric, fingerprint"
@@ -170,13 +183,22 @@ def _device_options() -> argparse.ArgumentParser:
     return options
 
 
-_RUN_TOOLS = ("ls", "show", "compare", "plot")
+_RUN_TOOLS = ("ls", "show", "compare", "plot", "list", "config")
 
 
 def _run_tool(args: argparse.Namespace) -> str:
-    """``fundl ls/show/compare/plot``: they read run files only, so they skip loading the examples."""
-    from fundl.runs import _tools
+    """The commands that read files only (runs, examples' sources): they start no JAX."""
+    from fundl.runs import _describe, _tools
 
+    if args.command == "list":
+        return "\n".join(
+            f"{name:<16} {_describe.summary_line(_describe.example_file(name))}"
+            for name in _describe.bundled_examples()
+        )
+    if args.command == "config":
+        from fundl.runs._config import parse_settings
+
+        return _describe.show_config(args.example, parse_settings(args.settings))
     if args.command == "ls":
         found = _tools.list_runs(args.directory)
         return _tools.format_runs(found) if found else f"no run directories in {args.directory}"
@@ -225,11 +247,6 @@ def _main(argv: Sequence[str] | None) -> int:  # noqa: C901  (one branch per com
     from fundl import runs  # imported here so that `fundl --help` answers at once
 
     try:
-        if args.command == "list":
-            for name in runs.bundled_examples():
-                module = runs.load_example(name)
-                print(f"{name:<16} {(module.__doc__ or '').strip().splitlines()[0]}")
-            return 0
         if args.command == "sample":
             text = runs.sample(
                 args.run_dir, args.prompt, temperature=args.temperature, length=args.length, seed=args.seed

@@ -86,16 +86,17 @@ class Plan(NamedTuple):
     def seeds(self) -> list[int]:
         return [c["seed"] for c in self.configs]
 
-    def schedule(self, lane: int) -> optax.Schedule:
-        """The learning-rate schedule of a lane (a member's, with its own rate)."""
-        return make_optimizer(self.configs[lane], self.total)[1]
+    def schedule(self, lane: int) -> optax.Schedule | None:
+        """The learning-rate schedule of a lane (a member's, with its own rate); ``None`` if the example's own
+        optimizer does not say."""
+        return optimizer_of(self.experiment, self.configs[lane], self.total)[1]
 
     def initial_carry(self) -> TrainState | MemberStates:
         """The train state at step 0 (a sweep's: every member's, stacked, with their settings)."""
         e = self.experiment
         if isinstance(self.population, OneRun):
             return initial_train_state(e.model, e.input_shape, self.population.optimizer, self.config["seed"])
-        optimizer = make_optimizer(self.configs[0], self.total)[0]
+        optimizer = optimizer_of(e, self.configs[0], self.total)[0]
         return MemberStates.of(initial_train_states(e.model, e.input_shape, optimizer, self.seeds), self.hyper())
 
     def hyper(self) -> dict[str, np.ndarray]:
@@ -107,6 +108,16 @@ class Plan(NamedTuple):
     def settings(self, lane: int) -> dict[str, Any]:
         """A member's swept settings, ``{dotted_key: value}``."""
         return {key: self.configs[lane]["optimizer"][key.split(".", 1)[1]] for key in self.sweep}
+
+
+def optimizer_of(
+    experiment: Experiment, config: Config, total: int
+) -> tuple[optax.GradientTransformation, optax.Schedule | None]:
+    """The run's optimizer and learning-rate schedule: the example's own if it gives them, else the config's."""
+    schedule = experiment.schedule(config, total) if experiment.schedule is not None else None
+    if experiment.optimizer is not None:
+        return experiment.optimizer(config, total), schedule
+    return make_optimizer(config, total, schedule)
 
 
 def loop_options(config: Config, experiment: Experiment) -> tuple[Budget, Execution, Evaluation]:
@@ -160,7 +171,9 @@ def prepare(
         for c in members:
             _check_seed(c["seed"])
     for c in members or [config]:
-        make_optimizer(c, total)  # each member's settings are checked before anything is made
+        optimizer_of(experiment, c, total)  # each member's settings are checked before anything is made
+    if sweep:
+        _check_sweepable(experiment, config, total, sweep)
     train = config["train"]
     if train["precision"] not in PRECISION_POLICIES:
         raise ConfigError(f"unknown train.precision {train['precision']!r}; available: {', '.join(PRECISION_POLICIES)}")
@@ -179,11 +192,11 @@ def prepare(
     _check_test_data(experiment, loss)
     per_epoch = num_examples(experiment.train_data) // train["batch_size"]
     if members is None:
-        population: OneRun | Members = OneRun(make_optimizer(config, total)[0])
+        population: OneRun | Members = OneRun(optimizer_of(experiment, config, total)[0])
     else:
         if jax.process_count() > 1:
             raise ConfigError("a sweep trains in one process: run its members separately across processes")
-        population = Members(_optimizer_fn(config, total), len(members))
+        population = Members(_optimizer_fn(config, total, experiment), len(members))
     return Plan(config, experiment, loss, population, members, sweep, budget, execution, evaluation, per_epoch, total)
 
 
@@ -194,7 +207,8 @@ def lane_hooks(plan: Plan, lane: int, writer: Hook | None, tensorboard: Path | N
     hook, such as early stopping, acts on its member alone) and their own schedule.
     """
     own = plan.experiment.hooks if plan.members is None else copy.deepcopy(list(plan.experiment.hooks))
-    hooks: list[Hook] = [*own, log_learning_rate(plan.schedule(lane))]
+    schedule = plan.schedule(lane)
+    hooks: list[Hook] = [*own, *([log_learning_rate(schedule)] if schedule is not None else [])]
     stopping = plan.config["early_stopping"]
     if stopping["metric"]:
         split, metric = stopping["metric"].split("/", 1)
@@ -268,22 +282,44 @@ def _member_configs(base: Config, seeds: list[int], sweep: dict[str, list[Any]])
     ]
 
 
-def _optimizer_fn(base: Config, total: int) -> Any:
-    """``hyper -> optimizer``: the config's optimizer with the swept settings as (traced) numbers."""
+def _optimizer_fn(base: Config, total: int, experiment: Experiment) -> Any:
+    """``hyper -> optimizer``: the run's optimizer with the swept settings as (traced) numbers."""
 
     def optimizer_fn(hyper: dict[str, Any]) -> optax.GradientTransformation:
         config = {**base, "optimizer": dict(base["optimizer"])}
         for key, value in hyper.items():
             config["optimizer"][key.split(".", 1)[1]] = value
-        return make_optimizer(config, total)[0]
+        return optimizer_of(experiment, config, total)[0]
 
     return optimizer_fn
+
+
+def _check_sweepable(experiment: Experiment, config: Config, total: int, sweep: dict[str, list[Any]]) -> None:
+    """The swept settings enter the compiled step as traced numbers: an optimizer (or schedule) that looks at them
+    in Python cannot take them. Traced once, abstractly, before anything is made."""
+    params = jax.eval_shape(lambda: experiment.model.init(jax.random.key(0), experiment.input_shape)[1])
+    optimizer_fn = _optimizer_fn(config, total, experiment)
+
+    def one_update(hyper: dict[str, Any]) -> Any:
+        optimizer = optimizer_fn(hyper)
+        return optimizer.update(params, optimizer.init(params), params)
+
+    hyper = {key: jax.ShapeDtypeStruct((), np.float32) for key in sweep}
+    try:
+        jax.eval_shape(one_update, hyper)
+    except jax.errors.JAXTypeError as error:  # a tracer in an `if`, `float()` or a Python range check
+        own = "the example's own optimizer or schedule" if experiment.optimizer or experiment.schedule else "it"
+        raise ConfigError(
+            f"--sweep {', '.join(sweep)}: swept settings enter the compiled step as traced numbers, and {own} "
+            f"uses them as Python values ({type(error).__name__}); run each value separately "
+            f"(fundl run NAME --set {next(iter(sweep))}=VALUE) or use them as optax does (arithmetic, no `if`)"
+        ) from None
 
 
 def _check_memory(experiment: Experiment, config: Config, total: int, members: int) -> None:
     """A sweep's stacked train states must fit a share of the machine's memory: refused before anything is made."""
     params, state = jax.eval_shape(lambda: experiment.model.init(jax.random.key(0), experiment.input_shape)[1:])
-    opt_state = jax.eval_shape(make_optimizer(config, total)[0].init, params)
+    opt_state = jax.eval_shape(optimizer_of(experiment, config, total)[0].init, params)
     member_bytes = 4 * sum(
         leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves((params, state, opt_state))
     )  # with updates
