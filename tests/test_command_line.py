@@ -45,8 +45,8 @@ def test_every_key_of_every_bundled_example_has_a_meaning(name):
 def test_an_unknown_key_suggests_the_close_ones_and_points_at_fundl_config(capsys):
     assert cli.main(["config", "mlp_digits", "--set", "train.epoch=3"]) == 2
     err = capsys.readouterr().err
-    assert "unknown config key 'train.epoch'; did you mean 'train.epochs'?" in err
-    assert "`fundl config EXAMPLE` lists them with their types and meanings" in err
+    assert "unknown config key 'train.epoch'; valid keys: " in err and "; did you mean 'train.epochs'? " in err
+    assert "(`fundl config EXAMPLE` lists every key with its type and meaning)" in err
 
 
 def test_the_package_re_exports_lazily_and_still_lists_its_names():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -13,6 +13,7 @@ import numpy as np
 from fundl import losses
 from fundl._core import EvalMode, Layer, Loss
 from fundl._data import check_finite
+from fundl.metrics import CLASSIFICATION_METRICS, classification_metrics
 
 _BATCH_FORMS = (
     "classification_loss takes batches in one of these forms: a dict {{{inputs!r}: x, {labels!r}: y}}, "
@@ -59,12 +60,16 @@ class _Classifier:
     model: Layer
     inputs: str
     labels: str
+    metrics: tuple[str, ...] = ()
 
     def __call__(self, params, state, batch, key, *, train=True):
         x, y = split_batch(batch, self.inputs, self.labels)
         logits, new_state = self.model.apply(params, state, x, key=key, train=train)
         loss = losses.softmax_cross_entropy(logits, y)
-        return loss, (new_state, {"accuracy": losses.accuracy(logits, y)})
+        metrics = {"accuracy": losses.accuracy(logits, y)}
+        if not train and self.metrics:  # whole-split metrics, in evaluation only
+            metrics.update(classification_metrics(logits, y, self.metrics))
+        return loss, (new_state, metrics)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,7 +120,9 @@ class _LabelCheck:
             )
 
 
-def classification_loss(model: Layer, *, inputs: str = "image", labels: str = "label") -> Loss:
+def classification_loss(
+    model: Layer, *, inputs: str = "image", labels: str = "label", metrics: Sequence[str] = ()
+) -> Loss:
     """Softmax cross-entropy of ``model``'s logits, with accuracy as a metric.
 
     A batch is a dict ``{inputs: x, labels: y}`` (by default ``{"image": x, "label": y}``),
@@ -129,6 +136,11 @@ def classification_loss(model: Layer, *, inputs: str = "image", labels: str = "l
     the model's output shape) and float inputs are finite. Under ``jit`` such errors
     could not be named; a label outside the classes makes the loss NaN there.
 
+    ``metrics`` adds whole-split metrics to every evaluation (not to the training steps'
+    metrics), exact over the split (:mod:`fundl.metrics`): any of ``"precision"``,
+    ``"recall"``, ``"f1"`` (macro averages over the classes), ``"roc_auc"`` (one class
+    against the rest, on the softmax probabilities) and ``"confusion_matrix"``.
+
     Two calls with the same model and keys give equal losses, so a notebook cell that
     builds it again finds ``fit``'s compiled programs again.
 
@@ -137,5 +149,11 @@ def classification_loss(model: Layer, *, inputs: str = "image", labels: str = "l
       >>> loss_fn.check_data((x_train, y_train), "train data")
       >>> loss, (state, metrics) = loss_fn(params, state, (x, y), key)
     """
-    task = _Classifier(model, inputs, labels)
+    unknown = sorted(set(metrics) - set(CLASSIFICATION_METRICS))
+    if unknown:
+        raise ValueError(
+            f"classification_loss(metrics=...): unknown metric(s) {unknown}; "
+            f"available: {', '.join(CLASSIFICATION_METRICS)}"
+        )
+    task = _Classifier(model, inputs, labels, tuple(metrics))
     return Loss(task, EvalMode(task), _LabelCheck(task))

@@ -168,8 +168,8 @@ def unknown_key(path: str, valid: Iterable[str]) -> ConfigError:
     close = difflib.get_close_matches(path, valid, n=3, cutoff=0.75)
     hint = f"; did you mean {' or '.join(repr(key) for key in close)}?" if close else ""
     return ConfigError(
-        f"unknown config key {path!r}{hint} Valid keys: {', '.join(valid)} "
-        "(`fundl config EXAMPLE` lists them with their types and meanings)"
+        f"unknown config key {path!r}; valid keys: {', '.join(valid)}{hint} "
+        "(`fundl config EXAMPLE` lists every key with its type and meaning)"
     )
 
 
