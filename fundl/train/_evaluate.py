@@ -27,6 +27,7 @@ from fundl._core import EvalFn, Layer, Loss, Params, State
 from fundl._data import check_batch_size, check_finite, eval_batch_size_for, in_order, num_examples
 from fundl.distributed import MeshSpec, Placement, resolve_mesh
 from fundl.metrics import Accumulated, combined, finished
+from fundl.train._edges import check_model
 from fundl.train._history import History, Record
 
 _NO_EVAL = (
@@ -215,6 +216,7 @@ def predict(model: Layer, params: Params, state: State, x: Any, *, batch_size: i
     Example:
       >>> predict(model, params, state, x_test).argmax(-1)  # (n,) predicted classes
     """
+    check_model(model)
     size = num_examples(x, "x")
     check_batch_size(batch_size, None, "predict")
 

@@ -15,6 +15,7 @@ import optax
 
 from fundl._core import EvalFn, Loss
 from fundl.distributed import MeshSpec
+from fundl.train._edges import check_train_state, eval_splits
 from fundl.train._history import History
 from fundl.train._hooks import Hook
 from fundl.train._loop import loop
@@ -129,6 +130,7 @@ def fit(
       compiled function, ``nonfinite`` (a NaN or infinity stopped training) and
       ``interrupted`` (Ctrl-C, or the checkpointer asked to stop: resumable).
     """
+    check_train_state(train_state)
     return loop(
         OneRun(optimizer, step_fn),
         Loss.of(loss_fn, eval_fn),
@@ -140,7 +142,7 @@ def fit(
         execution=Execution.on(
             mesh, accumulate=accumulate, steps_per_call=steps_per_call, max_in_flight=max_in_flight, strict=strict
         ),
-        evaluation=Evaluation(dict(eval_data or {}), eval_batch_size),
+        evaluation=Evaluation(eval_splits(eval_data), eval_batch_size),
         callbacks=Callbacks(tuple(hooks), stop_on_nan, checkpoint, verbosity(verbose, quiet)),
     )
 
@@ -200,6 +202,8 @@ def fit_members(
       still trained at the end) and the :class:`History`, whose records carry their
       ``member`` and whose ``members`` say how each member ended.
     """
+    if not isinstance(train_states, MemberStates):
+        check_train_state(train_states, "fit_members' train_states")
     carry = train_states if isinstance(train_states, MemberStates) else MemberStates.of(train_states, dict(hyper or {}))
     seeds = [int(seed) for seed in np.asarray(data_seeds).ravel()]
     if len(carry.alive) != len(seeds):
@@ -217,6 +221,6 @@ def fit_members(
         execution=Execution.on(
             mesh, accumulate=accumulate, steps_per_call=steps_per_call, max_in_flight=max_in_flight, strict=strict
         ),
-        evaluation=Evaluation(dict(eval_data or {}), eval_batch_size),
+        evaluation=Evaluation(eval_splits(eval_data), eval_batch_size),
         callbacks=Callbacks(hooks or (), True, checkpoint, verbosity(verbose, quiet)),
     )
