@@ -29,6 +29,7 @@ from fundl.distributed import MeshSpec, Placement, resolve_mesh
 from fundl.metrics import Accumulated, combined, finished
 from fundl.train._edges import check_model
 from fundl.train._history import History, Record
+from fundl.train._structural import Structural
 
 _NO_EVAL = (
     "evaluation needs either an eval_fn(params, state, batch) -> metrics, or a loss function that "
@@ -123,16 +124,18 @@ def score(
     placement = Placement(mesh, population.size)
     sizes = {name: eval_batch_size_for(split, eval_batch_size, batch_size) for name, split in splits.items()}
     with placement.context():
-        return Evaluator(_scoring_call(population, evaluation_of(loss)), population, placement, splits, sizes)(carry)
+        call = _scoring_call(Structural(population), Structural(evaluation_of(loss)))
+        return Evaluator(call, population, placement, splits, sizes)(carry)
 
 
 @functools.lru_cache(maxsize=16)
-def _scoring_call(population: Any, evaluate: EvalFn) -> Callable:
-    return jax.jit(population.eval_fn(evaluate))
+def _scoring_call(population: Structural, evaluate: Structural) -> Callable:
+    return jax.jit(population.value.eval_fn(evaluate.value))
 
 
 # One compiled function per evaluation function (or model) and batch shape, kept by jit's cache,
-# so that calling evaluate or predict again (after each epoch, say) compiles nothing new.
+# so that calling evaluate or predict again (after each epoch, say) compiles nothing new; the
+# function is a static argument compared by what it computes (a rebuilt equal one hits too).
 @functools.partial(jax.jit, static_argnames="evaluate")
 def _eval_batch(params: Params, state: State, batch: Any, *, evaluate: EvalFn) -> dict[str, jax.Array]:
     return evaluate(params, state, batch)
@@ -192,7 +195,7 @@ def evaluate(
     with placement.context():
         if placement.sharded:
             params, state = jax.device_put((params, state), placement.replicated)
-        call = functools.partial(_eval_batch, evaluate=evaluation)
+        call = functools.partial(_eval_batch, evaluate=Structural(evaluation))
         means = exact_means(call, params, state, placement.eval_batches(data, min(batch_size, size)))
     return {name: finished(value) for name, value in means.items()}
 
@@ -221,7 +224,8 @@ def predict(model: Layer, params: Params, state: State, x: Any, *, batch_size: i
     check_batch_size(batch_size, None, "predict")
 
     batches = in_order(x, min(batch_size, size))
-    outputs = [jax.device_get(_predict_batch(params, state, batch, apply=model.apply)) for batch, _ in batches]
+    apply = Structural(model.apply)
+    outputs = [jax.device_get(_predict_batch(params, state, batch, apply=apply)) for batch, _ in batches]
     return jax.tree.map(lambda *parts: np.concatenate([np.asarray(p) for p in parts]), *outputs)
 
 
