@@ -10,7 +10,7 @@
     fundl ls [DIR]
     fundl show RUN_DIR
     fundl compare RUN_DIR RUN_DIR [RUN_DIR ...]
-    fundl plot RUN_DIR [RUN_DIR ...] [--metric SPLIT/METRIC] [-o FILE.png]
+    fundl plot RUN_DIR [RUN_DIR ...] [--metric SPLIT/METRIC] [-o FILE.png] [--x epoch|step]
     fundl --version
 
 ``run`` and ``resume`` use JAX's persistent compilation cache (see
@@ -122,7 +122,7 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("run_dir", help="the run directory")
     compare = commands.add_parser("compare", help="runs side by side: final metrics, differing config, fingerprints")
     compare.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="two or more run directories")
-    plot = commands.add_parser("plot", help="one metric of several runs against the step, into a PNG")
+    plot = commands.add_parser("plot", help="one metric of several runs against the epoch (or step), into a PNG")
     plot.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="one or more run directories")
     plot.add_argument(
         "--metric",
@@ -132,6 +132,7 @@ def _parser() -> argparse.ArgumentParser:
     plot.add_argument(
         "-o", "--output", default="plot.png", metavar="FILE.png", help="the PNG to write (default: plot.png)"
     )
+    plot.add_argument("--x", choices=("epoch", "step"), default="epoch", help="the x axis (default: epoch)")
     return parser
 
 
@@ -206,7 +207,7 @@ def _run_tool(args: argparse.Namespace) -> str:
         return _tools.show_run(args.run_dir)
     if args.command == "compare":
         return _tools.compare_runs(args.run_dirs)
-    path, metric = _tools.plot_runs(args.run_dirs, args.metric, args.output)
+    path, metric = _tools.plot_runs(args.run_dirs, args.metric, args.output, x=args.x)
     return f"wrote {path}: {metric} of {len(args.run_dirs)} run(s)"
 
 

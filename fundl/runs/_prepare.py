@@ -14,7 +14,6 @@ import itertools
 import math
 import os
 from collections.abc import Iterable
-from pathlib import Path
 from types import ModuleType
 from typing import Any, NamedTuple
 
@@ -26,7 +25,9 @@ from fundl._core import Loss
 from fundl._data import check_finite, num_examples
 from fundl.distributed import Placement, data_mesh
 from fundl.runs._config import Config, ConfigError, override, parse_value
+from fundl.runs._directory import RunDirectory
 from fundl.runs._experiment import Experiment, total_steps
+from fundl.runs._loggers import LOGGERS, check_loggers
 from fundl.runs._optimizers import make_optimizer
 from fundl.train import (
     PRECISION_POLICIES,
@@ -42,6 +43,7 @@ from fundl.train import (
     initial_train_state,
     initial_train_states,
     log_learning_rate,
+    logger_hook,
     with_precision,
 )
 
@@ -187,6 +189,7 @@ def prepare(
             f"train.batch_size={train['batch_size']}: {error}"
         ) from None
     _check_checkpoint_config(config["checkpoint"], members is not None)
+    check_loggers(config["log"])
     _check_early_stopping_config(config["early_stopping"], experiment)
     loss = with_precision(Loss.of(experiment.loss_fn, experiment.eval_fn), train["precision"])
     _check_test_data(experiment, loss)
@@ -200,11 +203,13 @@ def prepare(
     return Plan(config, experiment, loss, population, members, sweep, budget, execution, evaluation, per_epoch, total)
 
 
-def lane_hooks(plan: Plan, lane: int, writer: Hook | None, tensorboard: Path | None) -> list[Hook]:
+def lane_hooks(plan: Plan, lane: int, writer: Hook | None, files: RunDirectory | None) -> list[Hook]:
     """A lane's hooks, always in this order: a checkpoint stores their states by position.
 
     A sweep's members each get their own deep copy of the example's hooks (so a stateful
-    hook, such as early stopping, acts on its member alone) and their own schedule.
+    hook, such as early stopping, acts on its member alone), their own schedule and their
+    own loggers (``log.*``; ``files``: the run directory they write into, ``None`` on the
+    processes that do not write, which get placeholders in their place).
     """
     own = plan.experiment.hooks if plan.members is None else copy.deepcopy(list(plan.experiment.hooks))
     schedule = plan.schedule(lane)
@@ -217,10 +222,14 @@ def lane_hooks(plan: Plan, lane: int, writer: Hook | None, tensorboard: Path | N
                 split, metric, mode=stopping["mode"], patience=stopping["patience"], min_delta=stopping["min_delta"]
             )
         )
-    if plan.config["log"]["tensorboard"]:
-        from fundl.runs._tensorboard import tensorboard_writer
-
-        hooks.append(tensorboard_writer(tensorboard) if tensorboard else lambda event: None)
+    member = lane if plan.members is not None else None
+    for name in check_loggers(plan.config["log"]):
+        if files is None:
+            hooks.append(lambda event: None)
+            continue
+        who = files.path.name + ("" if member is None else f"-member{member}")
+        logger = LOGGERS[name](files.logs(name, member), name=who, config=plan.configs[lane])
+        hooks.append(logger_hook(logger, close_at_end=False))  # closed by the run, after its test splits
     return [*hooks, writer] if writer else hooks
 
 
@@ -300,13 +309,13 @@ def _check_sweepable(experiment: Experiment, config: Config, total: int, sweep: 
     params = jax.eval_shape(lambda: experiment.model.init(jax.random.key(0), experiment.input_shape)[1])
     optimizer_fn = _optimizer_fn(config, total, experiment)
 
-    def one_update(hyper: dict[str, Any]) -> Any:
+    def one_update(hyper: dict[str, Any], params: Any) -> Any:
         optimizer = optimizer_fn(hyper)
         return optimizer.update(params, optimizer.init(params), params)
 
     hyper = {key: jax.ShapeDtypeStruct((), np.float32) for key in sweep}
     try:
-        jax.eval_shape(one_update, hyper)
+        jax.eval_shape(one_update, hyper, params)
     except jax.errors.JAXTypeError as error:  # a tracer in an `if`, `float()` or a Python range check
         own = "the example's own optimizer or schedule" if experiment.optimizer or experiment.schedule else "it"
         raise ConfigError(

@@ -31,6 +31,7 @@ from fundl.runs._manifest import manifest
 from fundl.runs._outcome import record_outcome
 from fundl.runs._prepare import Plan, lane_hooks, prepare
 from fundl.train import Callbacks, Event, History, Hook, MemberEnd, Record, loop, params_fingerprint, score
+from fundl.train._loggers import LoggerHook
 from fundl.train._progress import verbosity
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # a run stops cleanly on either: SIGTERM is a preemption notice
@@ -232,12 +233,8 @@ def _load_hook_states(path: Path, hooks: list[list[Hook]], states: list[list[Any
 
 def _hooks(plan: Plan, files: RunDirectory | None) -> list[list[Hook]]:
     """Each lane's hooks (with the record writer and TensorBoard files on the writing process)."""
-    members = plan.members is not None
     writer = files.record_writer() if files else None
-    return [
-        lane_hooks(plan, lane, writer, files.tensorboard(lane if members else None) if files else None)
-        for lane in range(len(plan.configs))
-    ]
+    return [lane_hooks(plan, lane, writer, files) for lane in range(len(plan.configs))]
 
 
 def _checkpoints(plan: Plan, directory: Path, run_id: str, stop_after_steps: int | None) -> Checkpoints:
@@ -318,6 +315,8 @@ def _train(
         raise
     finally:
         checkpoints.close()
+        for hook in (hook for lane in hooks for hook in lane if isinstance(hook, LoggerHook)):
+            hook.close()  # after the test splits' scores, which they log too
     if jax.process_count() > 1:  # every process takes part in gathering the state; process 0 writes it
         carry = wrap_keys(host_copy(carry), carry)
     done = record_outcome(plan, files, carry, history, echo)

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
         log_learning_rate as log_learning_rate,
         stop_on_nonfinite as stop_on_nonfinite,
     )
+    from fundl.train._loggers import Logger as Logger, LoggerHook as LoggerHook, logger_hook as logger_hook
     from fundl.train._loop import loop as loop
     from fundl.train._options import (
         Budget as Budget,
