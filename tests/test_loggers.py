@@ -9,8 +9,7 @@ import pytest
 
 import fundl as fl
 from fundl import runs
-from fundl.runs import ConfigError
-from fundl.runs import _loggers as loggers
+from fundl.runs import ConfigError, _loggers as loggers
 from fundl.train import TrainState, classification_loss, fit, logger_hook
 
 
