@@ -27,6 +27,7 @@ if TYPE_CHECKING:
         datasets as datasets,
         distributed as distributed,
         losses as losses,
+        metrics as metrics,
         models as models,
         plots as plots,
         runs as runs,
