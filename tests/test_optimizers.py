@@ -171,3 +171,16 @@ def test_a_sweep_refuses_an_optimizer_that_reads_the_swept_rate_in_python(tmp_pa
     with pytest.raises(ConfigError, match=r"--sweep optimizer.learning_rate: swept settings enter the compiled step"):
         runs.sweep(str(example), seeds=[0], sweep={"optimizer.learning_rate": [0.1, 0.2]}, out=str(tmp_path / "s"))
     assert not (tmp_path / "s").exists()  # refused before anything was made
+
+
+def test_a_run_made_before_the_new_optimizer_keys_still_resumes(tmp_path):
+    runs.run("mlp_digits", [("train.epochs", 1)], out=str(tmp_path / "old"), stop_after_steps=10, verbose=0,
+             echo=lambda _: None)  # fmt: skip
+    path = tmp_path / "old" / "config.json"
+    config = json.loads(path.read_text())
+    for key in ("decay_rate", "boundaries", "nesterov", "weight_decay_mask"):
+        del config["optimizer"][key]  # as a run written before they existed
+    del config["log"]["wandb"]
+    path.write_text(json.dumps(config))
+    done = runs.resume(tmp_path / "old", verbose=0, echo=lambda _: None)
+    assert done.history.steps == 38 and done.config["optimizer"]["nesterov"] is False

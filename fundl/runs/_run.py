@@ -24,7 +24,7 @@ from jax.experimental import multihost_utils
 
 from fundl.distributed import describe_mesh, host_copy, wrap_keys
 from fundl.runs._checkpoints import Checkpoints
-from fundl.runs._config import Config, flat_keys
+from fundl.runs._config import DEFAULTS, Config, flat_keys, merge
 from fundl.runs._directory import RunDirectory
 from fundl.runs._experiment import Run, load_example, resolve_config
 from fundl.runs._manifest import manifest
@@ -379,12 +379,29 @@ def _verified_example(files: RunDirectory) -> tuple[ModuleType, Config]:
     module = load_example(str(files.example()))
     config = files.config()
     expected, got = flat_keys(resolve_config(module)), flat_keys(config)
+    defaults = flat_keys(DEFAULTS)
+    added = [key for key in set(expected) - set(got) if key in defaults]
+    if added:  # a run made before these keys existed: their defaults change nothing it did
+        config = merge(config, _unflat({key: defaults[key] for key in added}))
+        got = flat_keys(config)
     unknown, missing = sorted(set(got) - set(expected)), sorted(set(expected) - set(got))
     if unknown or missing:
         raise ValueError(
             f"{files.path / files.CONFIG} does not fit its example: unknown keys {unknown}, missing keys {missing}"
         )
     return module, config
+
+
+def _unflat(flat: dict[str, Any]) -> Config:
+    """``{"a.b": 1}`` as ``{"a": {"b": 1}}``."""
+    nested: Config = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split(".")
+        node = nested
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = value
+    return nested
 
 
 def load_run(directory: str | os.PathLike, member: int | None = None) -> Run:
