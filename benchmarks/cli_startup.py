@@ -7,14 +7,16 @@ that the script writes first (the JSON files a finished run leaves; nothing is t
 The goal is under 0.5 s each: none of these commands needs JAX, whose import alone takes
 seconds here.
 
-``--source DIR`` times another copy of fundl's source (the ``fundl`` package in ``DIR``,
-put first on ``PYTHONPATH``), e.g. the code before a change::
+``--source DIR`` times a checkout of fundl's source instead of the installed package (``DIR``
+holds ``fundl/`` and ``examples/``), with the installed dependencies: Python starts without
+its site hooks (``-S``, so that an editable install cannot point back at the working tree)
+and finds ``DIR`` first. Compare two checkouts the same way, e.g. before and after a change::
 
     mkdir /tmp/before && git archive main | tar -x -C /tmp/before
     python benchmarks/cli_startup.py --source /tmp/before
-    python benchmarks/cli_startup.py
+    python benchmarks/cli_startup.py --source .
 
-A command that copy does not have is reported as ``-``.
+A command that a checkout does not have is reported as ``-``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import site
 import statistics
 import subprocess
 import sys
@@ -53,10 +56,22 @@ def write_run(run: Path) -> None:
     (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
 
 
-def wall_time(argv: list[str], env: dict[str, str]) -> float | None:
-    """Seconds of one ``python -m fundl ARGV`` process; ``None`` if it fails."""
+def overlay(source: Path, into: Path) -> Path:
+    """A folder where ``fundl`` is ``source/fundl`` and ``fundl.examples`` is ``source/examples`` (as an install
+    maps them), made of symbolic links."""
+    package = into / "fundl"
+    package.mkdir(parents=True)
+    for entry in (source / "fundl").iterdir():
+        (package / entry.name).symlink_to(entry.resolve())
+    if (source / "examples").is_dir() and not (package / "examples").exists():
+        (package / "examples").symlink_to((source / "examples").resolve())
+    return into
+
+
+def wall_time(command: list[str], argv: list[str], env: dict[str, str], cwd: str) -> float | None:
+    """Seconds of one ``COMMAND ARGV`` process (``python -m fundl ARGV``) in ``cwd``; ``None`` if it fails."""
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "fundl", *argv], capture_output=True, env=env)
+    done = subprocess.run([*command, *argv], capture_output=True, env=env, cwd=cwd)
     seconds = time.perf_counter() - start
     return seconds if done.returncode == 0 else None
 
@@ -67,9 +82,12 @@ def main() -> None:
     parser.add_argument("--source", metavar="DIR", help="time the fundl package in DIR instead of the installed one")
     args = parser.parse_args()
     env = dict(os.environ)
-    if args.source:
-        env["PYTHONPATH"] = os.pathsep.join([str(Path(args.source).resolve()), env.get("PYTHONPATH", "")])
+    command = [sys.executable, "-m", "fundl"]
     with tempfile.TemporaryDirectory() as tmp:
+        if args.source:
+            tree = overlay(Path(args.source).resolve(), Path(tmp) / "source")
+            env["PYTHONPATH"] = os.pathsep.join([str(tree), *site.getsitepackages()])
+            command = [sys.executable, "-S", "-m", "fundl"]
         runs = Path(tmp) / "runs"
         write_run(runs / "a")
         values = {"runs": str(runs), "run": str(runs / "a")}
@@ -79,7 +97,7 @@ def main() -> None:
         for _ in range(args.repeats):  # in turn, so that drifts of the machine's speed hit every command
             for name, argv in commands.items():
                 if name not in failed:
-                    seconds = wall_time(argv, env)
+                    seconds = wall_time(command, argv, env, tmp)  # not here: `-m` puts the cwd on the path
                     if seconds is None:
                         failed.add(name)
                     else:
