@@ -66,7 +66,7 @@ def test_a_run_logs_to_weights_and_biases_offline_in_its_directory(tmp_path, mon
     monkeypatch.setenv("WANDB_MODE", "offline")  # belt and braces: the logger asks for offline mode itself
     done = runs.run(
         "mlp_digits",
-        [("train.epochs", 2), ("log.wandb", True)],
+        [("train.epochs", 1), ("log.wandb", True)],
         out=str(tmp_path / "run"),
         verbose=0,
         echo=lambda _: None,
