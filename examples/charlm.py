@@ -28,8 +28,18 @@ from fundl.train import derived_metric
 
 CONFIG = {
     "seed": 0,
-    "data": {"path": None, "numbers": 5000, "seed": 0, "length": 64, "held_out": 0.1},
-    "model": {"cell": "lstm", "embed": 32, "hidden": 128},
+    "data": {
+        "path": None,  # a text file to learn from; None: numbers written in words, generated
+        "numbers": 5000,  # how many numbers the generated text writes out
+        "seed": 0,  # the seed of the generated text
+        "length": 64,  # characters per training sequence
+        "held_out": 0.1,  # the share of the text held out, half for validation and half for test
+    },
+    "model": {
+        "cell": "lstm",  # the recurrent cell: lstm, gru or simple_rnn
+        "embed": 32,  # the size of each character's embedding
+        "hidden": 128,  # the recurrent state's size
+    },
     "train": {"epochs": 8, "batch_size": 64},
     "optimizer": {"name": "adam", "learning_rate": 0.003, "clip_norm": 1.0},
 }

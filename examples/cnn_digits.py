@@ -18,7 +18,12 @@ from fundl.train import classification_loss
 
 CONFIG = {
     "seed": 0,
-    "model": {"channels": [16, 32], "hidden": 64, "batch_norm": True, "dropout": 0.25},
+    "model": {
+        "channels": [16, 32],  # the channels of the two conv(3x3) stages
+        "hidden": 64,  # units of the dense layer before the classes
+        "batch_norm": True,  # batch norm after each convolution (false: the plain LeNet)
+        "dropout": 0.25,  # the dropout rate before each dense layer
+    },
     "train": {"epochs": 15, "batch_size": 32},
     "optimizer": {"name": "adam", "learning_rate": 0.003, "schedule": "cosine"},
 }

@@ -59,7 +59,11 @@ from fundl.train import Event
 
 CONFIG = {
     "seed": 0,
-    "model": {"latent": 16, "generator_hidden": [128, 256], "discriminator_hidden": [256, 128]},
+    "model": {
+        "latent": 16,  # the size of the generator's noise vector
+        "generator_hidden": [128, 256],  # the generator's hidden layers
+        "discriminator_hidden": [256, 128],  # the discriminator's hidden layers
+    },
     "train": {"epochs": 200, "batch_size": 64},
     "optimizer": {"name": "rmsprop", "learning_rate": 0.0002},
     # 200 short epochs (23 steps): a checkpoint per epoch would cost more than the training
@@ -67,8 +71,8 @@ CONFIG = {
     "judge": {
         "samples": 1000,  # generated images the classifier labels
         "epochs": 15,  # of the cnn_digits classifier, trained on the real digits
-        "min_mean_max_prob": 0.8,  # the acceptance thresholds recorded in gan_quality.json
-        "min_class_entropy": 2.0,
+        "min_mean_max_prob": 0.8,  # acceptance: the classifier's mean top probability on the samples
+        "min_class_entropy": 2.0,  # acceptance: the entropy of the samples' predicted classes (ln 10 = 2.30 at most)
     },
 }
 

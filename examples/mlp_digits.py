@@ -22,7 +22,7 @@ from fundl.train import classification_loss
 CONFIG = {
     "seed": 0,
     "model": "tanh",  # "tanh": the lecture's model; "relu2": two ReLU hidden layers
-    "hidden": 100,
+    "hidden": 100,  # units of each hidden layer
     "train": {"epochs": 15, "batch_size": 32},
     "optimizer": {"name": "sgd", "learning_rate": 0.1},
 }

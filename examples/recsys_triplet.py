@@ -44,17 +44,22 @@ from fundl.train import initial_train_state
 CONFIG = {
     "seed": 0,
     "data": {
-        "users": 1000,
-        "items": 600,
-        "rank": 4,
-        "per_user": 150,
-        "noise": 0.4,
-        "taste": 1.5,
-        "seed": 0,
-        "threshold": 4,
+        "users": 1000,  # users of the synthetic ratings
+        "items": 600,  # items of the synthetic ratings
+        "rank": 4,  # latent factors of the model the ratings come from
+        "per_user": 150,  # each user rates between per_user / 2 and 1.5 x per_user items
+        "noise": 0.4,  # the standard deviation of the noise added to the clean scores
+        "taste": 1.5,  # how strongly users rate what they like (0: the rated items are uniform)
+        "seed": 0,  # the seed of the synthetic ratings
+        "threshold": 4,  # a rating of at least this is a positive (an item the user likes)
     },
-    "model": {"kind": "dot", "features": 16, "hidden": [64, 32], "dropout": 0.0},
-    "margin": 1.0,
+    "model": {
+        "kind": "dot",  # "dot": user and item embeddings' dot product; "deep": an MLP on both
+        "features": 16,  # the size of each embedding
+        "hidden": [64, 32],  # deep: the MLP's hidden layers
+        "dropout": 0.0,  # deep: the dropout rate in the MLP
+    },
+    "margin": 1.0,  # a liked item's score must beat another's by this much
     "train": {"epochs": 10, "batch_size": 256},
     "optimizer": {"name": "adam", "learning_rate": 0.01, "schedule": "cosine"},
 }

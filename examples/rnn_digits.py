@@ -17,7 +17,11 @@ from fundl.train import classification_loss
 
 CONFIG = {
     "seed": 0,
-    "model": {"cell": "lstm", "hidden": 64, "bidirectional": False},
+    "model": {
+        "cell": "lstm",  # the recurrent cell: lstm, gru or simple_rnn
+        "hidden": 64,  # the recurrent state's size
+        "bidirectional": False,  # also read the rows bottom to top
+    },
     "train": {"epochs": 20, "batch_size": 32},
     "optimizer": {"name": "adam", "learning_rate": 0.003, "schedule": "cosine"},
 }

@@ -36,9 +36,22 @@ from fundl.runs import ConfigError, Experiment, Run
 
 CONFIG = {
     "seed": 0,
-    "data": {"direction": "to_digits", "train": 20000, "validation": 1000, "test": 2000, "seed": 0},
-    "model": {"attention": True, "embed": 32, "hidden": 128},
-    "decode": {"beam_width": 4, "samples": 10},
+    "data": {
+        "direction": "to_digits",  # "to_digits": words to digits; "to_words": digits to words
+        "train": 20000,  # numbers in the training split
+        "validation": 1000,  # numbers in the validation split
+        "test": 2000,  # numbers in the test split
+        "seed": 0,  # the seed that draws the numbers
+    },
+    "model": {
+        "attention": True,  # the decoder attends over the encoder's states
+        "embed": 32,  # the size of each token's embedding
+        "hidden": 128,  # the GRUs' state size
+    },
+    "decode": {
+        "beam_width": 4,  # beams of the beam search (evaluation and fundl sample)
+        "samples": 10,  # sample translations written to decode.json
+    },
     "train": {"epochs": 3, "batch_size": 64, "eval_batch_size": 1000},
     "optimizer": {"name": "adam", "learning_rate": 0.003, "schedule": "cosine", "clip_norm": 1.0},
 }

@@ -34,7 +34,7 @@ CONFIG = {
     "seed": 0,
     "model": {
         "kind": "mlp",  # "mlp" or "conv"
-        "latent": 2,
+        "latent": 2,  # the size of the latent space
         "hidden": [256, 128],  # mlp: encoder widths (the decoder mirrors them)
         "channels": [16, 32],  # conv: encoder channels, each halving height and width
         "likelihood": "bernoulli",  # or "gaussian"

@@ -10,83 +10,84 @@ Example:
   >>> out_shape, params, state = model.init(jax.random.key(0), (32, 64))
   >>> logits, state = model.apply(params, state, x)
 
-The subpackages ``fl.train``, ``fl.models``, ``fl.runs``, ``fl.distributed`` and
-``fl.plots`` are imported on first use.
+Every name is imported on first use (``fl.dense``, ``fl.train.fit``), so ``import fundl``
+starts no JAX and the command line answers at once.
 """
 
-# The vocabulary.
-# Losses, data.
-from fundl import datasets as datasets, losses as losses
+from typing import TYPE_CHECKING
 
-# Building models.
-from fundl._combinators import (
-    branch as branch,
-    fan_in_concat as fan_in_concat,
-    fan_in_sum as fan_in_sum,
-    fan_out as fan_out,
-    named as named,
-    parallel as parallel,
-    residual as residual,
-    serial as serial,
-)
-from fundl._core import (
-    ApplyFn as ApplyFn,
-    InitFn as InitFn,
-    Initializer as Initializer,
-    Key as Key,
-    Layer as Layer,
-    LayerError as LayerError,
-    LayerTypeError as LayerTypeError,
-    Params as Params,
-    Shape as Shape,
-    State as State,
-)
-from fundl._summary import summary as summary
-from fundl.layers import (
-    avg_pool as avg_pool,
-    batch_norm as batch_norm,
-    bidirectional as bidirectional,
-    conv1d as conv1d,
-    conv2d as conv2d,
-    conv2d_transpose as conv2d_transpose,
-    dense as dense,
-    dropout as dropout,
-    elu as elu,
-    embedding as embedding,
-    flatten as flatten,
-    from_flax as from_flax,
-    gelu as gelu,
-    global_avg_pool as global_avg_pool,
-    gru as gru,
-    identity as identity,
-    layer_norm as layer_norm,
-    leaky_relu as leaky_relu,
-    log_softmax as log_softmax,
-    lstm as lstm,
-    max_pool as max_pool,
-    relu as relu,
-    reshape as reshape,
-    sigmoid as sigmoid,
-    silu as silu,
-    simple_rnn as simple_rnn,
-    softmax as softmax,
-    softplus as softplus,
-    tanh as tanh,
-)
+from fundl._lazy import exports as _exports
 
 __version__ = "0.1.0"
 
-# Imported on first use (``fl.train.fit``), so that ``import fundl`` stays fast.
-_LAZY_SUBMODULES = ("distributed", "models", "plots", "runs", "train")
+# The table of contents: each name's module is imported on first use (see fundl._lazy).
+if TYPE_CHECKING:
+    # The subpackages and modules.
+    from fundl import (
+        datasets as datasets,
+        distributed as distributed,
+        losses as losses,
+        metrics as metrics,
+        models as models,
+        plots as plots,
+        runs as runs,
+        train as train,
+    )
 
+    # Building models.
+    from fundl._combinators import (
+        branch as branch,
+        fan_in_concat as fan_in_concat,
+        fan_in_sum as fan_in_sum,
+        fan_out as fan_out,
+        named as named,
+        parallel as parallel,
+        residual as residual,
+        serial as serial,
+    )
+    from fundl._core import (
+        ApplyFn as ApplyFn,
+        InitFn as InitFn,
+        Initializer as Initializer,
+        Key as Key,
+        Layer as Layer,
+        LayerError as LayerError,
+        LayerTypeError as LayerTypeError,
+        Params as Params,
+        Shape as Shape,
+        State as State,
+    )
+    from fundl._summary import summary as summary
+    from fundl.layers import (
+        avg_pool as avg_pool,
+        batch_norm as batch_norm,
+        bidirectional as bidirectional,
+        conv1d as conv1d,
+        conv2d as conv2d,
+        conv2d_transpose as conv2d_transpose,
+        dense as dense,
+        dropout as dropout,
+        elu as elu,
+        embedding as embedding,
+        flatten as flatten,
+        from_flax as from_flax,
+        gelu as gelu,
+        global_avg_pool as global_avg_pool,
+        gru as gru,
+        identity as identity,
+        layer_norm as layer_norm,
+        leaky_relu as leaky_relu,
+        log_softmax as log_softmax,
+        lstm as lstm,
+        max_pool as max_pool,
+        relu as relu,
+        reshape as reshape,
+        sigmoid as sigmoid,
+        silu as silu,
+        simple_rnn as simple_rnn,
+        softmax as softmax,
+        softplus as softplus,
+        tanh as tanh,
+    )
 
-def __getattr__(name: str):
-    if name in _LAZY_SUBMODULES:
-        import importlib
-
-        return importlib.import_module(f"fundl.{name}")
-    raise AttributeError(f"module 'fundl' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY_SUBMODULES})
+__getattr__, __dir__, __all__ = _exports(__name__, __file__)

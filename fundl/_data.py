@@ -30,6 +30,26 @@ _NOT_IN_MEMORY = (
 )
 
 
+_PYTHON_LISTS = (
+    "{name} holds Python lists of numbers ({where}): fit needs arrays with a leading example axis. "
+    "Make them NumPy arrays first, e.g. (np.asarray(x, np.float32), np.asarray(y, np.int32))"
+)
+
+
+def _python_list(data: Any) -> str | None:
+    """Where ``data`` holds a Python list of numbers (or of lists) instead of an array, if it does."""
+    stack: list[tuple[str, Any]] = [("", data)]
+    while stack:
+        path, node = stack.pop()
+        if isinstance(node, Mapping):
+            stack += reversed([(f"{path}[{key!r}]", value) for key, value in node.items()])
+        elif isinstance(node, list) and node and isinstance(node[0], (int, float, list)):  # bool is an int
+            return f"{path or 'it'} is a list of {len(node)} {type(node[0]).__name__}s"
+        elif isinstance(node, (list, tuple)):
+            stack += reversed([(f"{path}[{i}]", value) for i, value in enumerate(node)])
+    return None
+
+
 def _lazy_data(data: Any) -> str | None:
     """What ``data`` is, if it is an iterator, generator or other data stream rather than arrays."""
     is_stream = lambda leaf: isinstance(leaf, Iterable) and not hasattr(leaf, "shape")  # noqa: E731
@@ -85,12 +105,15 @@ def num_examples(data: Any, name: str = "data") -> int:
         return len(data)
     if (what := _lazy_data(data)) is not None:
         raise TypeError(_NOT_IN_MEMORY.format(name=name, what=what))
+    if (where := _python_list(data)) is not None:
+        raise TypeError(_PYTHON_LISTS.format(name=name, where=where))
     leaves = jax.tree.leaves(data)
     if not leaves:
         raise ValueError(f"{name} is empty: expected a pytree of arrays with a leading example axis")
     sizes = {np.shape(leaf)[0] if np.ndim(leaf) else None for leaf in leaves}
     if None in sizes or len(sizes) != 1:
-        shapes = jax.tree.map(np.shape, data)
+        shapes = str(jax.tree.map(np.shape, data))
+        shapes = shapes if len(shapes) <= 300 else shapes[:300] + " ..."
         raise ValueError(f"{name}: every array needs the same leading (example) axis, got shapes {shapes}")
     (size,) = sizes
     assert size is not None  # a leaf without a leading axis was refused above

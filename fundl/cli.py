@@ -1,15 +1,16 @@
 """The ``fundl`` command line: run a bundled example (or an example file) as an experiment.
 
-    fundl run NAME [--seed N] [--set key=value ...] [--out DIR] [--quiet]
+    fundl run NAME [--seed N] [--set key=value ...] [--out DIR] [--verbose LEVEL | --quiet]
               [--devices N] [--cpu-devices N] [--distributed [--coordinator HOST:PORT --num-processes N --process-id I]]
               [--stop-after-steps N]
-    fundl resume RUN_DIR [--quiet]
+    fundl resume RUN_DIR [--verbose LEVEL | --quiet]
     fundl sample RUN_DIR [--prompt TEXT] [--temperature T] [--length N] [--seed N]
     fundl list
+    fundl config [EXAMPLE] [--set key=value ...]
     fundl ls [DIR]
     fundl show RUN_DIR
     fundl compare RUN_DIR RUN_DIR [RUN_DIR ...]
-    fundl plot RUN_DIR [RUN_DIR ...] [--metric SPLIT/METRIC] [-o FILE.png]
+    fundl plot RUN_DIR [RUN_DIR ...] [--metric SPLIT/METRIC] [-o FILE.png] [--x epoch|step]
     fundl --version
 
 ``run`` and ``resume`` use JAX's persistent compilation cache (see
@@ -19,7 +20,12 @@ Exit status of ``run`` and ``resume``: 0 finished (the budget, or a hook such as
 stopping, ended it); 2 a usage, config or file error (nothing was trained); 3 stopped by
 a NaN or infinite loss (the last good checkpoint is kept); 75 interrupted by SIGTERM,
 Ctrl-C or --stop-after-steps, with a checkpoint to resume from; 130 aborted by a second
-Ctrl-C (the latest complete checkpoint is kept).
+Ctrl-C (the latest complete checkpoint is kept). Any command whose reader goes away
+(``fundl show RUN | head``) stops quietly with 141, as a program killed by SIGPIPE does.
+
+Results go to stdout, diagnostics (progress, errors) to stderr. Nothing imports JAX
+before a command needs it, so ``fundl --help``, ``ls``, ``show``, ``compare``, ``list`` and
+``config`` answer at once (``benchmarks/cli_startup.py`` measures it).
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-EXIT_USAGE, EXIT_NONFINITE, EXIT_INTERRUPTED, EXIT_ABORTED = 2, 3, 75, 130
+EXIT_USAGE, EXIT_NONFINITE, EXIT_INTERRUPTED, EXIT_ABORTED, EXIT_BROKEN_PIPE = 2, 3, 75, 130, 141
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -53,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
         help="override a config value by its dotted key, e.g. --set train.epochs=3 (repeatable)",
     )
     run.add_argument("--out", help="the run directory (default: runs/<name>-<timestamp>)")
-    run.add_argument("--quiet", action="store_true", help="no progress bar or per-evaluation lines")
+    _output_options(run)
     run.add_argument(
         "--devices",
         type=int,
@@ -83,7 +89,7 @@ def _parser() -> argparse.ArgumentParser:
         "resume", parents=[devices], help="continue an interrupted run from its latest checkpoint, exactly"
     )
     resume.add_argument("run_dir", help="the run directory")
-    resume.add_argument("--quiet", action="store_true", help="no progress bar or per-evaluation lines")
+    _output_options(resume)
 
     sample = commands.add_parser("sample", help="generate from a finished run of a generative example (charlm)")
     sample.add_argument("run_dir", help="the run directory")
@@ -95,6 +101,18 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, default=0, help="the sampling seed")
 
     commands.add_parser("list", help="list the bundled examples")
+    config = commands.add_parser(
+        "config", help="an example's every config key with its type, value and meaning (without one: the defaults)"
+    )
+    config.add_argument("example", nargs="?", help="a bundled example or the path of an example .py file")
+    config.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="show the config with this value set, as fundl run --set would (repeatable)",
+    )
 
     data = commands.add_parser("data", help="datasets on disk: pack data into ArrayRecord files that runs read lazily")
     pack = data.add_subparsers(dest="data_command", required=True).add_parser(
@@ -124,7 +142,7 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("run_dir", help="the run directory")
     compare = commands.add_parser("compare", help="runs side by side: final metrics, differing config, fingerprints")
     compare.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="two or more run directories")
-    plot = commands.add_parser("plot", help="one metric of several runs against the step, into a PNG")
+    plot = commands.add_parser("plot", help="one metric of several runs against the epoch (or step), into a PNG")
     plot.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="one or more run directories")
     plot.add_argument(
         "--metric",
@@ -134,7 +152,27 @@ def _parser() -> argparse.ArgumentParser:
     plot.add_argument(
         "-o", "--output", default="plot.png", metavar="FILE.png", help="the PNG to write (default: plot.png)"
     )
+    plot.add_argument("--x", choices=("epoch", "step"), default="epoch", help="the x axis (default: epoch)")
     return parser
+
+
+def _output_options(parser: argparse.ArgumentParser) -> None:
+    """``--verbose LEVEL`` and ``--quiet``, shared by ``run`` and ``resume``."""
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        default="bar",
+        metavar="LEVEL",
+        help="what training prints: 0 or silent; 1 or epochs (a line per evaluation); "
+        "2 or bar (and a live progress bar: plain progress lines when stderr is not a terminal); default: bar",
+    )
+    parser.add_argument("--quiet", action="store_true", help="print nothing while training (--verbose 0)")
+
+
+def _verbose(args: argparse.Namespace) -> int:
+    from fundl.train._progress import verbosity
+
+    return verbosity(0 if args.quiet else int(args.verbose) if args.verbose.isdigit() else args.verbose)
 
 
 def _device_options() -> argparse.ArgumentParser:
@@ -166,13 +204,22 @@ def _device_options() -> argparse.ArgumentParser:
     return options
 
 
-_RUN_TOOLS = ("ls", "show", "compare", "plot")
+_RUN_TOOLS = ("ls", "show", "compare", "plot", "list", "config")
 
 
 def _run_tool(args: argparse.Namespace) -> str:
-    """``fundl ls/show/compare/plot``: they read run files only, so they skip loading the examples."""
-    from fundl.runs import _tools
+    """The commands that read files only (runs, examples' sources): they start no JAX."""
+    from fundl.runs import _describe, _tools
 
+    if args.command == "list":
+        return "\n".join(
+            f"{name:<16} {_describe.summary_line(_describe.example_file(name))}"
+            for name in _describe.bundled_examples()
+        )
+    if args.command == "config":
+        from fundl.runs._config import parse_settings
+
+        return _describe.show_config(args.example, parse_settings(args.settings))
     if args.command == "ls":
         found = _tools.list_runs(args.directory)
         return _tools.format_runs(found) if found else f"no run directories in {args.directory}"
@@ -180,12 +227,29 @@ def _run_tool(args: argparse.Namespace) -> str:
         return _tools.show_run(args.run_dir)
     if args.command == "compare":
         return _tools.compare_runs(args.run_dirs)
-    path, metric = _tools.plot_runs(args.run_dirs, args.metric, args.output)
+    path, metric = _tools.plot_runs(args.run_dirs, args.metric, args.output, x=args.x)
     return f"wrote {path}: {metric} of {len(args.run_dirs)} run(s)"
 
 
-def main(argv: Sequence[str] | None = None) -> int:  # noqa: C901  (one branch per command and exit status, in one place)
+def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fundl`` console script; returns the exit status."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # the reader went away (`fundl show RUN | head`): stop quietly, as `head`'s writers do
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
+
+
+def _silence_stdout() -> None:
+    """Points stdout at /dev/null, so that Python's flush at exit does not fail again on the closed pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # no file descriptor (a test's captured stdout)
+        pass
+
+
+def _main(argv: Sequence[str] | None) -> int:  # noqa: C901  (one branch per command and exit status, in one place)
     args = _parser().parse_args(argv)
     try:
         if args.command in ("run", "resume"):
@@ -207,11 +271,6 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: C901  (one branch p
         if args.command == "data":
             print(_pack(args))
             return 0
-        if args.command == "list":
-            for name in runs.bundled_examples():
-                module = runs.load_example(name)
-                print(f"{name:<16} {(module.__doc__ or '').strip().splitlines()[0]}")
-            return 0
         if args.command == "sample":
             text = runs.sample(
                 args.run_dir, args.prompt, temperature=args.temperature, length=args.length, seed=args.seed
@@ -219,7 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: C901  (one branch p
             print(args.prompt + text)
             return 0
         if args.command == "resume":
-            result = runs.resume(args.run_dir, quiet=args.quiet)
+            result = runs.resume(args.run_dir, verbose=_verbose(args))
         else:
             settings = runs.parse_settings(args.settings)
             if args.seed is not None:
@@ -240,12 +299,12 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: C901  (one branch p
                     seeds=seeds,
                     sweep=runs.parse_sweep(args.sweep),
                     out=args.out,
-                    quiet=args.quiet,
+                    verbose=_verbose(args),
                     stop_after_steps=args.stop_after_steps,
                 )
             else:
                 result = runs.run(
-                    args.example, settings, out=args.out, quiet=args.quiet, stop_after_steps=args.stop_after_steps
+                    args.example, settings, out=args.out, verbose=_verbose(args), stop_after_steps=args.stop_after_steps
                 )
     except (ValueError, OSError) as error:
         print(f"fundl: error: {error}", file=sys.stderr)

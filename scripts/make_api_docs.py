@@ -24,7 +24,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = ROOT / "docs" / "api.md"
-MODULES = ["fundl", "fundl.train", "fundl.losses", "fundl.datasets", "fundl.models", "fundl.runs", "fundl.distributed"]
+MODULES = [
+    "fundl",
+    "fundl.train",
+    "fundl.losses",
+    "fundl.metrics",
+    "fundl.datasets",
+    "fundl.models",
+    "fundl.runs",
+    "fundl.distributed",
+    "fundl.plots",
+]
 SECTIONS = {"Args", "Arguments", "Attributes", "Raises", "Returns", "Yields", "Example", "Examples", "Note", "Notes"}
 LISTS = {"Args", "Arguments", "Attributes", "Raises"}
 ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")

@@ -65,7 +65,9 @@ def test_an_option_that_changes_the_compiled_step_compiles_anew_and_equal_option
         _, history = fit(loss, optimizer, start(model, optimizer), data["train"], **{**common, **variant})
         assert len(_CACHE) == number, variant
         assert history.traces["train_step"] + history.traces["fused_steps"] >= 1, variant
-    _, history = fit(loss, optax.sgd(0.1), start(model, optimizer), data["train"], **common)  # another optimizer object
+    _, history = fit(loss, optax.sgd(0.1), start(model, optimizer), data["train"], **common)  # an equal optimizer
+    assert len(_CACHE) == len(variants) + 1 and sum(history.traces.values()) == 0
+    _, history = fit(loss, optax.sgd(0.2), start(model, optimizer), data["train"], **common)  # another rate
     assert len(_CACHE) == len(variants) + 2
     names = {field.name for field in dataclasses.fields(Program)}
     assert {

@@ -25,7 +25,7 @@ ONE_DEVICE = Placement(data_mesh(1))
 
 def recorder(hooks=(), per_epoch=10, lanes=None, **kwargs) -> Recorder:
     lane_hooks = [list(hooks)] if lanes is None else [list(hooks) for _ in range(lanes)]
-    return Recorder(lane_hooks, ProgressReport(100, 10, quiet=True), per_epoch, members=lanes is not None, **kwargs)
+    return Recorder(lane_hooks, ProgressReport(100, 10, 0), per_epoch, members=lanes is not None, **kwargs)
 
 
 def no_state(lane):

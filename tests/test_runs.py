@@ -198,7 +198,7 @@ def test_cli_runs_an_example_file_by_path(tmp_path, capsys):
         "    return Experiment(model, (64, 8, 8), classification_loss(model), data['train'], {'test': data['test']})\n"
     )
     assert main(["run", str(example), "--out", str(tmp_path / "run"), "--quiet"]) == 0
-    assert "test: accuracy" in capsys.readouterr().out
+    assert "test: loss " in capsys.readouterr().out  # the results, on stdout (loss first, then accuracy)
     assert runs.load_run(tmp_path / "run").config["train"]["batch_size"] == 64
 
 

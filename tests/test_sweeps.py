@@ -335,7 +335,7 @@ def test_the_command_line_sweep(tmp_path):
         cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr
-    assert "test: accuracy" in done.stdout and "±" in done.stdout and "4 members" in done.stdout
+    assert "test: loss " in done.stdout and "±" in done.stdout and "4 members" in done.stdout
 
 
 def test_a_sweep_evaluates_with_the_experiments_eval_fn_as_its_runs_do(tmp_path):

@@ -291,8 +291,9 @@ def test_quiet_prints_nothing_and_progress_prints_lines(capfd):
     fit(LOSS, optimizer, fresh(optimizer), train, batch_size=32, epochs=1, eval_data={"test": test}, quiet=True)
     assert capfd.readouterr() == ("", "")
     fit(LOSS, optimizer, fresh(optimizer), train, batch_size=32, epochs=1, eval_data={"test": test})
-    err = capfd.readouterr().err
-    assert "step     47  epoch   1.00        test: " in err and "47/47" in err and "compiling" in err
+    out, err = capfd.readouterr()
+    assert out.startswith("step     47  epoch   1.00  train: loss ") and "  test: loss " in out  # results: stdout
+    assert "training 47 steps" in err and "compiling" in err  # diagnostics: stderr
 
 
 # --- errors ----------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Periodic checkpoints of a run: atomic, asynchronous, verified, and the signals that trigger one.
+"""Periodic checkpoints of a run: atomic, asynchronous, verified.
 
 A checkpoint holds everything a run needs to go on exactly as if it had never stopped:
 the whole train state (step, params, model state, optimizer state, key; the step is also
@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import signal
-import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -89,7 +87,6 @@ class Checkpoints:
         self.stop_after_steps = stop_after_steps
         self.directory = Path(directory)
         self.keep, self.best, self.best_mode, self.run_id = keep, best, best_mode, run_id
-        self.preemption: str | None = None  # set by a signal handler (see preemption_signals)
         self._writer = jax.process_index() == 0  # in a multi-process run, process 0 writes
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fundl-checkpoint")
         self._pending: list[Future] = []
@@ -142,8 +139,6 @@ class Checkpoints:
         return self._orbax_store().steps()
 
     def interrupted(self, step: int) -> str | None:
-        if self.preemption:
-            return self.preemption
         if self.stop_after_steps is not None and step >= self.stop_after_steps:
             return f"stopped after {step} steps (--stop-after-steps)"
         return None
@@ -264,31 +259,3 @@ def remove_unfinished(directory: Path) -> list[Path]:
     for path in unfinished:
         path.unlink(missing_ok=True)
     return unfinished
-
-
-class preemption_signals:
-    """While active, SIGTERM and the first SIGINT (Ctrl-C) ask ``checkpoints`` to stop the run.
-
-    ``fit`` then finishes the call in flight, saves a checkpoint and returns; a second
-    Ctrl-C aborts at once (``KeyboardInterrupt``). Handlers are only installed in the
-    main thread.
-    """
-
-    def __init__(self, checkpoints: Checkpoints):
-        self.checkpoints = checkpoints
-        self._previous: dict[int, Any] = {}
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if signum == signal.SIGINT and self.checkpoints.preemption:
-            raise KeyboardInterrupt
-        self.checkpoints.preemption = f"interrupted by {signal.Signals(signum).name}"
-
-    def __enter__(self) -> "preemption_signals":
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)

@@ -14,6 +14,7 @@ Files (all JSON is strict: a NaN or infinite metric is written as ``null``)::
     train_state.msgpack  the final train state, whole (a sweep's: every member's, stacked)
     curves.png           the metrics of every split against the epoch
     tensorboard/         event files, with log.tensorboard
+    wandb/               an offline Weights & Biases run, with log.wandb
 
 Nothing here starts JAX: the run tools (``fundl ls``, ``show``, ``compare``) read through
 it at the speed of reading JSON.
@@ -264,7 +265,11 @@ class RunDirectory:
         return self.path / self.CURVES
 
     def tensorboard(self, member: int | None = None) -> Path:
-        return self.path / self.TENSORBOARD / ("" if member is None else f"member{member}")
+        return self.logs("tensorboard", member)
+
+    def logs(self, logger: str, member: int | None = None) -> Path:
+        """Where a logger (``tensorboard``, ``wandb``) writes: ``<logger>/``; a sweep member ``<logger>/member<i>/``."""
+        return self.path / logger / ("" if member is None else f"member{member}")
 
     # --- reading JSON ---------------------------------------------------------------------------
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import pkgutil
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -17,7 +16,8 @@ from typing import Any, NamedTuple
 
 from fundl._core import EvalFn, Layer, Loss, LossFn, Shape
 from fundl._data import check_batch_size, num_examples
-from fundl.runs._config import DEFAULTS, Config, merge, override
+from fundl.runs._config import Config, resolve
+from fundl.runs._describe import bundled_examples
 from fundl.train import History, Hook, TrainState
 
 
@@ -39,8 +39,23 @@ class Experiment(NamedTuple):
       report: called with the finished :class:`Run`, e.g. to draw pictures into its directory.
       sample: ``sample(run, prompt, temperature=..., length=..., seed=...) -> str`` for
         generative examples, used by ``fundl sample RUN_DIR``.
+      optimizer: ``optimizer(config, total_steps) -> optax.GradientTransformation``, any optax
+        optimizer, instead of the one the config names (``optimizer.*`` keys then mean what
+        this function makes of them). In a sweep it is called with the swept settings as
+        traced numbers: use them as optax does, never in Python ``if`` or ``float()``.
+      schedule: ``schedule(config, total_steps) -> optax.Schedule``, the learning rate per
+        step, instead of ``optimizer.schedule``: the config's optimizer takes it, and it is
+        logged as ``learning_rate`` (with ``optimizer`` too, only logged: make the optimizer
+        use it).
+
       augment: ``augment(example, rng) -> example``, applied to each training example as it
         is read (in worker processes with ``data.workers``); a module-level function.
+
+    Example:
+      >>> def optimizer(config, total_steps):
+      ...     rate = optax.warmup_cosine_decay_schedule(0.0, config["optimizer"]["learning_rate"], 100, total_steps)
+      ...     return optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(rate, weight_decay=0.05))
+      >>> Experiment(model, input_shape, loss_fn, train_data, optimizer=optimizer)
     """
 
     model: Layer
@@ -53,6 +68,8 @@ class Experiment(NamedTuple):
     hooks: Sequence[Hook] = ()
     report: Callable[["Run"], None] | None = None
     sample: Callable[..., str] | None = None
+    optimizer: Callable[[Config, int], Any] | None = None
+    schedule: Callable[[Config, int], Callable[[Any], Any]] | None = None
     augment: Callable[[Any, Any], Any] | None = None
 
 
@@ -76,13 +93,6 @@ class Run(NamedTuple):
     def loss(self) -> Loss:
         """The experiment's loss as a :class:`~fundl.Loss` (with its ``eval_fn``)."""
         return Loss.of(self.experiment.loss_fn, self.experiment.eval_fn)
-
-
-def bundled_examples() -> list[str]:
-    """The names of the examples that ship with fundl (``fundl run NAME``)."""
-    import fundl.examples
-
-    return sorted(m.name for m in pkgutil.iter_modules(fundl.examples.__path__) if not m.name.startswith("_"))
 
 
 def load_example(name_or_path: str) -> ModuleType:
@@ -112,8 +122,9 @@ def load_example(name_or_path: str) -> ModuleType:
 
 
 def resolve_config(module: ModuleType, settings: Iterable[tuple[str, Any]] = ()) -> Config:
-    """DEFAULTS, then the example's CONFIG, then the ``(dotted_key, value)`` settings."""
-    return override(merge(DEFAULTS, module.CONFIG), settings)
+    """DEFAULTS, then the example's CONFIG, then the ``(dotted_key, value)`` settings (see :func:`fundl.runs.override`:
+    an optimizer's own settings, its learning rate above all, never carry over to another optimizer)."""
+    return resolve(module.CONFIG, settings)
 
 
 def total_steps(config: Config, experiment: Experiment) -> int:

@@ -11,11 +11,11 @@ from typing import Any
 
 import numpy as np
 
+from fundl._text import loss_first, metrics_text, number
 from fundl.runs._directory import RunDirectory
 from fundl.runs._experiment import Run
 from fundl.runs._prepare import Plan
 from fundl.train import History, params_fingerprint
-from fundl.train._progress import format_metrics
 
 
 def record_outcome(
@@ -151,7 +151,7 @@ def _settings_spread(members: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _result_lines(summary: dict[str, Any], members: list[dict[str, Any]] | None) -> list[str]:
     """The console's last lines: the final metrics (a sweep's: per setting, mean ± std [min, max] over its seeds)."""
     if members is None:
-        return [f"{split}: {format_metrics(metrics)}" for split, metrics in summary["metrics"].items()]
+        return [f"{split}: {metrics_text(metrics)}" for split, metrics in summary["metrics"].items()]
     lines = []
     for setting in summary["settings"]:
         named = ", ".join(f"{k}={v}" for k, v in setting["settings"].items())
@@ -163,10 +163,15 @@ def _result_lines(summary: dict[str, Any], members: list[dict[str, Any]] | None)
             lines.append(
                 f"  {split}: "
                 + "  ".join(
-                    f"{k} {v['mean']:.4f} ± {v['std']:.4f} [{v['min']:.4f}, {v['max']:.4f}]" for k, v in metrics.items()
+                    f"{k} {number(v['mean'])} ± {_bare(v['std'])} [{_bare(v['min'])}, {_bare(v['max'])}]"
+                    for k, v in ((name, metrics[name]) for name in loss_first(metrics))
                 )
             )
     return [*lines, *summary["frozen"], f"{len(members)} members"]
+
+
+def _bare(value: float) -> str:
+    return number(value).strip()
 
 
 def _draw_curves(files: RunDirectory, members: bool) -> None:

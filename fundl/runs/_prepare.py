@@ -14,7 +14,6 @@ import itertools
 import math
 import os
 from collections.abc import Iterable
-from pathlib import Path
 from types import ModuleType
 from typing import Any, NamedTuple
 
@@ -26,7 +25,9 @@ from fundl._core import Loss
 from fundl._data import num_examples
 from fundl.distributed import Placement, data_mesh
 from fundl.runs._config import Config, ConfigError, override, parse_value
+from fundl.runs._directory import RunDirectory
 from fundl.runs._experiment import Experiment, total_steps
+from fundl.runs._loggers import LOGGERS, check_loggers
 from fundl.runs._optimizers import make_optimizer
 from fundl.runs._pack import with_records
 from fundl.train import (
@@ -44,6 +45,7 @@ from fundl.train import (
     initial_train_state,
     initial_train_states,
     log_learning_rate,
+    logger_hook,
     with_precision,
 )
 
@@ -89,16 +91,17 @@ class Plan(NamedTuple):
     def seeds(self) -> list[int]:
         return [c["seed"] for c in self.configs]
 
-    def schedule(self, lane: int) -> optax.Schedule:
-        """The learning-rate schedule of a lane (a member's, with its own rate)."""
-        return make_optimizer(self.configs[lane], self.total)[1]
+    def schedule(self, lane: int) -> optax.Schedule | None:
+        """The learning-rate schedule of a lane (a member's, with its own rate); ``None`` if the example's own
+        optimizer does not say."""
+        return optimizer_of(self.experiment, self.configs[lane], self.total)[1]
 
     def initial_carry(self) -> TrainState | MemberStates:
         """The train state at step 0 (a sweep's: every member's, stacked, with their settings)."""
         e = self.experiment
         if isinstance(self.population, OneRun):
             return initial_train_state(e.model, e.input_shape, self.population.optimizer, self.config["seed"])
-        optimizer = make_optimizer(self.configs[0], self.total)[0]
+        optimizer = optimizer_of(e, self.configs[0], self.total)[0]
         return MemberStates.of(initial_train_states(e.model, e.input_shape, optimizer, self.seeds), self.hyper())
 
     def hyper(self) -> dict[str, np.ndarray]:
@@ -110,6 +113,16 @@ class Plan(NamedTuple):
     def settings(self, lane: int) -> dict[str, Any]:
         """A member's swept settings, ``{dotted_key: value}``."""
         return {key: self.configs[lane]["optimizer"][key.split(".", 1)[1]] for key in self.sweep}
+
+
+def optimizer_of(
+    experiment: Experiment, config: Config, total: int
+) -> tuple[optax.GradientTransformation, optax.Schedule | None]:
+    """The run's optimizer and learning-rate schedule: the example's own if it gives them, else the config's."""
+    schedule = experiment.schedule(config, total) if experiment.schedule is not None else None
+    if experiment.optimizer is not None:
+        return experiment.optimizer(config, total), schedule
+    return make_optimizer(config, total, schedule)
 
 
 def loop_options(config: Config, experiment: Experiment) -> tuple[Budget, Execution, Evaluation, Input]:
@@ -169,7 +182,9 @@ def prepare(
         for c in members:
             _check_seed(c["seed"])
     for c in members or [config]:
-        make_optimizer(c, total)  # each member's settings are checked before anything is made
+        optimizer_of(experiment, c, total)  # each member's settings are checked before anything is made
+    if sweep:
+        _check_sweepable(experiment, config, total, sweep)
     train = config["train"]
     if train["precision"] not in PRECISION_POLICIES:
         raise ConfigError(f"unknown train.precision {train['precision']!r}; available: {', '.join(PRECISION_POLICIES)}")
@@ -183,29 +198,33 @@ def prepare(
             f"train.batch_size={train['batch_size']}: {error}"
         ) from None
     _check_checkpoint_config(config["checkpoint"], members is not None)
+    check_loggers(config["log"])
     _check_early_stopping_config(config["early_stopping"], experiment)
     loss = with_precision(Loss.of(experiment.loss_fn, experiment.eval_fn), train["precision"])
     _check_test_data(experiment, loss)
     per_epoch = num_examples(experiment.train_data) // train["batch_size"]
     if members is None:
-        population: OneRun | Members = OneRun(make_optimizer(config, total)[0])
+        population: OneRun | Members = OneRun(optimizer_of(experiment, config, total)[0])
     else:
         if jax.process_count() > 1:
             raise ConfigError("a sweep trains in one process: run its members separately across processes")
-        population = Members(_optimizer_fn(config, total), len(members))
+        population = Members(_optimizer_fn(config, total, experiment), len(members))
     return Plan(
         config, experiment, loss, population, members, sweep, budget, execution, evaluation, reading, per_epoch, total
     )
 
 
-def lane_hooks(plan: Plan, lane: int, writer: Hook | None, tensorboard: Path | None) -> list[Hook]:
+def lane_hooks(plan: Plan, lane: int, writer: Hook | None, files: RunDirectory | None) -> list[Hook]:
     """A lane's hooks, always in this order: a checkpoint stores their states by position.
 
     A sweep's members each get their own deep copy of the example's hooks (so a stateful
-    hook, such as early stopping, acts on its member alone) and their own schedule.
+    hook, such as early stopping, acts on its member alone), their own schedule and their
+    own loggers (``log.*``; ``files``: the run directory they write into, ``None`` on the
+    processes that do not write, which get placeholders in their place).
     """
     own = plan.experiment.hooks if plan.members is None else copy.deepcopy(list(plan.experiment.hooks))
-    hooks: list[Hook] = [*own, log_learning_rate(plan.schedule(lane))]
+    schedule = plan.schedule(lane)
+    hooks: list[Hook] = [*own, *([log_learning_rate(schedule)] if schedule is not None else [])]
     stopping = plan.config["early_stopping"]
     if stopping["metric"]:
         split, metric = stopping["metric"].split("/", 1)
@@ -214,10 +233,14 @@ def lane_hooks(plan: Plan, lane: int, writer: Hook | None, tensorboard: Path | N
                 split, metric, mode=stopping["mode"], patience=stopping["patience"], min_delta=stopping["min_delta"]
             )
         )
-    if plan.config["log"]["tensorboard"]:
-        from fundl.runs._tensorboard import tensorboard_writer
-
-        hooks.append(tensorboard_writer(tensorboard) if tensorboard else lambda event: None)
+    member = lane if plan.members is not None else None
+    for name in check_loggers(plan.config["log"]):
+        if files is None:
+            hooks.append(lambda event: None)
+            continue
+        who = files.path.name + ("" if member is None else f"-member{member}")
+        logger = LOGGERS[name](files.logs(name, member), name=who, config=plan.configs[lane])
+        hooks.append(logger_hook(logger, close_at_end=False))  # closed by the run, after its test splits
     return [*hooks, writer] if writer else hooks
 
 
@@ -279,22 +302,44 @@ def _member_configs(base: Config, seeds: list[int], sweep: dict[str, list[Any]])
     ]
 
 
-def _optimizer_fn(base: Config, total: int) -> Any:
-    """``hyper -> optimizer``: the config's optimizer with the swept settings as (traced) numbers."""
+def _optimizer_fn(base: Config, total: int, experiment: Experiment) -> Any:
+    """``hyper -> optimizer``: the run's optimizer with the swept settings as (traced) numbers."""
 
     def optimizer_fn(hyper: dict[str, Any]) -> optax.GradientTransformation:
         config = {**base, "optimizer": dict(base["optimizer"])}
         for key, value in hyper.items():
             config["optimizer"][key.split(".", 1)[1]] = value
-        return make_optimizer(config, total)[0]
+        return optimizer_of(experiment, config, total)[0]
 
     return optimizer_fn
+
+
+def _check_sweepable(experiment: Experiment, config: Config, total: int, sweep: dict[str, list[Any]]) -> None:
+    """The swept settings enter the compiled step as traced numbers: an optimizer (or schedule) that looks at them
+    in Python cannot take them. Traced once, abstractly, before anything is made."""
+    params = jax.eval_shape(lambda: experiment.model.init(jax.random.key(0), experiment.input_shape)[1])
+    optimizer_fn = _optimizer_fn(config, total, experiment)
+
+    def one_update(hyper: dict[str, Any], params: Any) -> Any:
+        optimizer = optimizer_fn(hyper)
+        return optimizer.update(params, optimizer.init(params), params)
+
+    hyper = {key: jax.ShapeDtypeStruct((), np.float32) for key in sweep}
+    try:
+        jax.eval_shape(one_update, hyper, params)
+    except jax.errors.JAXTypeError as error:  # a tracer in an `if`, `float()` or a Python range check
+        own = "the example's own optimizer or schedule" if experiment.optimizer or experiment.schedule else "it"
+        raise ConfigError(
+            f"--sweep {', '.join(sweep)}: swept settings enter the compiled step as traced numbers, and {own} "
+            f"uses them as Python values ({type(error).__name__}); run each value separately "
+            f"(fundl run NAME --set {next(iter(sweep))}=VALUE) or use them as optax does (arithmetic, no `if`)"
+        ) from None
 
 
 def _check_memory(experiment: Experiment, config: Config, total: int, members: int) -> None:
     """A sweep's stacked train states must fit a share of the machine's memory: refused before anything is made."""
     params, state = jax.eval_shape(lambda: experiment.model.init(jax.random.key(0), experiment.input_shape)[1:])
-    opt_state = jax.eval_shape(make_optimizer(config, total)[0].init, params)
+    opt_state = jax.eval_shape(optimizer_of(experiment, config, total)[0].init, params)
     member_bytes = 4 * sum(
         leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves((params, state, opt_state))
     )  # with updates

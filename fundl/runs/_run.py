@@ -11,6 +11,7 @@ bit-identical to one that never stopped. ``load_run`` brings a finished run back
 from __future__ import annotations
 
 import os
+import signal
 import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -22,14 +23,23 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from fundl.distributed import Placement, describe_mesh
-from fundl.runs._checkpoints import Checkpoints, preemption_signals
-from fundl.runs._config import Config, ConfigError, flat_keys, override
+from fundl.runs._checkpoints import Checkpoints
+from fundl.runs._config import DEFAULTS, Config, ConfigError, flat_keys, merge, override
 from fundl.runs._directory import RunDirectory
 from fundl.runs._experiment import Run, load_example, resolve_config
 from fundl.runs._manifest import manifest
 from fundl.runs._outcome import record_outcome
 from fundl.runs._prepare import Plan, lane_hooks, prepare
 from fundl.train import Callbacks, Event, History, Hook, MemberEnd, Record, loop, params_fingerprint, score
+from fundl.train._loggers import LoggerHook
+from fundl.train._progress import verbosity
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # a run stops cleanly on either: SIGTERM is a preemption notice
+
+
+def say(line: str) -> None:
+    """A run's own lines (its directory, its results), on stdout, flushed at once (a pipe shows them as they come)."""
+    print(line, flush=True)
 
 
 def run(
@@ -39,8 +49,9 @@ def run(
     seeds: list[int] | None = None,
     sweep: dict[str, list[Any]] | None = None,
     out: str | None = None,
+    verbose: int | str = 2,
     quiet: bool = False,
-    echo: Callable[[str], None] = print,
+    echo: Callable[[str], None] = say,
     stop_after_steps: int | None = None,
 ) -> Run:
     """Runs an example (bundled name or file path) with config overrides; returns the run.
@@ -52,8 +63,9 @@ def run(
         ``{dotted_key: [values]}`` of the optimizer crossed with the seeds, all as one
         compiled program (see :func:`sweep`).
       out: the run directory (default ``runs/<name>-<timestamp>``); it must not exist or be empty.
-      quiet: no progress bar.
-      echo: where the few lines of a run go.
+      verbose: what training prints: ``0``/``"silent"``, ``1``/``"epochs"``, ``2``/``"bar"``
+        (see :func:`fundl.train.fit`); ``quiet=True`` is ``verbose=0``.
+      echo: where the few lines of a run go (its directory, its results; default: stdout).
       stop_after_steps: stop at this step as if preempted (a checkpoint is saved; resume
         with :func:`resume`).
 
@@ -92,7 +104,7 @@ def run(
         carry,
         _hooks(plan, directory if writer else None),
         None,
-        quiet,
+        verbosity(verbose, quiet),
         echo,
     )
 
@@ -104,8 +116,9 @@ def sweep(
     seeds: list[int],
     sweep: dict[str, list[Any]] | None = None,
     out: str | None = None,
+    verbose: int | str = 2,
     quiet: bool = False,
-    echo: Callable[[str], None] = print,
+    echo: Callable[[str], None] = say,
     stop_after_steps: int | None = None,
 ) -> Run:
     """Trains every (setting, seed) member of an example as one compiled program; returns the run.
@@ -140,13 +153,16 @@ def sweep(
         seeds=seeds,
         sweep=sweep or {},
         out=out,
+        verbose=verbose,
         quiet=quiet,
         echo=echo,
         stop_after_steps=stop_after_steps,
     )
 
 
-def resume(directory: str | os.PathLike, *, quiet: bool = False, echo: Callable[[str], None] = print) -> Run:
+def resume(
+    directory: str | os.PathLike, *, verbose: int | str = 2, quiet: bool = False, echo: Callable[[str], None] = say
+) -> Run:
     """Continues an interrupted run or sweep from its latest complete checkpoint, exactly.
 
     The run's own config, example (the copy in the run directory), budget and schedule
@@ -187,7 +203,7 @@ def resume(directory: str | os.PathLike, *, quiet: bool = False, echo: Callable[
         files.truncate_records(step)
         echo(f"resuming {files.path} from step {step}")
     ends = [MemberEnd(reason, bool(nonfinite)) for reason, nonfinite in extra.get("members", [])] or None
-    return _train(plan, files if writer else None, checkpoints, carry, hooks, ends, quiet, echo)
+    return _train(plan, files if writer else None, checkpoints, carry, hooks, ends, verbosity(verbose, quiet), echo)
 
 
 def _sweep_of(swept: dict[str, Any] | None) -> tuple[list[int] | None, dict[str, list[Any]] | None]:
@@ -217,14 +233,10 @@ def _load_hook_states(path: Path, hooks: list[list[Hook]], states: list[list[Any
 
 
 def _hooks(plan: Plan, files: RunDirectory | None) -> list[list[Hook]]:
-    """Each lane's hooks (the record writer and TensorBoard files on the writing process, the same number of
+    """Each lane's hooks (the record writer and loggers' files on the writing process, the same number of
     hooks on every process: a checkpoint holds their states by position)."""
-    members = plan.members is not None
     writer = files.record_writer() if files else _no_records
-    return [
-        lane_hooks(plan, lane, writer, files.tensorboard(lane if members else None) if files else None)
-        for lane in range(len(plan.configs))
-    ]
+    return [lane_hooks(plan, lane, writer, files) for lane in range(len(plan.configs))]
 
 
 def _no_records(event: Event) -> None:
@@ -262,10 +274,10 @@ def _train(
     carry: Any,
     hooks: list[list[Hook]],
     ends: list[MemberEnd] | None,
-    quiet: bool,
+    verbose: int,
     echo: Callable[[str], None],
 ) -> Run:
-    """Trains with checkpoints and preemption signals; records the outcome (``files``: process 0 only)."""
+    """Trains with checkpoints, stopping cleanly on SIGINT or SIGTERM; records the outcome (``files``: process 0)."""
     population = plan.population
     if files:
         files.set_status("running", population.step_count(carry))
@@ -274,23 +286,26 @@ def _train(
         import_in_background()  # for curves.png at the end: the import overlaps training
     members = plan.members is not None
     try:
-        with preemption_signals(checkpoints):
-            carry, history = loop(
-                population,
-                plan.loss,
-                carry,
-                plan.experiment.train_data,
-                batch_size=plan.config["train"]["batch_size"],
-                data_seeds=plan.seeds,
-                budget=plan.budget,
-                execution=plan.execution,
-                evaluation=plan.evaluation,
-                input=plan.input,
-                callbacks=Callbacks(
-                    hooks[0] if not members else (lambda member: hooks[member]), True, checkpoints, quiet or not files
-                ),
-                ends=ends,
-            )
+        carry, history = loop(
+            population,
+            plan.loss,
+            carry,
+            plan.experiment.train_data,
+            batch_size=plan.config["train"]["batch_size"],
+            data_seeds=plan.seeds,
+            budget=plan.budget,
+            execution=plan.execution,
+            evaluation=plan.evaluation,
+            input=plan.input,
+            callbacks=Callbacks(
+                hooks[0] if not members else (lambda member: hooks[member]),
+                True,
+                checkpoints,
+                verbose if files else 0,
+                STOP_SIGNALS,
+            ),
+            ends=ends,
+        )
         checkpoints.wait()
         if not (history.interrupted or history.nonfinite):
             _score_test_splits(plan, carry, history, hooks)
@@ -307,6 +322,8 @@ def _train(
         raise
     finally:
         checkpoints.close()
+        for hook in (hook for lane in hooks for hook in lane if isinstance(hook, LoggerHook)):
+            hook.close()  # after the test splits' scores, which they log too
     done = record_outcome(plan, files, carry, history, echo)
     if jax.process_count() > 1:
         echo(f"process {jax.process_index()}: params {done.summary['params_fingerprint']}")
@@ -367,12 +384,29 @@ def _verified_example(files: RunDirectory) -> tuple[ModuleType, Config]:
     module = load_example(str(files.example()))
     config = files.config()
     expected, got = flat_keys(resolve_config(module)), flat_keys(config)
+    defaults = flat_keys(DEFAULTS)
+    added = [key for key in set(expected) - set(got) if key in defaults]
+    if added:  # a run made before these keys existed: their defaults change nothing it did
+        config = merge(config, _unflat({key: defaults[key] for key in added}))
+        got = flat_keys(config)
     unknown, missing = sorted(set(got) - set(expected)), sorted(set(expected) - set(got))
     if unknown or missing:
         raise ValueError(
             f"{files.path / files.CONFIG} does not fit its example: unknown keys {unknown}, missing keys {missing}"
         )
     return module, config
+
+
+def _unflat(flat: dict[str, Any]) -> Config:
+    """``{"a.b": 1}`` as ``{"a": {"b": 1}}``."""
+    nested: Config = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split(".")
+        node = nested
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = value
+    return nested
 
 
 def load_run(directory: str | os.PathLike, member: int | None = None) -> Run:

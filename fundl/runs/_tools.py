@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from fundl._text import number
 from fundl.runs._config import flat_keys
 from fundl.runs._directory import RunDirectory
 from fundl.train._history import final_metrics
@@ -97,12 +98,11 @@ def _best_setting(summary: dict[str, Any] | None) -> tuple[str, Any] | None:
 
 
 def _number(value: Any) -> str:
-    """Metrics as ``fundl run`` prints them (4 decimals), very small or large floats in ``g`` form."""
-    if isinstance(value, bool) or not isinstance(value, float):
-        return str(value)
-    if value != value or value == 0 or 1e-3 <= abs(value) < 1e5:
-        return f"{value:.4f}"
-    return f"{value:.4g}"
+    """Metrics as ``fundl run`` prints them (4 decimals; very small or large floats as ``1.000e-05``; a confusion
+    matrix by its shape); integers and text as they are."""
+    if isinstance(value, (float, list)):
+        return number(value).strip()
+    return str(value)
 
 
 def _seconds(value: Any) -> str:
@@ -285,15 +285,20 @@ def compare_runs(directories: Sequence[str | os.PathLike]) -> str:
 
 
 def plot_runs(
-    directories: Sequence[str | os.PathLike], metric: str | None = None, path: str | os.PathLike = "plot.png"
+    directories: Sequence[str | os.PathLike],
+    metric: str | None = None,
+    path: str | os.PathLike = "plot.png",
+    *,
+    x: str = "epoch",
 ) -> tuple[Path, str]:
-    """Draws one metric of several runs against the step, one line per run, into a PNG.
+    """Draws one metric of several runs against the epoch (or the step), one line per run, into a PNG.
 
     Args:
       directories: one or more run directories.
       metric: ``split/metric`` as logged in ``metrics.jsonl``, e.g. ``test/accuracy``;
         by default the first of ``validation/accuracy``, ``test/accuracy`` and ``train/loss`` that every run has.
       path: the PNG file to write.
+      x: ``"epoch"`` or ``"step"``.
 
     Returns:
       The path written and the metric drawn.
@@ -316,10 +321,12 @@ def plot_runs(
             f"unknown metric {metric!r} (want SPLIT/METRIC logged by every run); "
             f"available: {', '.join(everywhere) or 'none'}"
         )
+    if x not in ("epoch", "step"):
+        raise ValueError(f"x must be 'epoch' or 'step', got {x!r}")
     split, name = metric.split("/", 1)
     series = {
         label: [
-            (r.step, r.metrics[name])
+            (r.epoch if x == "epoch" else r.step, r.metrics[name])
             for r in records
             if r.split == split and name in r.metrics and r.member in (None, 0)
         ]
@@ -327,5 +334,5 @@ def plot_runs(
     }
     from fundl.plots import plot_runs_metric  # matplotlib only when a plot is drawn
 
-    plot_runs_metric(series, path, metric=metric)
+    plot_runs_metric(series, path, metric=metric, x=x)
     return Path(path), metric

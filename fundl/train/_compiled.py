@@ -30,6 +30,7 @@ from fundl._core import Loss
 from fundl.distributed import Placement
 from fundl.train._population import Members, OneRun
 from fundl.train._retrace import TraceGuard
+from fundl.train._structural import structural_key
 
 _CACHE: OrderedDict[Program, Compiled] = OrderedDict()
 _CACHE_SIZE = 8
@@ -41,9 +42,14 @@ def abstract(tree: Any) -> tuple:
     return treedef, tuple((getattr(leaf, "shape", ()), str(getattr(leaf, "dtype", type(leaf)))) for leaf in leaves)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Program:
     """Everything the compiled functions of one training are made of; equal programs share them.
+
+    Two programs are equal when their options and shapes are, and their population (the
+    optimizer, a custom step) and loss compute the same thing: compared by
+    :func:`~fundl.train._structural.structural_key`, so a rebuilt ``optax.sgd(0.1)`` or
+    ``classification_loss(model)`` (of a rebuilt model too) finds the compiled programs again.
 
     Attributes:
       population: one run or a population, and its step rule (optimizer, custom step).
@@ -68,6 +74,18 @@ class Program:
     carry: tuple
     batch: tuple
     eval_data: tuple
+
+    def __post_init__(self) -> None:
+        fields = [getattr(self, f.name) for f in dataclasses.fields(self)]
+        key = (structural_key(self.population), structural_key(self.loss), *fields[2:])
+        object.__setattr__(self, "_key", key)
+        object.__setattr__(self, "_hash", hash(key))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Program) and self._hash == other._hash and self._key == other._key  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return self._hash  # type: ignore[attr-defined]
 
 
 class Compiled(NamedTuple):

@@ -3,7 +3,8 @@
 Every evaluation of fundl (``fit``'s evaluation splits, a sweep's members, the test splits
 of a run, :func:`evaluate`) goes through :func:`exact_means`: each batch's metrics weighted
 by its true size, summed in float64, so the result is the mean over every example of the
-split whatever the batch size. ``model.evaluate``, ``model.predict`` and
+split whatever the batch size; a metric that is not a mean (:mod:`fundl.metrics`) is
+combined from each batch's statistics and finished once. ``model.evaluate``, ``model.predict`` and
 ``history.history`` are plain functions here: :func:`evaluate`, :func:`predict`,
 :func:`history_arrays`.
 
@@ -25,7 +26,10 @@ import numpy as np
 from fundl._core import EvalFn, Layer, Loss, Params, State
 from fundl._data import check_batch_size, eval_batch_size_for, in_order, is_source, num_examples
 from fundl.distributed import MeshSpec, Placement, resolve_mesh
+from fundl.metrics import Accumulated, combined, finished
+from fundl.train._edges import check_model
 from fundl.train._history import History, Record
+from fundl.train._structural import Structural
 
 _NO_EVAL = (
     "evaluation needs either an eval_fn(params, state, batch) -> metrics, or a loss function that "
@@ -42,18 +46,27 @@ def evaluation_of(loss: Loss) -> EvalFn:
 
 
 def exact_means(
-    eval_call: Callable, params: Any, state: Any, batches: Iterable[tuple[Any, int]]
-) -> dict[str, np.ndarray]:
+    eval_call: Callable, params: Any, state: Any, batches: Iterable[tuple[Any, int]], *, members: bool = False
+) -> dict[str, Any]:
     """The mean of each metric over every example of ``batches`` (``(batch, size)`` pairs): each batch's metrics,
     computed by ``eval_call(params, state, batch)``, weighted by its size and summed in float64.
 
     Dispatches every batch before reading any back. A metric is a scalar for one run, or ``(M,)`` for a
-    population's members (their params and state stacked, the batch shared).
+    population's members (``members``: their params and state stacked, the batch shared). A metric that is
+    not a mean (an :class:`~fundl.metrics.Accumulated`: F1, ROC AUC, a confusion matrix) comes back with its
+    statistics combined over the split, to be finished by :func:`fundl.metrics.finished`.
     """
     results = jax.device_get([(eval_call(params, state, batch), n) for batch, n in batches])
     total = sum(n for _, n in results)
     names = results[0][0]
-    return {name: sum(np.asarray(metrics[name], np.float64) * n for metrics, n in results) / total for name in names}
+    means: dict[str, Any] = {}
+    for name in names:
+        values = [metrics[name] for metrics, _ in results]
+        if isinstance(values[0], Accumulated):
+            means[name] = combined(values, members)
+        else:
+            means[name] = sum(np.asarray(value, np.float64) * n for value, (_, n) in zip(values, results)) / total
+    return means
 
 
 class Evaluator:
@@ -75,9 +88,16 @@ class Evaluator:
         if self.eval_call is None:
             return {}
         params, state = self.population.eval_args(carry)
+        members = self.population.size is not None
         return {
             name: self.population.lane_means(
-                exact_means(self.eval_call, params, state, self.placement.eval_batches(split, self.batch_sizes[name]))
+                exact_means(
+                    self.eval_call,
+                    params,
+                    state,
+                    self.placement.eval_batches(split, self.batch_sizes[name]),
+                    members=members,
+                )
             )
             for name, split in (self.splits if splits is None else splits).items()
         }
@@ -104,16 +124,18 @@ def score(
     placement = Placement(mesh, population.size)
     sizes = {name: eval_batch_size_for(split, eval_batch_size, batch_size) for name, split in splits.items()}
     with placement.context():
-        return Evaluator(_scoring_call(population, evaluation_of(loss)), population, placement, splits, sizes)(carry)
+        call = _scoring_call(Structural(population), Structural(evaluation_of(loss)))
+        return Evaluator(call, population, placement, splits, sizes)(carry)
 
 
 @functools.lru_cache(maxsize=16)
-def _scoring_call(population: Any, evaluate: EvalFn) -> Callable:
-    return jax.jit(population.eval_fn(evaluate))
+def _scoring_call(population: Structural, evaluate: Structural) -> Callable:
+    return jax.jit(population.value.eval_fn(evaluate.value))
 
 
 # One compiled function per evaluation function (or model) and batch shape, kept by jit's cache,
-# so that calling evaluate or predict again (after each epoch, say) compiles nothing new.
+# so that calling evaluate or predict again (after each epoch, say) compiles nothing new; the
+# function is a static argument compared by what it computes (a rebuilt equal one hits too).
 @functools.partial(jax.jit, static_argnames="evaluate")
 def _eval_batch(params: Params, state: State, batch: Any, *, evaluate: EvalFn) -> dict[str, jax.Array]:
     return evaluate(params, state, batch)
@@ -133,7 +155,7 @@ def evaluate(
     batch_size: int = 256,
     mesh: MeshSpec = 1,
     eval_fn: EvalFn | None = None,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """The loss and metrics of ``loss_fn`` over every example of ``data``, in evaluation mode.
 
     The loss is evaluated as ``fit`` evaluates it (its ``evaluate``; for a plain function
@@ -155,7 +177,9 @@ def evaluate(
       eval_fn: ``(params, state, batch) -> metrics`` to call instead of the loss in evaluation mode.
 
     Returns:
-      ``{"loss": float, **metrics}`` (or ``eval_fn``'s metrics), each the mean over all examples.
+      ``{"loss": float, **metrics}`` (or ``eval_fn``'s metrics), each the mean over all examples;
+      a metric that is not a mean (:mod:`fundl.metrics`: F1, ROC AUC) is exact over the
+      split too, and a confusion matrix comes back as a NumPy array.
 
     Example:
       >>> evaluate(classification_loss(model), params, state, (x_test, y_test))
@@ -171,9 +195,9 @@ def evaluate(
     with placement.context():
         if placement.sharded:
             params, state = jax.device_put((params, state), placement.replicated)
-        call = functools.partial(_eval_batch, evaluate=evaluation)
+        call = functools.partial(_eval_batch, evaluate=Structural(evaluation))
         means = exact_means(call, params, state, placement.eval_batches(data, min(batch_size, size)))
-    return {name: float(value) for name, value in means.items()}
+    return {name: finished(value) for name, value in means.items()}
 
 
 def predict(model: Layer, params: Params, state: State, x: Any, *, batch_size: int = 256) -> Any:
@@ -195,11 +219,13 @@ def predict(model: Layer, params: Params, state: State, x: Any, *, batch_size: i
     Example:
       >>> predict(model, params, state, x_test).argmax(-1)  # (n,) predicted classes
     """
+    check_model(model)
     size = num_examples(x, "x")
     check_batch_size(batch_size, None, "predict")
 
     batches = in_order(x, min(batch_size, size))
-    outputs = [jax.device_get(_predict_batch(params, state, batch, apply=model.apply)) for batch, _ in batches]
+    apply = Structural(model.apply)
+    outputs = [jax.device_get(_predict_batch(params, state, batch, apply=apply)) for batch, _ in batches]
     return jax.tree.map(lambda *parts: np.concatenate([np.asarray(p) for p in parts]), *outputs)
 
 

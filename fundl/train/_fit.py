@@ -15,11 +15,13 @@ import optax
 
 from fundl._core import EvalFn, Loss
 from fundl.distributed import MeshSpec
+from fundl.train._edges import check_train_state, eval_splits
 from fundl.train._history import History
 from fundl.train._hooks import Hook
 from fundl.train._loop import loop
 from fundl.train._options import Budget, Callbacks, Checkpointer, Evaluation, Execution, Input
 from fundl.train._population import Hyper, Members, MemberStates, OneRun, StepFn
+from fundl.train._progress import verbosity
 from fundl.train._state import TrainState
 
 
@@ -48,6 +50,7 @@ def fit(
     checkpoint: Checkpointer | None = None,
     workers: int = 0,
     augment: Callable[[Any, Any], Any] | None = None,
+    verbose: int | str = 2,
     quiet: bool = False,
     strict: bool = False,
 ) -> tuple[TrainState, History]:
@@ -113,8 +116,19 @@ def fit(
         (grain, the extra ``fundl[data]``); 0 (the default) reads on a thread.
       augment: ``augment(example, rng) -> example``, applied to each training example as it
         is read, with ``rng = np.random.default_rng([data_seed, epoch, index])``.
-      quiet: no progress bar and no printed lines.
+      verbose: what is printed: ``0`` or ``"silent"`` nothing; ``1`` or ``"epochs"`` one line
+        per log or evaluation (on stdout); ``2`` or ``"bar"`` (the default) those lines and a
+        live progress bar (on stderr; in a notebook it needs ``ipywidgets``, and where output
+        is not a terminal it is a plain progress line every 10 s).
+      quiet: ``True`` is ``verbose=0``.
       strict: an unexpected recompilation is an error instead of a warning.
+
+    Ctrl-C (or "interrupt the kernel" in a notebook) stops training cleanly: ``fit`` finishes
+    the call in flight, logs, saves a checkpoint if ``checkpoint`` is given, and returns the
+    train state and history so far, with ``history.interrupted`` set and the reason in
+    ``history.stop_reason``; ``fit`` called again with that train state continues exactly
+    (bit-identical to a training that never stopped). A second Ctrl-C aborts at once. A
+    ``KeyboardInterrupt`` raised by a hook counts as the first Ctrl-C.
 
     Returns:
       The final train state, and the :class:`History`: ``records`` (one :class:`Record`
@@ -122,8 +136,9 @@ def fit(
       ``steps``, ``epochs``, ``wall_s``, ``compile_s``, ``steps_per_call`` and how it was
       chosen, the ``mesh`` (axes, devices, processes), the number of ``traces`` of each
       compiled function, ``nonfinite`` (a NaN or infinity stopped training) and
-      ``interrupted`` (the checkpointer asked to stop).
+      ``interrupted`` (Ctrl-C, or the checkpointer asked to stop: resumable).
     """
+    check_train_state(train_state)
     return loop(
         OneRun(optimizer, step_fn),
         Loss.of(loss_fn, eval_fn),
@@ -135,8 +150,8 @@ def fit(
         execution=Execution.on(
             mesh, accumulate=accumulate, steps_per_call=steps_per_call, max_in_flight=max_in_flight, strict=strict
         ),
-        evaluation=Evaluation(dict(eval_data or {}), eval_batch_size),
-        callbacks=Callbacks(tuple(hooks), stop_on_nan, checkpoint, quiet),
+        evaluation=Evaluation(eval_splits(eval_data), eval_batch_size),
+        callbacks=Callbacks(tuple(hooks), stop_on_nan, checkpoint, verbosity(verbose, quiet)),
         input=Input(workers, augment),
     )
 
@@ -165,6 +180,7 @@ def fit_members(
     checkpoint: Checkpointer | None = None,
     workers: int = 0,
     augment: Callable[[Any, Any], Any] | None = None,
+    verbose: int | str = 2,
     quiet: bool = False,
     strict: bool = False,
 ) -> tuple[MemberStates, History]:
@@ -197,6 +213,8 @@ def fit_members(
       still trained at the end) and the :class:`History`, whose records carry their
       ``member`` and whose ``members`` say how each member ended.
     """
+    if not isinstance(train_states, MemberStates):
+        check_train_state(train_states, "fit_members' train_states")
     carry = train_states if isinstance(train_states, MemberStates) else MemberStates.of(train_states, dict(hyper or {}))
     seeds = [int(seed) for seed in np.asarray(data_seeds).ravel()]
     if len(carry.alive) != len(seeds):
@@ -214,7 +232,7 @@ def fit_members(
         execution=Execution.on(
             mesh, accumulate=accumulate, steps_per_call=steps_per_call, max_in_flight=max_in_flight, strict=strict
         ),
-        evaluation=Evaluation(dict(eval_data or {}), eval_batch_size),
-        callbacks=Callbacks(hooks or (), True, checkpoint, quiet),
+        evaluation=Evaluation(eval_splits(eval_data), eval_batch_size),
+        callbacks=Callbacks(hooks or (), True, checkpoint, verbosity(verbose, quiet)),
         input=Input(workers, augment),
     )

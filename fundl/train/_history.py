@@ -64,7 +64,9 @@ class History(NamedTuple):
       stop_reason: why training ended before its budget (a hook, a NaN, an interruption,
         every member of a population stopping), or ``None``.
       nonfinite: a NaN or infinite loss ended it (for a population: every member's did).
-      interrupted: the checkpointer asked to stop (a signal, a step limit): resumable.
+      interrupted: a first Ctrl-C (SIGINT, or a ``KeyboardInterrupt`` raised by a hook), SIGTERM in a
+        run, or the checkpointer's step limit stopped it, with the reason in ``stop_reason``;
+        the train state returned continues it exactly (resumable).
       members: each member's end (one, for a single run).
       wall_s, compile_s: seconds in all, and of those compiling.
       steps_per_call, steps_per_call_reason: how many steps each compiled call ran, and why.

@@ -26,6 +26,7 @@ from fundl.train._compiled import Program, abstract, compiled_functions
 from fundl.train._evaluate import Evaluator, evaluation_of
 from fundl.train._feed import BatchFeed
 from fundl.train._history import History, MemberEnd, Record
+from fundl.train._interrupt import Interrupts
 from fundl.train._options import Budget, Callbacks, Evaluation, Execution, Input
 from fundl.train._plan import CallPlan
 from fundl.train._population import Members, OneRun
@@ -139,7 +140,7 @@ def loop(  # noqa: C901  (the loop reads best top to bottom in its sections; eac
     # the caller's arrays stay valid.
     carry = placement.place_state(carry)
     step = start = population.step_count(carry)
-    progress = ProgressReport(total, math.ceil(total / per_epoch), callbacks.quiet)
+    progress = ProgressReport(total, math.ceil(total / per_epoch), callbacks.verbose)
     where = (
         "" if not placement.sharded else f" on {placement.mesh.size} devices {describe_mesh(placement.mesh)['axes']}"
     )
@@ -148,7 +149,7 @@ def loop(  # noqa: C901  (the loop reads best top to bottom in its sections; eac
         f"training {who}{total - start} steps from step {start}{where}"
     )  # how many per call: history.steps_per_call_reason
     clock = time.perf_counter()
-    with CompileTimer() as timer, placement.context():
+    with CompileTimer() as timer, placement.context(), Interrupts(callbacks.signals) as interrupts:
         recorder = Recorder(
             callbacks.lane_hooks(population.size),
             progress,
@@ -175,11 +176,14 @@ def loop(  # noqa: C901  (the loop reads best top to bottom in its sections; eac
             progress.start(step)
             upcoming = feed.call(step) if step < total and recorder.stop_reason is None else None
             while upcoming is not None and recorder.stop_reason is None:
+                if interrupts.reason:  # it came during a boundary (a hook, an evaluation): no further call
+                    recorder.interrupt(interrupts.reason)
+                    break
                 n, batches = upcoming
                 carry, outputs = (compiled.fused if n > 1 else compiled.single)(carry, resident, batches)
                 step += n
-                if checkpoint and (reason := checkpoint.interrupted(step)):
-                    recorder.interrupt(reason)
+                if reason := interrupts.reason or (checkpoint.interrupted(step) if checkpoint else None):
+                    recorder.interrupt(reason)  # a first Ctrl-C, SIGTERM, a step limit: finish up, resumable
                 # With no hooks to show the state to, a boundary that needs no state (an epoch end, a log) need not
                 # wait for the device: a log is written when this call's metrics come back, and the next call goes on.
                 passing = (
@@ -240,6 +244,8 @@ def loop(  # noqa: C901  (the loop reads best top to bottom in its sections; eac
     )
     why = f"; stopped: {history.stop_reason}" if history.stop_reason else ""
     progress.print(f"done: {who}{step} steps in {wall:.1f} s ({timer.seconds:.1f} s compiling){why}")
+    if history.interrupted and checkpoint is None:
+        progress.print(f"the train state returned continues from step {step}: give it back to fit to go on exactly")
     return carry, history
 
 
@@ -287,3 +293,4 @@ def record_boundary(
     if plan.eval_due(step) or (stopping and not recorder.interrupted):
         for split, metrics in evaluate(carry).items():
             recorder.evaluation(step, split, metrics, state_of)
+    recorder.progress.flush()  # the boundary's records, as one line

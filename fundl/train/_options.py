@@ -8,7 +8,7 @@
 - :class:`Input`: how training batches are read from the host: ahead, on a thread or in
   worker processes, and changed (augmented) on the way.
 - :class:`Callbacks`: what is called on the way: hooks, the stop on NaN, the checkpointer,
-  the console.
+  the console, the signals that stop training.
 
 ``fit`` and ``fit_members`` take their keywords and make these; ``fundl.runs`` makes them
 from a config (before the run directory exists, so a bad value leaves nothing behind).
@@ -25,6 +25,8 @@ from jax.sharding import Mesh
 
 from fundl.distributed import MeshSpec, resolve_mesh
 from fundl.train._hooks import Hook
+from fundl.train._interrupt import STOP_SIGNALS
+from fundl.train._progress import verbosity
 from fundl.train._state import TrainState
 
 
@@ -183,13 +185,20 @@ class Callbacks:
       stop_on_nan: stop a single run at its first NaN or infinite metric (a member of a
         population is always frozen at its last good state instead).
       checkpoint: saves the train state when due, and says when to stop for an interruption.
-      quiet: no progress bar and no printed lines.
+      verbose: what is printed: ``0``/``"silent"``, ``1``/``"epochs"`` (a line per log or
+        evaluation), ``2``/``"bar"`` (and a live progress bar); see :mod:`fundl.train._progress`.
+      signals: the signals that stop training cleanly (the first; a second SIGINT aborts),
+        e.g. ``(signal.SIGINT, signal.SIGTERM)``; see :mod:`fundl.train._interrupt`.
     """
 
     hooks: Sequence[Hook] | Callable[[int], Sequence[Hook]] = ()
     stop_on_nan: bool = True
     checkpoint: Checkpointer | None = None
-    quiet: bool = False
+    verbose: int | str = 2
+    signals: tuple[int, ...] = STOP_SIGNALS
+
+    def __post_init__(self) -> None:
+        verbosity(self.verbose)  # a clear error for a bad level, before anything runs
 
     def lane_hooks(self, members: int | None) -> list[list[Hook]]:
         """Each lane's hooks: the run's, or each member's."""

@@ -27,12 +27,20 @@ import numpy as np
 import optax
 
 from fundl._core import EvalFn, Loss
+from fundl.metrics import finished
 from fundl.train._data import Shuffled
 from fundl.train._records import Metrics
 from fundl.train._state import TrainState
 from fundl.train._step import train_step_fn
 
 Hyper = dict[str, jax.Array]
+
+
+def _plain(value: Any) -> Any:
+    """A finished metric as a record keeps it: a float, or an array as nested lists (JSON)."""
+    return value.tolist() if isinstance(value, np.ndarray) else value
+
+
 StepFn = Callable[[Any, Any], tuple[Any, Any]]
 
 
@@ -67,8 +75,8 @@ class OneRun:
         """Each lane's metrics of a call's steps, and the step (index in the call) at which each lane froze."""
         return [{name: np.reshape(values, (steps,)) for name, values in outputs.items()}], [None]
 
-    def lane_means(self, means: dict[str, np.ndarray]) -> list[dict[str, float]]:
-        return [{name: float(value) for name, value in means.items()}]
+    def lane_means(self, means: dict[str, Any]) -> list[dict[str, Any]]:
+        return [{name: _plain(finished(value)) for name, value in means.items()}]
 
     def freeze(self, carry: TrainState, lanes: Sequence[int]) -> TrainState:
         return carry  # a single run stops instead
@@ -189,10 +197,8 @@ class Members:
             )
         return lanes, frozen
 
-    def lane_means(self, means: dict[str, np.ndarray]) -> list[dict[str, float]]:
-        return [
-            {name: float(np.reshape(value, (self.size,))[m]) for name, value in means.items()} for m in range(self.size)
-        ]
+    def lane_means(self, means: dict[str, Any]) -> list[dict[str, Any]]:
+        return [{name: _plain(finished(value, m)) for name, value in means.items()} for m in range(self.size)]
 
     def freeze(self, carry: MemberStates, lanes: Sequence[int]) -> MemberStates:
         if not lanes:

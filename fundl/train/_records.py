@@ -18,6 +18,7 @@ import numpy as np
 
 from fundl.train._history import MemberEnd, Record
 from fundl.train._hooks import Event, Hook, first_nonfinite
+from fundl.train._interrupt import Aborted
 from fundl.train._progress import ProgressReport
 from fundl.train._state import TrainState
 
@@ -143,9 +144,20 @@ class Recorder:
         return [i for i, lane in enumerate(self.lanes) if not lane.live]
 
     def emit(self, kind: str, record: Record, train_state: TrainState | None, lane: Lane) -> None:
-        """Calls the lane's hooks with the event; a hook's reason to stop is taken."""
+        """Calls the lane's hooks with the event; a hook's reason to stop is taken.
+
+        A ``KeyboardInterrupt`` raised by a hook is a first Ctrl-C: training stops cleanly
+        (resumable) after this boundary; once interrupted, a second one propagates (abort).
+        """
         for hook in lane.hooks:
-            self.stop_lane(lane, hook(Event(kind, record, train_state)))
+            try:
+                reason = hook(Event(kind, record, train_state))
+            except KeyboardInterrupt as error:
+                if self.interrupted or isinstance(error, Aborted):
+                    raise
+                self.interrupt("interrupted by KeyboardInterrupt (raised in a hook)")
+                continue
+            self.stop_lane(lane, reason)
 
     def steps_done(
         self, first_step: int, metrics: Sequence[Metrics | None], frozen: Sequence[int | None] | None = None

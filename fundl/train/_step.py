@@ -16,6 +16,7 @@ import optax
 from jax import lax
 
 from fundl._core import Batch, Key, LossFn, Metrics
+from fundl.metrics import Accumulated
 from fundl.train._state import TrainState
 
 _LOSS_FORM = "loss_fn(params, state, batch, key) must return (loss, (new_state, metrics))"
@@ -47,6 +48,12 @@ def check_loss_output(loss_fn: LossFn, train_state: TrainState, batch: Batch) ->
         raise ValueError(
             f"{_LOSS_FORM} where new_state has the structure of the model state {_describe(expected_state)}; "
             f"got {_describe(new_state)}"
+        )
+    if isinstance(metrics, dict) and (split := [k for k, m in metrics.items() if isinstance(m, Accumulated)]):
+        raise ValueError(
+            f"{_LOSS_FORM} where the training metrics are scalars (averaged over the steps since the last log); "
+            f"{split} are whole-split metrics (fundl.metrics.Accumulated): return them in evaluation mode only "
+            "(when train=False), e.g. `if not train: metrics |= precision_recall_f1(logits, labels)`"
         )
     if not isinstance(metrics, dict) or any(getattr(m, "shape", None) != () for m in metrics.values()):
         raise ValueError(f"{_LOSS_FORM} where metrics is a dict of scalars; got {_describe(metrics)}")

@@ -1,0 +1,58 @@
+"""Ctrl-C during training keeps the work: the first one stops the loop cleanly, a second one aborts.
+
+While the loop runs (in the main thread), :class:`Interrupts` holds the handlers of its
+signals: SIGINT always (Ctrl-C in a terminal, "interrupt the kernel" in a notebook,
+``_thread.interrupt_main()`` from another thread), and SIGTERM where a run asks for it
+(``fundl run``: a preemption notice). The first signal only records a reason; the loop
+reads it after each compiled call and each boundary, finishes the calls in flight, logs, saves a checkpoint
+if it has a checkpointer and returns the train state with ``history.interrupted`` set.
+A second SIGINT raises :class:`Aborted` (a ``KeyboardInterrupt``) at once. A ``KeyboardInterrupt``
+raised by a hook counts as the first one (see :class:`fundl.train._records.Recorder`).
+
+``fit`` from the returned train state continues exactly where it stopped, so an
+interrupted and continued training ends bit-identical to one that never stopped.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+STOP_SIGNALS: tuple[int, ...] = (signal.SIGINT,)
+"""The signals ``fit`` stops on by default; ``fundl.runs`` adds SIGTERM."""
+
+
+class Aborted(KeyboardInterrupt):
+    """A second Ctrl-C while training was already stopping: abort now (nothing catches it on the way out)."""
+
+
+class Interrupts:
+    """Holds the stop signals' handlers while active (in the main thread only; elsewhere it does nothing).
+
+    Attributes:
+      reason: why training should stop (``"interrupted by SIGINT (Ctrl-C)"``), or ``None``.
+    """
+
+    def __init__(self, signals: Sequence[int] = STOP_SIGNALS):
+        self.signals = tuple(signals)
+        self.reason: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT and self.reason is not None:
+            raise Aborted("aborted by a second Ctrl-C")
+        name = signal.Signals(signum).name
+        self.reason = f"interrupted by {name}" + (" (Ctrl-C)" if signum == signal.SIGINT else "")
+
+    def __enter__(self) -> Interrupts:
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.signals:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
