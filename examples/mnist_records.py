@@ -33,11 +33,14 @@ CONFIG = {
     "data": {
         "dir": "~/.cache/fundl/records",  # where the packed shards live (one folder per dataset and split)
         "mnist": None,  # a folder with MNIST's IDX files; None: the bundled 8x8 digits
-        "shards": 4,
+        "shards": 4,  # ArrayRecord files per split
         "shift": 1,  # random shifts of up to this many pixels, in the workers
         "workers": 2,
     },
-    "model": {"channels": [16, 32], "hidden": 64},
+    "model": {
+        "channels": [16, 32],  # the two conv stages' channels (3x3 convolutions, batch norm, 2x2 max pooling)
+        "hidden": 64,  # the dense layer before the 10 logits
+    },
     "train": {"epochs": 20, "batch_size": 32},
     "optimizer": {"name": "adam", "learning_rate": 0.003, "schedule": "cosine"},
 }
