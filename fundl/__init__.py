@@ -106,6 +106,9 @@ from fundl.layers import (
     embedding as embedding,
 )
 from fundl.layers import (
+    feed_forward as feed_forward,
+)
+from fundl.layers import (
     flatten as flatten,
 )
 from fundl.layers import (
@@ -124,10 +127,16 @@ from fundl.layers import (
     identity as identity,
 )
 from fundl.layers import (
+    init_cache as init_cache,
+)
+from fundl.layers import (
     layer_norm as layer_norm,
 )
 from fundl.layers import (
     leaky_relu as leaky_relu,
+)
+from fundl.layers import (
+    learned_positions as learned_positions,
 )
 from fundl.layers import (
     log_softmax as log_softmax,
@@ -139,10 +148,19 @@ from fundl.layers import (
     max_pool as max_pool,
 )
 from fundl.layers import (
+    multi_head_attention as multi_head_attention,
+)
+from fundl.layers import (
     relu as relu,
 )
 from fundl.layers import (
     reshape as reshape,
+)
+from fundl.layers import (
+    rms_norm as rms_norm,
+)
+from fundl.layers import (
+    rotary_embedding as rotary_embedding,
 )
 from fundl.layers import (
     sigmoid as sigmoid,
@@ -154,6 +172,12 @@ from fundl.layers import (
     simple_rnn as simple_rnn,
 )
 from fundl.layers import (
+    sinusoidal_positions as sinusoidal_positions,
+)
+from fundl.layers import (
+    sinusoids as sinusoids,
+)
+from fundl.layers import (
     softmax as softmax,
 )
 from fundl.layers import (
@@ -161,6 +185,12 @@ from fundl.layers import (
 )
 from fundl.layers import (
     tanh as tanh,
+)
+from fundl.layers import (
+    transformer as transformer,
+)
+from fundl.layers import (
+    transformer_block as transformer_block,
 )
 
 __version__ = "0.1.0"
