@@ -12,6 +12,10 @@ from fundl.models._gan import gan_optimizer as gan_optimizer
 from fundl.models._gan import gan_samples as gan_samples
 from fundl.models._gan import mlp_gan as mlp_gan
 from fundl.models._gan import sample_quality as sample_quality
+from fundl.models._gpt import GPT as GPT
+from fundl.models._gpt import gpt as gpt
+from fundl.models._gpt import gpt_generate as gpt_generate
+from fundl.models._gpt import next_token as next_token
 from fundl.models._mlp import mlp as mlp
 from fundl.models._recsys import RATING_LOSSES as RATING_LOSSES
 from fundl.models._recsys import deep_recommender as deep_recommender

@@ -1,0 +1,124 @@
+"""The GPT family: the model, cached generation against full forward passes, sampling, and gpt_chars run tiny."""
+
+import json
+import sysconfig
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from layer_checks import quick_init
+
+import fundl as fl
+from fundl import runs
+from fundl.datasets import Vocabulary, stdlib_text
+from fundl.models import gpt, gpt_generate, next_token
+
+
+def test_gpt_builds_the_documented_params():
+    lm = gpt(11, 2, 4, 16, 8, num_kv_heads=2)
+    out_shape, params, state = quick_init(lm.model, (3, 8))
+    assert out_shape == (3, 8, 11) and state == {}
+    assert set(params) == {"embed", "positions", "transformer", "head"}
+    assert set(params["transformer"]) == {"block_0", "block_1", "norm"}
+    assert params["transformer"]["block_0"]["attention"]["key"]["w"].shape == (16, 8)  # 2 kv heads of 4
+    assert "positions" not in quick_init(gpt(11, 1, 2, 8, 8, positions="rotary").model, (1, 8))[1]
+    with pytest.raises(fl.LayerError, match="gpt: unknown positions 'alibi'; available: learned, rotary, sinusoidal"):
+        gpt(11, 1, 2, 8, 8, positions="alibi")
+
+
+def full_pass_logits(lm, params, text, start, length):
+    """The logits a full forward pass gives after each prefix, over the window gpt_generate reads.
+
+    The window grows to ``context`` tokens; then it restarts from its last ``context // 2``.
+    Each window is padded to ``context`` tokens at its end (the model is causal: padding after
+    the last token changes nothing before it), so that the pass compiles once.
+    """
+    apply = jax.jit(lm.model.apply)
+    window_start, filled, logits = max(0, start - lm.context), min(start, lm.context), []
+    for i in range(length):
+        window = text[window_start : start + i]
+        padded = np.zeros((1, lm.context), np.int32)
+        padded[0, : len(window)] = window
+        out, _ = apply(params, {}, jnp.asarray(padded))
+        logits.append(out[0, len(window) - 1])
+        if filled < lm.context:
+            filled += 1
+        else:
+            filled, window_start = lm.context // 2, start + i + 1 - lm.context // 2
+    return np.stack(logits)
+
+
+@pytest.mark.parametrize("positions, context, prompt_length", [("learned", 64, 5), ("rotary", 16, 20), ("sinusoidal", 16, 5)])
+def test_greedy_cached_decoding_equals_full_forward_passes(positions, context, prompt_length):
+    """50 greedy tokens: within the context (learned), and past it, where the cache restarts (rotary, sinusoidal)."""
+    lm = gpt(13, 2, 4, 16, context, positions=positions, num_kv_heads=2)
+    _, params, _ = quick_init(lm.model, (1, context))
+    prompt = jnp.asarray(np.random.default_rng(0).integers(0, 13, prompt_length))
+    tokens, logits = gpt_generate(lm, params, prompt, jax.random.key(0), 50, temperature=0.0, return_logits=True)
+    assert tokens.shape == (50,) and logits.shape == (50, 13)
+    text = np.concatenate([np.asarray(prompt), np.asarray(tokens)])
+    expected = full_pass_logits(lm, params, text, prompt_length, 50)
+    np.testing.assert_allclose(logits, expected, atol=1e-5, rtol=0)
+    top2 = np.sort(expected, axis=-1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > 1e-4  # greedy: the most likely token, where it is clear
+    np.testing.assert_array_equal(np.asarray(tokens)[clear], np.argmax(expected, axis=-1)[clear])
+
+
+def test_next_token_greedy_temperature_and_top_k():
+    logits = jnp.log(jnp.array([[0.1, 0.2, 0.3, 0.4], [0.7, 0.1, 0.1, 0.1]]))
+    np.testing.assert_array_equal(next_token(logits, jax.random.key(0), temperature=0.0), [3, 0])
+    np.testing.assert_array_equal(next_token(logits, jax.random.key(0), top_k=1), [3, 0])
+    draws = jax.vmap(lambda k: next_token(logits, k, top_k=2))(jax.random.split(jax.random.key(1), 2000))
+    assert set(np.unique(draws[:, 0])) == {2, 3} and abs(float(jnp.mean(draws[:, 0] == 3)) - 4 / 7) < 0.05
+    cold = jax.vmap(lambda k: next_token(logits, k, temperature=0.25))(jax.random.split(jax.random.key(2), 2000))
+    assert float(jnp.mean(cold[:, 0] == 3)) > 0.6  # sharper than the distribution's 0.4
+    same = [next_token(logits, jax.random.key(5), temperature=1.5) for _ in range(2)]
+    np.testing.assert_array_equal(*same)
+
+
+def test_generation_batches_and_keys():
+    lm = gpt(7, 1, 2, 8, 8)
+    _, params, _ = quick_init(lm.model, (2, 8))
+    prompts = jnp.array([[1, 2, 3], [4, 5, 6]])
+    a = gpt_generate(lm, params, prompts, jax.random.key(1), 12)
+    assert a.shape == (2, 12)
+    np.testing.assert_array_equal(a, gpt_generate(lm, params, prompts, jax.random.key(1), 12))
+    assert not np.array_equal(a, gpt_generate(lm, params, prompts, jax.random.key(2), 12))
+    with pytest.raises(ValueError, match="at least one token"):
+        gpt_generate(lm, params, jnp.zeros((0,), jnp.int32), jax.random.key(1), 3)
+
+
+def test_stdlib_corpus_is_the_sorted_top_level_modules():
+    corpus = stdlib_text()
+    folder = sysconfig.get_paths()["stdlib"]
+    first = sorted(p for p in __import__("os").listdir(folder) if p.endswith(".py"))[0]
+    with open(f"{folder}/{first}", encoding="utf-8") as f:
+        assert corpus.text.startswith(f.read())
+    assert len(corpus.text) > 1_000_000 and len(corpus.sha256) == 64 and corpus == stdlib_text()
+    assert corpus.record()["python"].count(".") == 2
+
+
+def test_gpt_chars_trains_and_samples_with_the_cache(tmp_path):
+    settings = [("train.epochs", None), ("train.steps", 60), ("train.batch_size", 16), ("data.length", 16),
+                ("data.held_out", 0.01), ("model.layers", 1), ("model.width", 32), ("model.heads", 2),
+                ("optimizer.warmup_steps", 5), ("optimizer.learning_rate", 0.01)]
+    done = runs.run("gpt_chars", settings, out=str(tmp_path / "run"), quiet=True, echo=lambda _: None)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["split"] == "train"]
+    assert train[-1]["loss"] < 0.75 * np.log(len(Vocabulary(stdlib_text().text)))  # below an untrained model's
+    assert done.summary["metrics"]["test"]["perplexity"] < 40
+    corpus = json.loads((tmp_path / "run" / "corpus.json").read_text())
+    assert corpus["corpus_sha256"] == stdlib_text().sha256 and corpus["python"]
+    text = runs.sample(tmp_path / "run", "def ", temperature=0.8, length=40, seed=3)
+    assert isinstance(text, str) and len(text) == 40
+
+
+def test_charlm_reads_the_stdlib_corpus(tmp_path):
+    settings = [("data.corpus", "stdlib"), ("data.held_out", 0.002), ("train.epochs", None), ("train.steps", 5),
+                ("model.hidden", 16), ("data.length", 16)]
+    done = runs.run("charlm", settings, out=str(tmp_path / "run"), quiet=True, echo=lambda _: None)
+    assert json.loads((tmp_path / "run" / "corpus.json").read_text())["corpus_sha256"] == stdlib_text().sha256
+    assert done.summary["metrics"]["test"]["perplexity"] < 170
+    with pytest.raises(runs.ConfigError, match="data.corpus must be one of numbers, stdlib, got 'python'"):
+        runs.run("charlm", [("data.corpus", "python")], out=str(tmp_path / "bad"), quiet=True, echo=lambda _: None)
