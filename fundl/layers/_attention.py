@@ -159,7 +159,7 @@ def multi_head_attention(
       rotary_base: the rotary wavelengths' base.
       use_bias: add biases in the four projections.
       implementation: passed to ``jax.nn.dot_product_attention``: None (XLA today), ``"xla"``
-        or ``"cudnn"`` (GPU, bfloat16/float16, no padding mask given as an array).
+        or ``"cudnn"`` (NVIDIA GPUs; its docstring lists the shapes and dtypes cuDNN takes).
 
     Example:
       >>> layer = multi_head_attention(4, causal=True, rotary=True)
@@ -191,8 +191,9 @@ def multi_head_attention(
         size = head_dim or features // num_heads
         if rotary and size % 2:
             raise LayerError(f"multi_head_attention: rotary positions need an even head_dim, got {size}")
-        if rotary and context is not None:
-            raise LayerError("multi_head_attention: rotary positions are for self-attention; this input is a pair (x, context)")
+        for option, used in (("rotary positions are", rotary), ("a causal mask is", causal)):
+            if used and context is not None:
+                raise LayerError(f"multi_head_attention: {option} for self-attention; this input is a pair (x, context)")
         return x_shape, context, size
 
     def projections(features: int, size: int) -> dict[str, Layer]:
@@ -247,7 +248,7 @@ def multi_head_attention(
             k, v = k.astype(q.dtype), v.astype(q.dtype)
             order = ((index + jnp.arange(time))[:, None] >= jnp.arange(jnp.shape(k)[1]))[None, None]  # also hides empty slots
         padding = None if mask is None else _mask_array(mask, batch, time, jnp.shape(k)[1])
-        out = _attend(q, k, v, _all_of([order, padding]), causal and context is None and not decoding,
+        out = _attend(q, k, v, _all_of([order, padding]), causal and not decoding,
                       rate=dropout if train else 0.0, key=child_key(key, "dropout"), implementation=implementation)
         return project("out", jnp.reshape(out, (batch, time, num_heads * size))), state
 

@@ -113,7 +113,7 @@ def transformer_block(
 
     def apply(params, state, x, *, key=None, train=False, mask=None):
         check(params, state)
-        new_state: dict[str, Any] = {}
+        new_state = {}
 
         def run(name, h, **kwargs):
             h, new_state[name] = apply_child(name, children[name], params, state, h, key, train, **kwargs)

@@ -9,7 +9,7 @@ each new token costs one token's work through the model plus attention over at m
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -156,8 +156,8 @@ def gpt_generate(
         filled = jnp.where(filled < lm.context, filled + 1, keep)
         return (text, cache, filled, new_logits), logits
 
-    carry = (text, cache, jnp.asarray(start), logits[:, -1])
-    (text, *_), drawn_from = lax.scan(step, carry, jnp.arange(length))
+    first: Any = (text, cache, jnp.asarray(start), logits[:, -1])  # the text so far, the cache, its tokens, the logits
+    (text, *_), drawn_from = lax.scan(step, first, jnp.arange(length))
     tokens, drawn_from = text[:, start:], jnp.swapaxes(drawn_from, 0, 1)
     if single:
         tokens, drawn_from = tokens[0], drawn_from[0]
