@@ -1,8 +1,18 @@
 """A character-level GPT (causal transformer) trained on Python's own standard library.
 
 Command: fundl run gpt_chars
-Expected: TBD
+Expected: about 3.5 min on 2 quiet vCPUs (one epoch: 1,032 steps of 32 windows of 128
+characters, 175 ms each); test loss 1.26 nats per character (perplexity 3.52), validation
+1.36, next-character accuracy 0.66 (untrained: ln 166 = 5.1). Measured 2026-12-07 on the
+shared 2-vCPU machine with other jobs running: 21 min wall, 12 CPU-minutes.
 Then: fundl sample RUN_DIR --prompt "def " --temperature 0.8
+
+Against the LSTM of ``charlm`` on the same corpus and splits, for about the same training
+time (``fundl run charlm --set data.corpus=stdlib --set train.epochs=7``: 7,224 steps of 64
+windows of 64 characters, 26 ms each, about 3.1 min quiet; measured 8 min wall, 9.5
+CPU-minutes, on the same loaded machine): test loss 1.37 (perplexity 3.94), validation 1.48,
+flat since its fifth epoch (1.49, 1.47, 1.48). With learned positions instead of rotary
+(``--set model.positions=learned``) the GPT reached 1.33 test, 1.43 validation.
 
 The default corpus needs no download: the top-level modules of the standard library of the
 Python that runs it (``sysconfig.get_paths()["stdlib"]``, ``*.py`` sorted by name and
@@ -30,7 +40,7 @@ from fundl.train import derived_metric
 CONFIG = {
     "seed": 0,
     "data": {"path": None, "length": 128, "held_out": 0.1},
-    "model": {"layers": 4, "heads": 4, "width": 128, "positions": "learned", "dropout": 0.0},
+    "model": {"layers": 4, "heads": 4, "width": 128, "positions": "rotary", "dropout": 0.0},
     "train": {"epochs": 1, "batch_size": 32},
     "optimizer": {"name": "adam", "learning_rate": 0.002, "schedule": "cosine", "warmup_steps": 100, "clip_norm": 1.0},
     "sample": {"top_k": 0},  # 0: draw from every character

@@ -19,11 +19,14 @@ def test_gpt_builds_the_documented_params():
     lm = gpt(11, 2, 4, 16, 8, num_kv_heads=2)
     out_shape, params, state = quick_init(lm.model, (3, 8))
     assert out_shape == (3, 8, 11) and state == {}
-    assert set(params) == {"embed", "positions", "transformer", "head"}
+    assert set(params) == {"embed", "transformer", "head"}  # rotary positions: no params
     assert set(params["transformer"]) == {"block_0", "block_1", "norm"}
     assert params["transformer"]["block_0"]["attention"]["key"]["w"].shape == (16, 8)  # 2 kv heads of 4
-    assert "positions" not in quick_init(gpt(11, 1, 2, 8, 8, positions="rotary").model, (1, 8))[1]
-    with pytest.raises(fl.LayerError, match="gpt: unknown positions 'alibi'; available: learned, rotary, sinusoidal"):
+    sinusoidal = quick_init(gpt(11, 2, 4, 16, 8, num_kv_heads=2, positions="sinusoidal").model, (3, 8))[1]
+    jax.tree.map(np.testing.assert_array_equal, sinusoidal, params)  # keys follow names: the same weights
+    learned = quick_init(gpt(11, 1, 2, 8, 8, positions="learned").model, (1, 8))[1]
+    assert learned["positions"]["table"].shape == (8, 8)
+    with pytest.raises(fl.LayerError, match="gpt: unknown positions 'alibi'; available: rotary, learned, sinusoidal"):
         gpt(11, 1, 2, 8, 8, positions="alibi")
 
 

@@ -20,7 +20,7 @@ from fundl._core import Array, Key, Layer, LayerError, Params
 from fundl.layers import dense, embedding, init_cache, learned_positions, sinusoidal_positions, transformer
 from fundl.layers._positions import SMALL_NORMAL
 
-POSITIONS = ("learned", "rotary", "sinusoidal")
+POSITIONS = ("rotary", "learned", "sinusoidal")
 
 
 class GPT(NamedTuple):
@@ -28,7 +28,8 @@ class GPT(NamedTuple):
 
     Attributes:
       model: the layer to train: ``ids (batch, time) int -> logits (batch, time, vocab)``,
-        ``time <= context``; params ``embed``, (``positions``), ``transformer``, ``head``.
+        ``time <= context``; params ``embed``, ``transformer``, ``head`` (and ``positions``
+        with learned positions).
       vocab: the number of token ids.
       context: the longest sequence it reads (its training windows' length).
     """
@@ -45,7 +46,7 @@ def gpt(
     width: int,
     context: int,
     *,
-    positions: str = "learned",
+    positions: str = "rotary",
     num_kv_heads: int | None = None,
     mlp_ratio: int = 4,
     dropout: float = 0.0,
@@ -58,8 +59,10 @@ def gpt(
       heads: attention heads per block (they divide ``width``).
       width: the residual stream's width (the embedding size).
       context: the longest sequence, in tokens.
-      positions: ``"learned"`` (a table of ``context`` vectors), ``"rotary"`` (inside
-        attention) or ``"sinusoidal"``.
+      positions: ``"rotary"`` (queries and keys rotated inside attention), ``"learned"`` (a
+        table of ``context`` vectors added to the embeddings) or ``"sinusoidal"``. On the
+        stdlib corpus (``gpt_chars``, 300 steps) rotary reached a validation loss of 1.74
+        nats per character, learned 2.17.
       num_kv_heads: grouped-query attention's key/value heads (default: ``heads``).
       mlp_ratio: the MLPs' hidden width over ``width``.
       dropout: in training, on attention weights and each block's two outputs.
