@@ -122,7 +122,7 @@ class Workload:
             return v.model, neg_elbo_loss(v)
         if self.kind == "gpt":
             depth, heads, width = self.hidden
-            model = gpt(self.classes, depth, heads, width, self.input_shape[0], positions="learned").model  # as the peers
+            model = gpt(self.classes, depth, heads, width, self.input_shape[0], positions="learned").model  # as peers
             return model, T.classification_loss(model)
         if self.kind == "mlp":
             layers = [layer for h in self.hidden for layer in (fl.dense(h), fl.relu())]

@@ -68,8 +68,12 @@ def main(argv: list[str] | None = None) -> None:
     _, params, _ = jax.jit(lambda key: lm.model.init(key, (1, args.context)))(jax.random.key(0))
     prompt = jnp.asarray(np.random.default_rng(0).integers(0, args.vocab, 4), jnp.int32)
     key = jax.random.key(1)
-    cached = lambda temperature=1.0: gpt_generate(lm, params, prompt, key, args.length, temperature=temperature)  # noqa: E731
-    recompute = lambda temperature=1.0: recompute_generate(lm, params, prompt, key, args.length, temperature)  # noqa: E731
+    def cached(temperature=1.0):
+        return gpt_generate(lm, params, prompt, key, args.length, temperature=temperature)
+
+    def recompute(temperature=1.0):
+        return recompute_generate(lm, params, prompt, key, args.length, temperature)
+
 
     agree = args.context - len(prompt)  # greedy tokens before the text outgrows the context
     a, b = np.asarray(cached(0.0)), np.asarray(recompute(0.0))  # compiles both (temperature is traced)

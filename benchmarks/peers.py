@@ -199,7 +199,8 @@ def _linen(w: Any, batches: list[dict], lr: float) -> EpochFn:
         @nn.compact
         def __call__(self, ids):
             depth, heads, width = w.hidden
-            x = nn.Embed(w.classes, width)(ids) + self.param("positions", nn.initializers.normal(0.02), (ids.shape[1], width))
+            positions = self.param("positions", nn.initializers.normal(0.02), (ids.shape[1], width))
+            x = nn.Embed(w.classes, width)(ids) + positions
             mask = nn.make_causal_mask(ids)
             for _ in range(depth):
                 x = x + nn.MultiHeadDotProductAttention(heads, use_bias=False)(nn.RMSNorm()(x), mask=mask)

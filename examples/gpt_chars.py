@@ -41,7 +41,7 @@ CONFIG = {
     "seed": 0,
     "data": {"path": None, "length": 128, "held_out": 0.1},
     "model": {"layers": 4, "heads": 4, "width": 128, "positions": "rotary", "dropout": 0.0},
-    "train": {"epochs": 1, "batch_size": 32},
+    "train": {"epochs": 1, "batch_size": 32, "eval_batch_size": 256},  # evaluation's attention in bounded memory
     "optimizer": {"name": "adam", "learning_rate": 0.002, "schedule": "cosine", "warmup_steps": 100, "clip_norm": 1.0},
     "sample": {"top_k": 0},  # 0: draw from every character
 }

@@ -110,7 +110,8 @@ def apply_child(
     ``kwargs`` go to the child's ``apply`` (e.g. an attention layer's ``mask``).
     """
     try:
-        return layer.apply(params.get(name, {}), state.get(name, {}), x, key=child_key(key, name), train=train, **kwargs)
+        return layer.apply(params.get(name, {}), state.get(name, {}), x, key=child_key(key, name), train=train,
+                           **kwargs)
     except LayerError as error:
         raise error.within(name)
 

@@ -15,17 +15,27 @@ from fundl.datasets import Vocabulary, stdlib_text
 from fundl.models import gpt, gpt_generate, next_token
 
 
+def shapes_of(model, input_shape):
+    """``init``'s output shape and the shapes of its params and state, computed without running it."""
+    out_shape = []
+
+    def init(key):
+        shape, params, state = model.init(key, input_shape)
+        out_shape.append(shape)
+        return params, state
+
+    params, state = jax.eval_shape(init, jax.random.key(0))
+    return out_shape[0], jax.tree.map(lambda a: a.shape, params), state
+
+
 def test_gpt_builds_the_documented_params():
-    lm = gpt(11, 2, 4, 16, 8, num_kv_heads=2)
-    out_shape, params, state = quick_init(lm.model, (3, 8))
+    out_shape, params, state = shapes_of(gpt(11, 2, 4, 16, 8, num_kv_heads=2).model, (3, 8))
     assert out_shape == (3, 8, 11) and state == {}
     assert set(params) == {"embed", "transformer", "head"}  # rotary positions: no params
     assert set(params["transformer"]) == {"block_0", "block_1", "norm"}
-    assert params["transformer"]["block_0"]["attention"]["key"]["w"].shape == (16, 8)  # 2 kv heads of 4
-    sinusoidal = quick_init(gpt(11, 2, 4, 16, 8, num_kv_heads=2, positions="sinusoidal").model, (3, 8))[1]
-    jax.tree.map(np.testing.assert_array_equal, sinusoidal, params)  # keys follow names: the same weights
-    learned = quick_init(gpt(11, 1, 2, 8, 8, positions="learned").model, (1, 8))[1]
-    assert learned["positions"]["table"].shape == (8, 8)
+    assert params["transformer"]["block_0"]["attention"]["key"]["w"] == (16, 8)  # 2 kv heads of 4
+    assert shapes_of(gpt(11, 2, 4, 16, 8, num_kv_heads=2, positions="sinusoidal").model, (3, 8))[1] == params
+    assert shapes_of(gpt(11, 1, 2, 8, 8, positions="learned").model, (1, 8))[1]["positions"]["table"] == (8, 8)
     with pytest.raises(fl.LayerError, match="gpt: unknown positions 'alibi'; available: rotary, learned, sinusoidal"):
         gpt(11, 1, 2, 8, 8, positions="alibi")
 
@@ -52,20 +62,26 @@ def full_pass_logits(lm, params, text, start, length):
     return np.stack(logits)
 
 
-@pytest.mark.parametrize("positions, context, prompt_length", [("learned", 64, 5), ("rotary", 16, 20), ("sinusoidal", 16, 5)])
+@pytest.mark.parametrize("positions, context, prompt_length", [("learned", 64, 5), ("rotary", 16, 20)])
 def test_greedy_cached_decoding_equals_full_forward_passes(positions, context, prompt_length):
-    """50 greedy tokens: within the context (learned), and past it, where the cache restarts (rotary, sinusoidal)."""
+    """50 greedy tokens for two prompts: within the context, and past it, where the cache restarts (twice here)."""
     lm = gpt(13, 2, 4, 16, context, positions=positions, num_kv_heads=2)
     _, params, _ = quick_init(lm.model, (1, context))
-    prompt = jnp.asarray(np.random.default_rng(0).integers(0, 13, prompt_length))
-    tokens, logits = gpt_generate(lm, params, prompt, jax.random.key(0), 50, temperature=0.0, return_logits=True)
-    assert tokens.shape == (50,) and logits.shape == (50, 13)
-    text = np.concatenate([np.asarray(prompt), np.asarray(tokens)])
-    expected = full_pass_logits(lm, params, text, prompt_length, 50)
-    np.testing.assert_allclose(logits, expected, atol=1e-5, rtol=0)
-    top2 = np.sort(expected, axis=-1)[:, -2:]
-    clear = top2[:, 1] - top2[:, 0] > 1e-4  # greedy: the most likely token, where it is clear
-    np.testing.assert_array_equal(np.asarray(tokens)[clear], np.argmax(expected, axis=-1)[clear])
+    prompts = jnp.asarray(np.random.default_rng(0).integers(0, 13, (2, prompt_length)))
+    tokens, logits = gpt_generate(lm, params, prompts, jax.random.key(0), 50, temperature=0.0, return_logits=True)
+    assert tokens.shape == (2, 50) and logits.shape == (2, 50, 13)
+    for row in range(2):
+        text = np.concatenate([np.asarray(prompts[row]), np.asarray(tokens[row])])
+        expected = full_pass_logits(lm, params, text, prompt_length, 50)
+        np.testing.assert_allclose(logits[row], expected, atol=1e-5, rtol=0)
+        top2 = np.sort(expected, axis=-1)[:, -2:]
+        clear = top2[:, 1] - top2[:, 0] > 1e-4  # greedy: the most likely token, where it is clear
+        np.testing.assert_array_equal(np.asarray(tokens[row])[clear], np.argmax(expected, axis=-1)[clear])
+    # Sampling: the same key gives the same text, another key another (the same compiled program: temperature is traced).
+    drawn = [gpt_generate(lm, params, prompts, jax.random.key(k), 50, temperature=1.0, return_logits=True)[0]
+             for k in (1, 1, 2)]
+    np.testing.assert_array_equal(drawn[0], drawn[1])
+    assert not np.array_equal(drawn[0], drawn[2]) and not np.array_equal(drawn[0], tokens)
 
 
 def test_next_token_greedy_temperature_and_top_k():
@@ -80,16 +96,9 @@ def test_next_token_greedy_temperature_and_top_k():
     np.testing.assert_array_equal(*same)
 
 
-def test_generation_batches_and_keys():
-    lm = gpt(7, 1, 2, 8, 8)
-    _, params, _ = quick_init(lm.model, (2, 8))
-    prompts = jnp.array([[1, 2, 3], [4, 5, 6]])
-    a = gpt_generate(lm, params, prompts, jax.random.key(1), 12)
-    assert a.shape == (2, 12)
-    np.testing.assert_array_equal(a, gpt_generate(lm, params, prompts, jax.random.key(1), 12))
-    assert not np.array_equal(a, gpt_generate(lm, params, prompts, jax.random.key(2), 12))
-    with pytest.raises(ValueError, match="at least one token"):
-        gpt_generate(lm, params, jnp.zeros((0,), jnp.int32), jax.random.key(1), 3)
+def test_a_prompt_needs_a_token():
+    with pytest.raises(ValueError, match="at least one token"):  # raised before the params are read
+        gpt_generate(gpt(7, 1, 2, 8, 8), {}, jnp.zeros((0,), jnp.int32), jax.random.key(1), 3)
 
 
 def test_stdlib_corpus_is_the_sorted_top_level_modules():
@@ -103,9 +112,9 @@ def test_stdlib_corpus_is_the_sorted_top_level_modules():
 
 
 def test_gpt_chars_trains_and_samples_with_the_cache(tmp_path):
-    settings = [("train.epochs", None), ("train.steps", 60), ("train.batch_size", 16), ("data.length", 16),
-                ("data.held_out", 0.01), ("model.layers", 1), ("model.width", 32), ("model.heads", 2),
-                ("optimizer.warmup_steps", 5), ("optimizer.learning_rate", 0.01)]
+    settings = [("train.epochs", None), ("train.steps", 50), ("train.batch_size", 16), ("data.length", 16),
+                ("data.held_out", 0.004), ("train.eval_batch_size", 1024), ("model.layers", 1), ("model.width", 32),
+                ("model.heads", 2), ("optimizer.warmup_steps", 5), ("optimizer.learning_rate", 0.01)]
     done = runs.run("gpt_chars", settings, out=str(tmp_path / "run"), quiet=True, echo=lambda _: None)
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if r["split"] == "train"]
@@ -118,10 +127,14 @@ def test_gpt_chars_trains_and_samples_with_the_cache(tmp_path):
 
 
 def test_charlm_reads_the_stdlib_corpus(tmp_path):
-    settings = [("data.corpus", "stdlib"), ("data.held_out", 0.002), ("train.epochs", None), ("train.steps", 5),
-                ("model.hidden", 16), ("data.length", 16)]
-    done = runs.run("charlm", settings, out=str(tmp_path / "run"), quiet=True, echo=lambda _: None)
-    assert json.loads((tmp_path / "run" / "corpus.json").read_text())["corpus_sha256"] == stdlib_text().sha256
-    assert done.summary["metrics"]["test"]["perplexity"] < 170
+    charlm = runs.load_example("charlm")
+    experiment = charlm.experiment(runs.resolve_config(charlm, [("data.corpus", "stdlib")]))
+    corpus = stdlib_text()
+    windows = int(len(corpus.text) * 0.9) // 64  # data.held_out 0.1, data.length 64
+    assert experiment.train_data["inputs"].shape == (windows, 64)
+    assert shapes_of(experiment.model, (2, 64))[0] == (2, 64, len(Vocabulary(corpus.text)))
+    experiment.report(runs.Run(tmp_path, {}, experiment, None, None, {}))  # what `fundl run` calls at the end
+    assert json.loads((tmp_path / "corpus.json").read_text())["corpus_sha256"] == corpus.sha256
+    assert charlm.experiment(runs.resolve_config(charlm, [])).report is None  # the generated default: nothing to record
     with pytest.raises(runs.ConfigError, match="data.corpus must be one of numbers, stdlib, got 'python'"):
-        runs.run("charlm", [("data.corpus", "python")], out=str(tmp_path / "bad"), quiet=True, echo=lambda _: None)
+        charlm.experiment(runs.resolve_config(charlm, [("data.corpus", "python")]))

@@ -324,5 +324,6 @@ def test_rms_norm_matches_numpy_and_flax(key):
     assert_grads_match_finite_differences(layer, (4, 5))
     y16, _ = layer.apply(params, state, x.astype(jnp.bfloat16))
     assert y16.dtype == jnp.bfloat16
-    with pytest.raises(LayerError, match=r"rms_norm expects inputs with 6 features on the last axis, got shape \(3, 4\)"):
+    expected = r"rms_norm expects inputs with 6 features on the last axis, got shape \(3, 4\)"
+    with pytest.raises(LayerError, match=expected):
         layer.apply(params, state, jnp.ones((3, 4)))

@@ -36,6 +36,6 @@ from fundl.datasets._text import (
 )
 
 __all__ = [
-    "digits", "mnist", "read_idx", "write_idx", "Corpus", "Vocabulary", "held_out_splits", "number_words", "numbers_text",
-    "read_text", "sequences", "stdlib_text",
+    "digits", "mnist", "read_idx", "write_idx", "Corpus", "Vocabulary", "held_out_splits", "number_words",
+    "numbers_text", "read_text", "sequences", "stdlib_text",
 ]

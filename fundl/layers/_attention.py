@@ -62,7 +62,9 @@ def _split_shapes(input_shape: Shape) -> tuple[Shape, Shape | None]:
         raise LayerError(f"multi_head_attention expects inputs of shape {LAYOUT}, got {input_shape}")
     for what, shape in (("x", x_shape), ("context", context)):
         if shape is not None and len(shape) != 3:
-            raise LayerError(f"multi_head_attention expects {what} of shape (batch, time, features) (rank 3), got {shape}")
+            raise LayerError(
+                f"multi_head_attention expects {what} of shape (batch, time, features) (rank 3), got {shape}"
+            )
     if context is not None and context[0] != x_shape[0]:
         raise LayerError(f"multi_head_attention expects x and context with one batch size, got {x_shape} and {context}")
     return x_shape, context
@@ -101,10 +103,11 @@ def attention_weights(q: Array, k: Array, mask: Array | None, scale: float) -> A
 
 
 def _attend(q, k, v, mask, causal, *, rate: float, key, implementation) -> Array:
-    """``(batch, T, heads, head_dim)``: fused unless attention dropout is on (``rate > 0``) or the inputs are float64."""
+    """``(batch, T, heads, head_dim)``: fused, unless attention dropout is on or the inputs are float64."""
     if rate == 0.0 and q.dtype != jnp.float64:  # jax.nn.dot_product_attention computes float64's softmax in float32
         scale = jnp.shape(q)[-1] ** -0.5
-        return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal, scale=scale, implementation=implementation)
+        return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal, scale=scale,
+                                            implementation=implementation)
     return _attend_written_out(q, k, v, mask, causal, rate=rate, key=key)
 
 
@@ -177,28 +180,35 @@ def multi_head_attention(
         raise LayerError(f"multi_head_attention: num_kv_heads ({kv_heads}) must divide num_heads ({num_heads}), "
                          f"e.g. num_kv_heads={max(d for d in range(1, kv_heads + 1) if num_heads % d == 0)}")
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-        raise LayerError(f"multi_head_attention: `dropout` is the probability of dropping and must be in [0, 1), got {dropout!r}")
+        raise LayerError(
+            f"multi_head_attention: `dropout` is the probability of dropping and must be in [0, 1), got {dropout!r}"
+        )
     if implementation not in IMPLEMENTATIONS:
-        raise LayerError(f"multi_head_attention: `implementation` must be one of {IMPLEMENTATIONS}, got {implementation!r}")
+        raise LayerError(
+            f"multi_head_attention: `implementation` must be one of {IMPLEMENTATIONS}, got {implementation!r}"
+        )
 
     def sizes(input_shape: Shape) -> tuple[Shape, Shape | None, int]:
         """The checked input shapes and the head size."""
         x_shape, context = _split_shapes(input_shape)
         features = x_shape[-1]
         if head_dim is None and features % num_heads:
-            raise LayerError(f"multi_head_attention: num_heads ({num_heads}) must divide the input's features ({features}), "
-                             f"or give head_dim; input shape {x_shape}")
+            raise LayerError(f"multi_head_attention: num_heads ({num_heads}) must divide the input's features "
+                             f"({features}), or give head_dim; input shape {x_shape}")
         size = head_dim or features // num_heads
         if rotary and size % 2:
             raise LayerError(f"multi_head_attention: rotary positions need an even head_dim, got {size}")
         for option, used in (("rotary positions are", rotary), ("a causal mask is", causal)):
             if used and context is not None:
-                raise LayerError(f"multi_head_attention: {option} for self-attention; this input is a pair (x, context)")
+                raise LayerError(
+                    f"multi_head_attention: {option} for self-attention; this input is a pair (x, context)"
+                )
         return x_shape, context, size
 
     def projections(features: int, size: int) -> dict[str, Layer]:
-        return {"query": dense(num_heads * size, use_bias=use_bias), "key": dense(kv_heads * size, use_bias=use_bias),
-                "value": dense(kv_heads * size, use_bias=use_bias), "out": dense(out_features or features, use_bias=use_bias)}
+        widths = {"query": num_heads * size, "key": kv_heads * size, "value": kv_heads * size,
+                  "out": out_features or features}
+        return {name: dense(units, use_bias=use_bias) for name, units in widths.items()}
 
     def init(key, input_shape):
         x_shape, context, size = sizes(input_shape)
@@ -236,8 +246,8 @@ def multi_head_attention(
         source = x if context is None else context
         q, k, v = project("query", x, num_heads), project("key", source, kv_heads), project("value", source, kv_heads)
         index = decode_index(state)
+        positions = index + jnp.arange(time)  # of the new tokens: from 0, or after those in the cache
         if rotary:
-            positions = index + jnp.arange(time)
             q, k = rotary_embedding(q, positions, base=rotary_base), rotary_embedding(k, positions, base=rotary_base)
         decoding, order = bool(state), None  # order: the cache's causal mask
         if decoding:  # cached decoding: append the new keys and values to the cache, attend over all of it
@@ -246,7 +256,7 @@ def multi_head_attention(
             v = lax.dynamic_update_slice_in_dim(state["v"], v.astype(state["v"].dtype), index, axis=1)
             state = {"k": k, "v": v, "index": index + time}
             k, v = k.astype(q.dtype), v.astype(q.dtype)
-            order = ((index + jnp.arange(time))[:, None] >= jnp.arange(jnp.shape(k)[1]))[None, None]  # also hides empty slots
+            order = (positions[:, None] >= jnp.arange(jnp.shape(k)[1]))[None, None]  # also hides the empty slots
         padding = None if mask is None else _mask_array(mask, batch, time, jnp.shape(k)[1])
         out = _attend(q, k, v, _all_of([order, padding]), causal and not decoding,
                       rate=dropout if train else 0.0, key=child_key(key, "dropout"), implementation=implementation)

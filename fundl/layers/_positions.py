@@ -12,20 +12,19 @@ tokens seen so far in their state, so that a token fed alone gets its own positi
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 
-from fundl._core import Array, Initializer, Layer, LayerError, NamedInitializer, check_float, check_positive, expect_params
+from fundl._core import SMALL_NORMAL, Array, Initializer, Layer, LayerError, check_float, check_positive, expect_params
 from fundl.layers._decoding import cache_dtype, check_room, decode_index
 
 LAYOUT = "(batch, time, features)"
-SMALL_NORMAL = NamedInitializer("normal(stddev=0.02)", jax.nn.initializers.normal(stddev=0.02))
 
 
 def _sequence_shape(kind: str, shape) -> tuple[int, int, int]:
     if len(shape) != 3 or not all(isinstance(d, int) for d in shape):
-        raise LayerError(f"{kind} expects inputs of shape {LAYOUT}, got {tuple(shape)}: add embedding() before it for token ids")
+        hint = ": add embedding() before it for token ids (batch, time)" if len(shape) == 2 else ""
+        raise LayerError(f"{kind} expects inputs of shape {LAYOUT}, got {tuple(shape)}{hint}")
     return tuple(shape)  # type: ignore[return-value]
 
 

@@ -16,9 +16,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from fundl._combinators import named, serial
-from fundl._core import Array, Key, Layer, LayerError, Params
+from fundl._core import SMALL_NORMAL, Array, Key, Layer, LayerError, Params
 from fundl.layers import dense, embedding, init_cache, learned_positions, sinusoidal_positions, transformer
-from fundl.layers._positions import SMALL_NORMAL
 
 POSITIONS = ("rotary", "learned", "sinusoidal")
 
@@ -73,7 +72,8 @@ def gpt(
     """
     if positions not in POSITIONS:
         raise LayerError(f"gpt: unknown positions {positions!r}; available: {', '.join(POSITIONS)}")
-    position_layer = {"learned": [learned_positions(context)], "sinusoidal": [sinusoidal_positions()], "rotary": []}[positions]
+    position_layer = {"learned": [learned_positions(context)], "sinusoidal": [sinusoidal_positions()],
+                      "rotary": []}[positions]
     stack = transformer(layers, heads, causal=True, dropout=dropout, mlp_ratio=mlp_ratio, num_kv_heads=num_kv_heads,
                         rotary=positions == "rotary")
     model = serial(
