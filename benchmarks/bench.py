@@ -1,6 +1,6 @@
 """Training throughput of ``fundl.train.fit`` against hand-written JAX loops and peer libraries.
 
-Six workloads on synthetic data (float32, Adam 1e-3; ``--only`` picks some):
+Seven workloads on synthetic data (float32, Adam 1e-3; ``--only`` picks some):
 
 | name             | model                                           | batch |
 |------------------|-------------------------------------------------|------:|
@@ -10,6 +10,8 @@ Six workloads on synthetic data (float32, Adam 1e-3; ``--only`` picks some):
 | cnn_mnist        | 28x28x1 conv32-pool-conv64-pool-128-10          |   128 |
 | lstm             | LSTM T=50, 32 -> 128, last h -> dense 10        |    64 |
 | vae              | VAE 784-512-(20)-512-784, Bernoulli, -ELBO      |   128 |
+| gpt              | GPT, 128 tokens, T=64, 4 blocks of width 128,   |    32 |
+|                  | 4 heads, MLP 512, learned positions, RMS norm   |       |
 
 Contenders (``--frameworks`` picks some):
 
@@ -22,7 +24,7 @@ Contenders (``--frameworks`` picks some):
 * peers, when importable (``pip install -e .[bench]``), each as its users write it, fed the
   same pre-sliced host NumPy batches: ``flax_nnx`` (``nnx.jit`` + ``nnx.Optimizer``),
   ``flax_linen`` (``TrainState`` + ``jax.jit``), ``equinox`` (``eqx.filter_jit``), ``keras``
-  (Keras 3 on JAX, ``model.fit``). See ``peers.py``.
+  (Keras 3 on JAX, ``model.fit``; not the GPT). See ``peers.py``.
 
 Method: one process; every contender warms up (compiles) once, then all are timed back to
 back in each of ``--rounds`` interleaved rounds of the same number of epochs, a different one
@@ -77,7 +79,7 @@ from jax import lax
 
 import fundl as fl
 from fundl import train as T
-from fundl.models import mlp_vae, neg_elbo_loss
+from fundl.models import gpt, mlp_vae, neg_elbo_loss
 
 Run = Callable[[int], tuple[float, float]]  # run(epochs) -> (seconds without compilation, compile seconds)
 Recompile = Callable[[], float]  # compiles the contender's program afresh; returns the seconds it took
@@ -92,10 +94,11 @@ class Workload:
     """A model family, its sizes, batch size and synthetic data; peers build the same model from it."""
 
     name: str
-    kind: str  # "mlp", "cnn", "lstm" or "vae"
+    kind: str  # "mlp", "cnn", "lstm", "vae" or "gpt"
     batch: int
     input_shape: tuple[int, ...]  # one example's shape
-    hidden: tuple[int, ...]  # mlp: widths; cnn: (conv1, conv2, dense); lstm: (hidden,); vae: (hidden, latent)
+    hidden: tuple[int, ...]  # mlp: widths; cnn: (conv1, conv2, dense); lstm: (hidden,); vae: (hidden, latent);
+    # gpt: (layers, heads, width), with `classes` tokens
     steps: tuple[int, int]  # steps per epoch (the synthetic data's size) with --quick, and without
     classes: int = 10
 
@@ -105,6 +108,11 @@ class Workload:
         n = steps_per_epoch * self.batch
         if self.kind == "vae":  # pixel intensities in [0, 1], as the Bernoulli likelihood reads them
             return {"image": rng.random((n, *self.input_shape), dtype=np.float32)}
+        if self.kind == "gpt":  # token ids and the next token at each position
+            return {
+                "image": rng.integers(0, self.classes, (n, *self.input_shape), dtype=np.int32),
+                "label": rng.integers(0, self.classes, (n, *self.input_shape), dtype=np.int32),
+            }
         return {
             "image": rng.standard_normal((n, *self.input_shape), dtype=np.float32),
             "label": rng.integers(0, self.classes, n, dtype=np.int32),
@@ -116,6 +124,10 @@ class Workload:
             hidden, latent = self.hidden
             v = mlp_vae(self.input_shape, hidden=(hidden,), latent=latent)
             return v.model, neg_elbo_loss(v)
+        if self.kind == "gpt":
+            depth, heads, width = self.hidden
+            model = gpt(self.classes, depth, heads, width, self.input_shape[0], positions="learned").model  # as peers
+            return model, T.classification_loss(model)
         if self.kind == "mlp":
             layers = [layer for h in self.hidden for layer in (fl.dense(h), fl.relu())]
         elif self.kind == "cnn":
@@ -148,6 +160,7 @@ WORKLOADS = {
         ),  # ~0.2 s per step: 10 steps a round read +-7%
         Workload("lstm", "lstm", 64, (50, 32), (128,), (3, 20)),
         Workload("vae", "vae", 128, (784,), (512, 20), (5, 50)),
+        Workload("gpt", "gpt", 32, (64,), (4, 4, 128), (3, 20), classes=128),
     ]
 }
 

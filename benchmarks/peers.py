@@ -77,6 +77,8 @@ def _nnx(w: Any, batches: list[dict], lr: float) -> EpochFn:  # noqa: C901  (one
             nnx.relu,
             nnx.Linear(d, w.classes, rngs=rngs),
         )
+    elif w.kind == "gpt":
+        model = _nnx_gpt(w, rngs)
     elif w.kind == "lstm":
 
         class Classifier(nnx.Module):
@@ -130,6 +132,40 @@ def _nnx(w: Any, batches: list[dict], lr: float) -> EpochFn:  # noqa: C901  (one
     return epochs
 
 
+def _nnx_gpt(w: Any, rngs: Any) -> Any:
+    """Pre-norm blocks (RMS norm, causal attention without biases, GELU MLP), learned positions."""
+    from flax import nnx
+
+    depth, heads, width = w.hidden
+    time = w.input_shape[0]
+
+    class Block(nnx.Module):
+        def __init__(self, rngs: nnx.Rngs):
+            self.norm1, self.norm2 = nnx.RMSNorm(width, rngs=rngs), nnx.RMSNorm(width, rngs=rngs)
+            self.attention = nnx.MultiHeadAttention(heads, width, use_bias=False, decode=False, rngs=rngs)
+            self.up, self.down = nnx.Linear(width, 4 * width, rngs=rngs), nnx.Linear(4 * width, width, rngs=rngs)
+
+        def __call__(self, x, mask):
+            x = x + self.attention(self.norm1(x), mask=mask)
+            return x + self.down(nnx.gelu(self.up(self.norm2(x))))
+
+    class GPT(nnx.Module):
+        def __init__(self, rngs: nnx.Rngs):
+            self.embed = nnx.Embed(w.classes, width, rngs=rngs)
+            self.positions = nnx.Param(0.02 * jax.random.normal(rngs.params(), (time, width)))
+            self.blocks = nnx.List([Block(rngs) for _ in range(depth)])
+            self.norm, self.head = nnx.RMSNorm(width, rngs=rngs), nnx.Linear(width, w.classes, rngs=rngs)
+
+        def __call__(self, ids):
+            x = self.embed(ids) + self.positions[...]
+            mask = nnx.make_causal_mask(ids)
+            for block in self.blocks:
+                x = block(x, mask)
+            return self.head(self.norm(x))
+
+    return GPT(rngs)
+
+
 # --- Flax Linen ---------------------------------------------------------------------------
 
 
@@ -167,7 +203,19 @@ def _linen(w: Any, batches: list[dict], lr: float) -> EpochFn:  # noqa: C901  (o
             z = mean + jnp.exp(0.5 * log_var) * jax.random.normal(self.make_rng("noise"), mean.shape)
             return nn.Dense(x.shape[-1])(nn.relu(nn.Dense(hidden)(z))), mean, log_var
 
-    model = {"mlp": MLP, "cnn": CNN, "lstm": LSTM, "vae": VAE}[w.kind]()
+    class GPT(nn.Module):
+        @nn.compact
+        def __call__(self, ids):
+            depth, heads, width = w.hidden
+            positions = self.param("positions", nn.initializers.normal(0.02), (ids.shape[1], width))
+            x = nn.Embed(w.classes, width)(ids) + positions
+            mask = nn.make_causal_mask(ids)
+            for _ in range(depth):
+                x = x + nn.MultiHeadDotProductAttention(heads, use_bias=False)(nn.RMSNorm()(x), mask=mask)
+                x = x + nn.Dense(width)(nn.gelu(nn.Dense(4 * width)(nn.RMSNorm()(x))))
+            return nn.Dense(w.classes)(nn.RMSNorm()(x))
+
+    model = {"mlp": MLP, "cnn": CNN, "lstm": LSTM, "vae": VAE, "gpt": GPT}[w.kind]()
     key = jax.random.key(0)
     params = model.init({"params": key, "noise": key}, jnp.asarray(batches[0]["image"]))["params"]
     state = train_state.TrainState.create(apply_fn=model.apply, params=params, tx=optax.adam(lr))
@@ -197,7 +245,7 @@ def _linen(w: Any, batches: list[dict], lr: float) -> EpochFn:  # noqa: C901  (o
 # --- Equinox ---------------------------------------------------------------------------
 
 
-def _equinox(w: Any, batches: list[dict], lr: float) -> EpochFn:
+def _equinox(w: Any, batches: list[dict], lr: float) -> EpochFn:  # noqa: C901  (one branch per workload kind)
     import equinox as eqx
 
     keys = iter(jax.random.split(jax.random.key(0), 8))
@@ -220,6 +268,8 @@ def _equinox(w: Any, batches: list[dict], lr: float) -> EpochFn:
                 eqx.nn.Linear(d, w.classes, key=next(keys)),
             ]
         )
+    elif w.kind == "gpt":
+        model = _equinox_gpt(w, keys)
     elif w.kind == "lstm":
 
         class Classifier(eqx.Module):
@@ -287,6 +337,57 @@ def _equinox(w: Any, batches: list[dict], lr: float) -> EpochFn:
     return epochs
 
 
+def _equinox_gpt(w: Any, keys: Any) -> Any:
+    """The same GPT as equinox users write it: modules over one sequence, vmapped over the batch."""
+    import equinox as eqx
+
+    depth, heads, width = w.hidden
+    time = w.input_shape[0]
+
+    class Block(eqx.Module):
+        norm1: eqx.nn.RMSNorm
+        attention: eqx.nn.MultiheadAttention
+        norm2: eqx.nn.RMSNorm
+        up: eqx.nn.Linear
+        down: eqx.nn.Linear
+
+        def __call__(self, x):  # (time, width)
+            h = jax.vmap(self.norm1)(x)
+            x = x + self.attention(h, h, h, mask=jnp.tril(jnp.ones((time, time), bool)))
+            return x + jax.vmap(lambda v: self.down(jax.nn.gelu(self.up(self.norm2(v)))))(x)
+
+    class GPT(eqx.Module):
+        embed: eqx.nn.Embedding
+        positions: jax.Array
+        blocks: list
+        norm: eqx.nn.RMSNorm
+        head: eqx.nn.Linear
+
+        def __call__(self, ids):  # (time,)
+            x = jax.vmap(self.embed)(ids) + self.positions
+            for block in self.blocks:
+                x = block(x)
+            return jax.vmap(lambda v: self.head(self.norm(v)))(x)
+
+    def block(key):
+        k1, k2, k3 = jax.random.split(key, 3)
+        return Block(
+            eqx.nn.RMSNorm(width, use_bias=False),
+            eqx.nn.MultiheadAttention(heads, width, key=k1),
+            eqx.nn.RMSNorm(width, use_bias=False),
+            eqx.nn.Linear(width, 4 * width, key=k2),
+            eqx.nn.Linear(4 * width, width, key=k3),
+        )
+
+    return GPT(
+        eqx.nn.Embedding(w.classes, width, key=next(keys)),
+        0.02 * jax.random.normal(next(keys), (time, width)),
+        [block(next(keys)) for _ in range(depth)],
+        eqx.nn.RMSNorm(width, use_bias=False),
+        eqx.nn.Linear(width, w.classes, key=next(keys)),
+    )
+
+
 # --- Keras 3 (JAX backend) ---------------------------------------------------------------
 
 
@@ -296,6 +397,8 @@ def _keras(w: Any, batches: list[dict], lr: float) -> EpochFn | str:
 
     if w.kind == "vae":
         return "the VAE needs a custom train_step in Keras; not written here"
+    if w.kind == "gpt":
+        return "the GPT is not written for Keras here"
     if w.kind == "mlp":
         body = [layers.Dense(h, activation="relu") for h in w.hidden]
     elif w.kind == "cnn":

@@ -8,20 +8,29 @@ Then: fundl sample RUN_DIR --prompt "three hundred and" --temperature 0.5
 
 The default corpus needs no download: random numbers from 0 to 999,999 written out in
 English words, one per line ("four hundred and twelve thousand and seven"), generated
-from ``data.seed``. Any UTF-8 text file works instead: ``--set data.path=book.txt``. The
-last ``data.held_out`` fraction of the text is held out: its first half is the validation
-split, evaluated after every epoch, its second half the test split, scored once at the
-end. The model learns to predict each character from the ones before it, in windows of
-``data.length`` characters.
+from ``data.seed``. ``--set data.corpus=stdlib`` reads Python's standard library instead
+(its top-level modules, 4.7 MB on Python 3.11: the corpus of ``gpt_chars``, for comparing
+the two models on equal terms), and any UTF-8 text file works too:
+``--set data.path=book.txt``. A corpus read from disk is recorded in the run directory's
+``corpus.json`` (its SHA-256 and the Python version). The last ``data.held_out`` fraction
+of the text is held out: its first half is the validation split, evaluated after every
+epoch, its second half the test split, scored once at the end. The model learns to predict
+each character from the ones before it, in windows of ``data.length`` characters.
+
+On the stdlib corpus, ``--set data.corpus=stdlib --set train.epochs=7`` (7,224 steps, about
+3.1 min on 2 quiet vCPUs; 8 min on a loaded machine) reached a test loss of 1.37 nats per
+character (perplexity 3.94), validation 1.48; ``gpt_chars``, a transformer trained for
+about the same time, 1.26 (see its docstring).
 """
 
+import json
 import math
 
 import jax
 import numpy as np
 
 from fundl import losses
-from fundl.datasets import Vocabulary, numbers_text, read_text, sequences
+from fundl.datasets import Corpus, Vocabulary, held_out_splits, numbers_text, read_text, stdlib_text
 from fundl.models import char_lm, generate
 from fundl.runs import ConfigError, Experiment, Run
 from fundl.train import derived_metric
@@ -29,6 +38,7 @@ from fundl.train import derived_metric
 CONFIG = {
     "seed": 0,
     "data": {
+        "corpus": "numbers",  # the text when no path is given: numbers (generated) or stdlib (Python's own modules)
         "path": None,  # a text file to learn from; None: numbers written in words, generated
         "numbers": 5000,  # how many numbers the generated text writes out
         "seed": 0,  # the seed of the generated text
@@ -45,25 +55,26 @@ CONFIG = {
 }
 
 
-def corpus(data: dict) -> str:
+CORPORA = ("numbers", "stdlib")
+
+
+def corpus(data: dict) -> Corpus | str:
+    """The text: a file (``data.path``), the standard library, or numbers in words (a pure function of the config)."""
     if data["path"] is not None:
-        return read_text(data["path"])
-    return numbers_text(data["numbers"], seed=data["seed"])
+        return Corpus.of(read_text(data["path"]), data["path"])
+    if data["corpus"] not in CORPORA:
+        raise ConfigError(f"data.corpus must be one of {', '.join(CORPORA)}, got {data['corpus']!r}")
+    return stdlib_text() if data["corpus"] == "stdlib" else numbers_text(data["numbers"], seed=data["seed"])
 
 
 def experiment(config: dict) -> Experiment:
     data = config["data"]
     if not 0 < data["held_out"] < 1:
         raise ConfigError(f"data.held_out must be a fraction in (0, 1), got {data['held_out']}")
-    text = corpus(data)
+    source = corpus(data)
+    text = source.text if isinstance(source, Corpus) else source
     vocabulary = Vocabulary(text)
-    ids = vocabulary.encode(text)
-    train_end = int(len(ids) * (1 - data["held_out"]))
-    validation_end = (train_end + len(ids)) // 2
-    train, validation, test = (
-        sequences(part, data["length"])
-        for part in (ids[:train_end], ids[train_end:validation_end], ids[validation_end:])
-    )
+    train, validation, test = held_out_splits(vocabulary.encode(text), data["length"], data["held_out"])
     m = config["model"]
     lm = char_lm(len(vocabulary), embed=m["embed"], hidden=m["hidden"], cell=m["cell"])
 
@@ -85,5 +96,16 @@ def experiment(config: dict) -> Experiment:
         eval_data={"validation": validation},
         test_data={"test": test},
         hooks=[derived_metric("perplexity", lambda metrics: math.exp(metrics["loss"]))],
+        report=record_corpus(source.record()) if isinstance(source, Corpus) else None,
         sample=sample,
     )
+
+
+def record_corpus(record: dict):
+    """A report that writes ``record`` (what identifies the corpus) to ``corpus.json`` in the run directory."""
+
+    def report(run: Run) -> None:
+        if run.directory is not None:
+            (run.directory / "corpus.json").write_text(json.dumps(record, indent=1) + "\n")
+
+    return report

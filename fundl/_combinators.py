@@ -103,11 +103,16 @@ def init_child(name: str, layer: Layer, key: Key, input_shape: Shape) -> tuple[S
 
 
 def apply_child(
-    name: str, layer: Layer, params: Params, state: State, x: Any, key: Key | None, train: bool
+    name: str, layer: Layer, params: Params, state: State, x: Any, key: Key | None, train: bool, **kwargs: Any
 ) -> tuple[Any, State]:
-    """Applies one child to its slice of params and state; errors name its path."""
+    """Applies one child to its slice of params and state; errors name its path.
+
+    ``kwargs`` go to the child's ``apply`` (e.g. an attention layer's ``mask``).
+    """
     try:
-        return layer.apply(params.get(name, {}), state.get(name, {}), x, key=child_key(key, name), train=train)
+        return layer.apply(
+            params.get(name, {}), state.get(name, {}), x, key=child_key(key, name), train=train, **kwargs
+        )
     except LayerError as error:
         raise error.within(name)
 

@@ -71,6 +71,7 @@ GLOROT_UNIFORM = NamedInitializer("glorot_uniform()", jax.nn.initializers.glorot
 ORTHOGONAL = NamedInitializer("orthogonal()", jax.nn.initializers.orthogonal())
 ZEROS = NamedInitializer("zeros", jax.nn.initializers.zeros)
 STANDARD_NORMAL = NamedInitializer("normal(stddev=1.0)", jax.nn.initializers.normal(stddev=1.0))
+SMALL_NORMAL = NamedInitializer("normal(stddev=0.02)", jax.nn.initializers.normal(stddev=0.02))
 """A ``jax.nn.initializers`` function: ``init(key, shape, dtype) -> Array``."""
 
 

@@ -14,6 +14,27 @@ def random_input(shape, dtype=jnp.float32, seed=1):
     return jax.random.normal(jax.random.key(seed), shape, dtype)
 
 
+def normal(shape, dtype=np.float32, seed=1):
+    """Standard normal values from NumPy: unlike ``random_input``, no compilation for each new shape."""
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape).astype(dtype))
+
+
+def quick_init(layer: fundl.Layer, input_shape, seed=0):
+    """``layer.init`` as one program compiled without LLVM's slow passes (as ``fundl run`` does):
+    eager initializers compile each shape's random draws apart, a second or more each."""
+    shapes = []
+
+    def make(key):
+        out_shape, params, state = layer.init(key, input_shape)
+        shapes.append(out_shape)
+        return params, state
+
+    key = jax.random.key(seed)
+    options = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+    params, state = jax.jit(make).lower(key).compile(compiler_options=options)(key)
+    return shapes[0], params, state
+
+
 def as_shapes(shape):
     """A shape, or nested sequence of shapes, as nested tuples."""
     if all(isinstance(d, int) for d in shape):

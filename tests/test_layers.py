@@ -314,3 +314,21 @@ def test_norm_layers_check_the_feature_count(key):
         model.apply(params, state, jnp.ones((4, 5)))
     with pytest.raises(LayerError, match="batch_norm expects inputs of shape \\(batch, ..., features\\), got \\(3,\\)"):
         fl.batch_norm().init(key, (3,))
+
+
+def test_rms_norm_matches_numpy_and_flax(key):
+    layer = fl.rms_norm(epsilon=1e-6)
+    _, params, state = layer.init(key, (3, 2, 6))
+    params = {"scale": 1 + 0.1 * random_input((6,), seed=8)}
+    x = 1 + 2 * random_input((3, 2, 6))
+    y, _ = layer.apply(params, state, x)
+    xs = np.asarray(x, np.float64)
+    normed = xs / np.sqrt((xs**2).mean(-1, keepdims=True) + 1e-6)
+    np.testing.assert_allclose(y, normed * np.asarray(params["scale"]), atol=1e-5)
+    np.testing.assert_allclose(y, nn.RMSNorm(epsilon=1e-6).apply({"params": params}, x), atol=1e-5)
+    assert_grads_match_finite_differences(layer, (4, 5))
+    y16, _ = layer.apply(params, state, x.astype(jnp.bfloat16))
+    assert y16.dtype == jnp.bfloat16
+    expected = r"rms_norm expects inputs with 6 features on the last axis, got shape \(3, 4\)"
+    with pytest.raises(LayerError, match=expected):
+        layer.apply(params, state, jnp.ones((3, 4)))

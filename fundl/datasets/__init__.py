@@ -7,8 +7,9 @@ that you have downloaded into a local folder. Both return
 scaled to [0, 1] and int32 labels. ``read_idx`` and ``write_idx`` read and
 write single IDX files, the format MNIST is distributed in. For character-level language
 models, ``numbers_text()`` generates a corpus (numbers written out in English words),
-``read_text(path)`` reads one, ``Vocabulary`` maps characters to ids and ``sequences``
-cuts next-character training windows.
+``stdlib_text()`` reads the Python standard library's modules as one text, ``read_text(path)``
+reads a file, ``Vocabulary`` maps characters to ids, ``sequences`` cuts next-character
+training windows and ``held_out_splits`` cuts a text into train, validation and test windows.
 """
 
 from fundl.datasets._augment import RandomShift as RandomShift
@@ -34,16 +35,28 @@ from fundl.datasets._seq2seq import (
     number_translation as number_translation,
 )
 from fundl.datasets._split import train_validation_split as train_validation_split
-from fundl.datasets._text import Vocabulary, number_words, numbers_text, read_text, sequences
+from fundl.datasets._text import (
+    Corpus,
+    Vocabulary,
+    held_out_splits,
+    number_words,
+    numbers_text,
+    read_text,
+    sequences,
+    stdlib_text,
+)
 
 __all__ = [
     "digits",
     "mnist",
     "read_idx",
     "write_idx",
+    "Corpus",
     "Vocabulary",
+    "held_out_splits",
     "number_words",
     "numbers_text",
     "read_text",
     "sequences",
+    "stdlib_text",
 ]

@@ -1,4 +1,4 @@
-"""Normalisation layers: batch norm (with running statistics in its state) and layer norm."""
+"""Normalisation layers: batch norm (with running statistics in its state), layer norm and RMS norm."""
 
 from __future__ import annotations
 
@@ -125,3 +125,35 @@ def layer_norm(*, epsilon: float = 1e-5, use_scale: bool = True, use_bias: bool 
         return _scale_and_shift(y, params, use_scale, use_bias).astype(dtype), state
 
     return Layer(init, apply, "layer_norm")
+
+
+def rms_norm(*, epsilon: float = 1e-6, use_scale: bool = True) -> Layer:
+    """Divides each example by the root mean square of its last axis (no centring, no bias).
+
+    ``y = x / sqrt(mean(x**2) + epsilon) * scale``, computed in float32 whatever the input's
+    dtype; the pre-norm of :func:`fundl.transformer_block`. No state; the same in training
+    and evaluation.
+
+    Shapes: ``x (..., features) -> y (same)``; params ``scale (features,)``, starting at 1.
+
+    Example:
+      >>> out_shape, params, _ = rms_norm().init(jax.random.key(0), (8, 16, 64))  # params["scale"] (64,)
+    """
+    if not epsilon > 0:
+        raise LayerError(f"rms_norm: `epsilon` must be positive, got {epsilon!r}")
+
+    def init(key, input_shape):
+        if len(input_shape) < 1:
+            raise LayerError(f"rms_norm expects inputs of shape (..., features), got {tuple(input_shape)}")
+        return input_shape, _affine_params(input_shape[-1], use_scale, False), {}
+
+    def apply(params, state, x, *, key=None, train=False):
+        check_float("rms_norm", x)
+        if isinstance(params, dict) and params:
+            _check_features("rms_norm", x, jnp.shape(next(iter(params.values())))[-1])
+        expect_params("rms_norm", params, _affine_shapes(jnp.shape(x)[-1], use_scale, False))
+        dtype, x = x.dtype, _float32(x)
+        y = x * lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + epsilon)
+        return _scale_and_shift(y, params, use_scale, False).astype(dtype), state
+
+    return Layer(init, apply, "rms_norm")

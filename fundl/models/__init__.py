@@ -15,6 +15,7 @@ from fundl.models._gan import (
     mlp_gan as mlp_gan,
     sample_quality as sample_quality,
 )
+from fundl.models._gpt import GPT as GPT, gpt as gpt, gpt_generate as gpt_generate, next_token as next_token
 from fundl.models._mlp import mlp as mlp
 from fundl.models._recsys import (
     RATING_LOSSES as RATING_LOSSES,
