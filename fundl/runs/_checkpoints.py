@@ -51,7 +51,7 @@ class Checkpoints:
         always saves at its end too.
       keep: how many of the latest checkpoints to keep.
       best: also keep the checkpoint with the best value of this metric, e.g.
-        ``"test/accuracy"``; ``best_mode`` says whether ``"max"`` or ``"min"`` is best.
+        ``"validation/accuracy"``; ``best_mode`` says whether ``"max"`` or ``"min"`` is best.
       stop_after_steps: stop training at this step, as if preempted.
       run_id: saved with every checkpoint and checked on restore, so that a checkpoint
         copied from another run is refused.

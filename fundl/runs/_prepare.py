@@ -28,6 +28,8 @@ from fundl.distributed import Placement, data_mesh
 from fundl.runs._config import Config, ConfigError, override, parse_value
 from fundl.runs._experiment import Experiment, total_steps
 from fundl.runs._optimizers import make_optimizer
+from fundl.runs._ranges import check_ranges, check_value
+from fundl.runs._watched import check_watched, recorded_metrics
 from fundl.train import (
     PRECISION_POLICIES,
     Budget,
@@ -144,6 +146,7 @@ def prepare(
     """
     sweep = dict(sweep or {})
     _check_seed(config["seed"])
+    check_ranges(config)
     experiment = module.experiment(config)
     total = total_steps(config, experiment)
     members = None
@@ -159,6 +162,9 @@ def prepare(
         members = _member_configs(config, seeds, sweep)
         for c in members:
             _check_seed(c["seed"])
+        for key, values in sweep.items():  # each swept value once, not once per member
+            for value in values:
+                check_value(key, value, "--sweep ")
     for c in members or [config]:
         make_optimizer(c, total)  # each member's settings are checked before anything is made
     train = config["train"]
@@ -174,9 +180,10 @@ def prepare(
             f"train.batch_size={train['batch_size']}: {error}"
         ) from None
     _check_checkpoint_config(config["checkpoint"], members is not None)
-    _check_early_stopping_config(config["early_stopping"], experiment)
+    _check_early_stopping_config(config["early_stopping"])
     loss = with_precision(Loss.of(experiment.loss_fn, experiment.eval_fn), train["precision"])
     _check_test_data(experiment, loss)
+    _check_watched_metrics(config, experiment, loss)
     per_epoch = num_examples(experiment.train_data) // train["batch_size"]
     if members is None:
         population: OneRun | Members = OneRun(make_optimizer(config, total)[0])
@@ -315,10 +322,6 @@ def _check_checkpoint_config(checkpoint: dict[str, Any], sweep: bool) -> None:
             raise ConfigError(f"checkpoint.{key} must be a positive integer (or null), got {value!r}")
     if checkpoint["best_mode"] not in ("max", "min"):
         raise ConfigError(f"checkpoint.best_mode must be 'max' or 'min', got {checkpoint['best_mode']!r}")
-    if checkpoint["best"] is not None and "/" not in checkpoint["best"]:
-        raise ConfigError(
-            f"checkpoint.best names a 'split/metric', e.g. 'validation/accuracy'; got {checkpoint['best']!r}"
-        )
     if checkpoint["best"] is not None and sweep:
         raise ConfigError(
             "checkpoint.best keeps the checkpoint of one run's best evaluation; a sweep's checkpoints hold every "
@@ -326,27 +329,35 @@ def _check_checkpoint_config(checkpoint: dict[str, Any], sweep: bool) -> None:
         )
 
 
-def _check_early_stopping_config(stopping: dict[str, Any], experiment: Experiment) -> None:
+def _check_early_stopping_config(stopping: dict[str, Any]) -> None:
     if stopping["metric"] is None:
         return
-    split = stopping["metric"].partition("/")[0]
-    splits = sorted(experiment.eval_data or {})
-    if split in (experiment.test_data or {}):
-        raise ConfigError(
-            f"early_stopping.metric {stopping['metric']!r}: the test split is scored once, after training, so that "
-            f"nothing is tuned on it; watch an evaluated split instead ({', '.join(splits)})"
-        )
-    if "/" not in stopping["metric"] or split not in splits:
-        raise ConfigError(
-            "early_stopping.metric names an evaluated 'split/metric' "
-            f"(splits: {', '.join(splits)}), got {stopping['metric']!r}"
-        )
     try:
-        early_stopping(
-            split, "x", mode=stopping["mode"], patience=stopping["patience"], min_delta=stopping["min_delta"]
-        )
+        early_stopping("x", "x", mode=stopping["mode"], patience=stopping["patience"], min_delta=stopping["min_delta"])
     except ValueError as error:
         raise ConfigError(f"early_stopping: {error}") from None
+
+
+def _check_watched_metrics(config: Config, experiment: Experiment, loss: Loss) -> None:
+    """``checkpoint.best`` and ``early_stopping.metric`` must name a metric that training records."""
+    watched = {
+        "checkpoint.best": config["checkpoint"]["best"],
+        "early_stopping.metric": config["early_stopping"]["metric"],
+    }
+    if not any(watched.values()):
+        return
+    recorded = recorded_metrics(
+        loss,
+        experiment.model,
+        experiment.input_shape,
+        experiment.train_data,
+        experiment.eval_data or {},
+        config["train"]["batch_size"],
+        experiment.hooks,
+    )
+    tests = list(experiment.test_data or {})
+    check_watched("checkpoint.best", watched["checkpoint.best"], recorded, tests, train=True)
+    check_watched("early_stopping.metric", watched["early_stopping.metric"], recorded, tests, train=False)
 
 
 def _check_test_data(experiment: Experiment, loss: Loss) -> None:

@@ -21,6 +21,7 @@ from fundl.train._fit import fit as fit, fit_members as fit_members
 from fundl.train._history import History as History, MemberEnd as MemberEnd, Record as Record
 from fundl.train._hooks import (
     BestParams as BestParams,
+    DerivedMetric as DerivedMetric,
     EarlyStopping as EarlyStopping,
     Event as Event,
     Hook as Hook,
