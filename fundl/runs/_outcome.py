@@ -19,11 +19,14 @@ from fundl.train._progress import format_metrics
 
 
 def record_outcome(
-    plan: Plan, files: RunDirectory | None, carry: Any, history: History, echo: Callable[[str], None]
+    plan: Plan, files: RunDirectory | None, carry: Any, history: History, echo: Callable[[str], None], run_id: str
 ) -> Run:
-    """Writes the outcome (on the writing process): status, and for a run that ended well its results."""
+    """Writes the outcome (on the writing process): status, and for a run that ended well its results.
+
+    ``summary.json`` and the final train state carry ``run_id``: copied into another run's directory, they are refused.
+    """
     members = None if plan.members is None else _members(plan, carry, history)
-    summary = _summary(plan, carry, history, members)
+    summary = {"run_id": run_id, **_summary(plan, carry, history, members)}
     train_state = carry if plan.members is None else carry.states
     done = Run(files.path if files else None, plan.config, plan.experiment, train_state, history, summary, members)
     if files is None:
@@ -37,7 +40,7 @@ def record_outcome(
     if ended_well:
         from fundl.distributed import host_copy
 
-        summary["train_state_sha256"] = files.save_final_state(host_copy(train_state))
+        summary["train_state_sha256"] = files.save_final_state(host_copy(train_state), run_id)
     files.write_summary(summary)
     if members is not None:
         files.write_members(members)

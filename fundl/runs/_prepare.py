@@ -13,7 +13,7 @@ import copy
 import itertools
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import ModuleType
 from typing import Any, NamedTuple
@@ -92,13 +92,23 @@ class Plan(NamedTuple):
         """The learning-rate schedule of a lane (a member's, with its own rate)."""
         return make_optimizer(self.configs[lane], self.total)[1]
 
-    def initial_carry(self) -> TrainState | MemberStates:
-        """The train state at step 0 (a sweep's: every member's, stacked, with their settings)."""
+    def initial_carry(self, echo: Callable[[str], None] | None = None) -> TrainState | MemberStates:
+        """The train state at step 0 (a sweep's: every member's, stacked, with their settings).
+
+        ``echo``: where a large sweep reports how far it got, every few seconds.
+        """
         e = self.experiment
         if isinstance(self.population, OneRun):
             return initial_train_state(e.model, e.input_shape, self.population.optimizer, self.config["seed"])
         optimizer = make_optimizer(self.configs[0], self.total)[0]
-        return MemberStates.of(initial_train_states(e.model, e.input_shape, optimizer, self.seeds), self.hyper())
+        count = len(self.seeds)
+
+        def progress(made: int) -> None:
+            if echo is not None:
+                echo(f"initial states: {made:,} of {count:,} members made")
+
+        states = initial_train_states(e.model, e.input_shape, optimizer, self.seeds, progress=progress)
+        return MemberStates.of(states, self.hyper())
 
     def hyper(self) -> dict[str, np.ndarray]:
         """Each swept setting's value for every member, ``{dotted_key: (M,)}``."""

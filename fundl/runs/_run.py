@@ -22,10 +22,12 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from fundl.distributed import describe_mesh, host_copy, wrap_keys
-from fundl.runs._checkpoints import Checkpoints, preemption_signals
+from fundl.runs._checkpoints import Checkpoints
 from fundl.runs._config import Config, flat_keys
 from fundl.runs._directory import RunDirectory
 from fundl.runs._experiment import Run, load_example, resolve_config
+from fundl.runs._identity import data_identity
+from fundl.runs._lifecycle import RunSignals, StartInterrupted, abandoned_start, failed_training
 from fundl.runs._manifest import manifest
 from fundl.runs._outcome import record_outcome
 from fundl.runs._prepare import Plan, lane_hooks, prepare
@@ -60,41 +62,66 @@ def run(
     Example:
       >>> run("mlp_digits", [("train.epochs", 3)], quiet=True).summary["metrics"]["test"]
     """
-    module = load_example(example)
-    config = resolve_config(module, settings)
-    if stop_after_steps is not None and (not isinstance(stop_after_steps, int) or stop_after_steps < 1):
-        raise ValueError(f"stop_after_steps must be a positive integer, got {stop_after_steps!r}")
-    plan = prepare(module, config, seeds, sweep)
-    writer = jax.process_index() == 0  # in a multi-process run, process 0 alone writes
-    directory, run_id = _on_every_process(lambda: RunDirectory.create(Path(example).stem, out))
-    if directory is not None:  # process 0
-        echo(f"run directory: {directory.path}")
-        directory.write_config(config)
-        sha = directory.copy_example(module)
-        population = (
-            {}
-            if plan.members is None
-            else {"sweep": {"seeds": sorted(set(plan.seeds)), "settings": plan.sweep, "members": len(plan.members)}}
-        )
-        directory.write_manifest(
-            {
-                "run_id": run_id,
-                **manifest(example, sha, config["train"]["precision"], describe_mesh(plan.execution.mesh)),
-                **population,
-            }
-        )
-    carry = plan.initial_carry()
-    checkpoints = _checkpoints(plan, _checkpoint_directory(directory, out), run_id, stop_after_steps)
-    return _train(
-        plan,
-        directory if writer else None,
-        checkpoints,
-        carry,
-        _hooks(plan, directory if writer else None),
-        None,
-        quiet,
-        echo,
+    with RunSignals() as signals:
+        try:
+            module = load_example(example)
+            config = resolve_config(module, settings)
+            if stop_after_steps is not None and (not isinstance(stop_after_steps, int) or stop_after_steps < 1):
+                raise ValueError(f"stop_after_steps must be a positive integer, got {stop_after_steps!r}")
+            plan = prepare(module, config, seeds, sweep)
+            writer = jax.process_index() == 0  # in a multi-process run, process 0 alone writes
+            directory, run_id = _on_every_process(lambda: RunDirectory.create(Path(example).stem, out))
+        except StartInterrupted as error:
+            raise StartInterrupted(
+                error.signal_name,
+                f"interrupted by {error.signal_name} before the run directory was made: nothing was written",
+            ) from None
+        try:
+            if directory is not None:  # process 0
+                echo(f"run directory: {directory.path}")
+                _start(directory, module, config, plan, example, run_id)
+            carry = plan.initial_carry(echo if plan.members is not None else None)
+            checkpoints = _checkpoints(plan, _checkpoint_directory(directory, out), run_id, stop_after_steps)
+        except BaseException as error:
+            if directory is None:
+                raise
+            directory.release()
+            raise abandoned_start(directory, error) from None
+        try:
+            return _train(
+                plan,
+                directory if writer else None,
+                checkpoints,
+                carry,
+                _hooks(plan, directory if writer else None),
+                None,
+                quiet,
+                echo,
+                signals,
+                run_id,
+            )
+        finally:
+            if directory is not None:
+                directory.release()
+
+
+def _start(directory: RunDirectory, module: ModuleType, config: Config, plan: Plan, example: str, run_id: str) -> None:
+    """Writes what a run is before it trains, and seals its identity last (a directory without it trained nothing)."""
+    directory.write_config(config)
+    sha = directory.copy_example(module)
+    population = (
+        None
+        if plan.members is None
+        else {"seeds": sorted(set(plan.seeds)), "settings": plan.sweep, "members": len(plan.members)}
     )
+    directory.write_manifest(
+        {
+            "run_id": run_id,
+            **manifest(example, sha, config["train"]["precision"], describe_mesh(plan.execution.mesh)),
+            **({} if population is None else {"sweep": population}),
+        }
+    )
+    directory.seal(run_id, config, sha, data_identity(plan.experiment), population)
 
 
 def sweep(
@@ -159,34 +186,51 @@ def resume(directory: str | os.PathLike, *, quiet: bool = False, echo: Callable[
       ValueError: the run has finished, or its files do not match each other.
     """
     files = RunDirectory.open(directory)
+    writer = jax.process_index() == 0
+    with RunSignals() as signals:
+        if writer:
+            files.claim()  # one writer at a time: an error naming the process that writes it now
+        try:
+            try:
+                plan, run_id, step, carry, extra, checkpoints = _restore(files)
+            except StartInterrupted as error:
+                raise StartInterrupted(
+                    error.signal_name,
+                    f"interrupted by {error.signal_name} before training resumed: nothing changed; "
+                    f"`fundl resume {files.path}` continues it",
+                ) from None
+            hooks = _hooks(plan, files if writer else None)
+            if "hooks" in extra:  # (a run resumed from step 0 starts with fresh hooks)
+                _load_hook_states(files.path, hooks, extra["hooks"])
+            ends = [MemberEnd(reason, bool(nonfinite)) for reason, nonfinite in extra.get("members", [])] or None
+            if writer:
+                files.truncate_records(step, drop_splits=plan.experiment.test_data or {})
+                start = f"from step {step}" if step else "from step 0 (no checkpoint was saved)"
+                echo(f"resuming {files.path} {start}")
+            return _train(
+                plan, files if writer else None, checkpoints, carry, hooks, ends, quiet, echo, signals, run_id
+            )
+        finally:
+            files.release()
+
+
+def _restore(files: RunDirectory) -> tuple[Plan, str, int, Any, dict[str, Any], Checkpoints]:
+    """A run directory's plan, checked against its sealed identity, and the state to go on from: its latest
+    complete checkpoint, or step 0 if it saved none (a run's start is a function of its config)."""
     status = files.status()
     if status["status"] in ("finished", "stopped_early"):
         raise ValueError(
             f"{files.path} has {status['status'].replace('_', ' ')} "
             f"at step {status['step']}: there is nothing to resume"
         )
-    module, config = _verified_example(files)
-    environment = files.manifest()
-    swept = environment.get("sweep")
-    plan = prepare(module, config, *_sweep_of(swept))
-    checkpoints = _checkpoints(plan, files.checkpoints, environment.get("run_id", ""), None)
-    like = jax.eval_shape(plan.initial_carry)
-    try:
-        step, carry, extra = checkpoints.restore(like)
-    except FileNotFoundError:
-        raise FileNotFoundError(
-            f"{files.path} has no complete checkpoint to resume from "
-            "(it stopped before its first one): start it again with "
-            f"`fundl run`"
-        ) from None
-    writer = jax.process_index() == 0
-    hooks = _hooks(plan, files if writer else None)
-    _load_hook_states(files.path, hooks, extra.get("hooks", []))
-    if writer:
-        files.truncate_records(step)
-        echo(f"resuming {files.path} from step {step}")
-    ends = [MemberEnd(reason, bool(nonfinite)) for reason, nonfinite in extra.get("members", [])] or None
-    return _train(plan, files if writer else None, checkpoints, carry, hooks, ends, quiet, echo)
+    module, config, _ = _verified_example(files)
+    plan = prepare(module, config, *_sweep_of(files.manifest().get("sweep")))
+    run_id = files.verify(data_identity(plan.experiment))["run_id"]
+    checkpoints = _checkpoints(plan, files.checkpoints, run_id, None)
+    if not checkpoints.steps():
+        return plan, run_id, 0, plan.initial_carry(), {}, checkpoints
+    step, carry, extra = checkpoints.restore(jax.eval_shape(plan.initial_carry))
+    return plan, run_id, step, carry, extra, checkpoints
 
 
 def _sweep_of(swept: dict[str, Any] | None) -> tuple[list[int] | None, dict[str, list[Any]] | None]:
@@ -258,17 +302,27 @@ def _train(
     ends: list[MemberEnd] | None,
     quiet: bool,
     echo: Callable[[str], None],
+    signals: RunSignals,
+    run_id: str,
 ) -> Run:
-    """Trains with checkpoints and preemption signals; records the outcome (``files``: process 0 only)."""
+    """Trains with checkpoints and preemption signals; records the outcome (``files``: process 0 only).
+
+    A run resumed from a checkpoint taken after training ended (its budget spent, or every
+    lane stopped) trains no more: it scores its test splits and writes its results.
+    """
     population = plan.population
+    step = population.step_count(carry)
     if files:
-        files.set_status("running", population.step_count(carry))
+        files.set_status("running", step)
         from fundl.plots import import_in_background
 
         import_in_background()  # for curves.png at the end: the import overlaps training
     members = plan.members is not None
     try:
-        with preemption_signals(checkpoints):
+        signals.training(checkpoints)
+        if step >= plan.total or (ends and all(end.stop_reason for end in ends)):
+            history = _after_training(plan, files, carry, hooks, ends or [])
+        else:
             carry, history = loop(
                 population,
                 plan.loss,
@@ -285,28 +339,57 @@ def _train(
                 ends=ends,
             )
         checkpoints.wait()
+        signals.finishing()
         if not (history.interrupted or history.nonfinite):
             _score_test_splits(plan, carry, history, hooks)
+        if jax.process_count() > 1:  # every process takes part in gathering the state; process 0 writes it
+            carry = wrap_keys(host_copy(carry), carry)
+        done = record_outcome(plan, files, carry, history, echo, run_id)
     except BaseException as error:
-        checkpoints.wait()
-        if files:
-            step = checkpoints.steps()[-1] if checkpoints.steps() else 0
-            reason = (
-                "aborted (a second Ctrl-C)"
-                if isinstance(error, KeyboardInterrupt)
-                else f"{type(error).__name__}: {error}"
-            )
-            files.set_status("interrupted" if isinstance(error, KeyboardInterrupt) else "failed", step, reason)
-        raise
+        try:
+            checkpoints.wait()
+        except BaseException:
+            pass  # the error being handled says what went wrong
+        raise failed_training(files, error, signals.phase == "finishing") from None
     finally:
         checkpoints.close()
-    if jax.process_count() > 1:  # every process takes part in gathering the state; process 0 writes it
-        carry = wrap_keys(host_copy(carry), carry)
-    done = record_outcome(plan, files, carry, history, echo)
+    if signals.deferred:
+        echo(f"{signals.deferred} arrived while the results were written: they were written first")
     if jax.process_count() > 1:
         echo(f"process {jax.process_index()}: params {done.summary['params_fingerprint']}")
         multihost_utils.sync_global_devices("fundl run finished")  # no process leaves before process 0 has written
     return done
+
+
+def _after_training(
+    plan: Plan, files: RunDirectory | None, carry: Any, hooks: list[list[Hook]], ends: list[MemberEnd]
+) -> History:
+    """The history of a run resumed after its training had ended: the records it wrote, and how each lane ended."""
+    step, members = plan.population.step_count(carry), plan.members is not None
+    lanes = ends or [MemberEnd()] * len(plan.configs)
+    for lane, lane_hooks_ in enumerate(hooks):  # what the loop tells its hooks at the end (closing files)
+        record = Record(step, step / plan.steps_per_epoch, "train", {}, lane if members else None)
+        for hook in lane_hooks_:
+            hook(Event("end", record, plan.population.train_state(carry, lane)))
+    if not members:
+        stop_reason = lanes[0].stop_reason
+    else:
+        stop_reason = "every member stopped" if all(end.stop_reason for end in lanes) else None
+    return History(
+        records=files.records() if files else [],
+        steps=step,
+        epochs=step / plan.steps_per_epoch,
+        stop_reason=stop_reason,
+        nonfinite=False,  # a non-finite state is never saved
+        interrupted=False,
+        members=tuple(lanes),
+        wall_s=0.0,
+        compile_s=0.0,
+        steps_per_call=0,
+        steps_per_call_reason="none: training had ended when the run was resumed",
+        mesh=describe_mesh(plan.execution.mesh),
+        traces={},
+    )
 
 
 def _score_test_splits(plan: Plan, carry: Any, history: History, hooks: list[list[Hook]]) -> None:
@@ -357,17 +440,20 @@ def _on_every_process(create: Callable[[], RunDirectory]) -> tuple[RunDirectory 
 # --- reading a run back ----------------------------------------------------------------------
 
 
-def _verified_example(files: RunDirectory) -> tuple[ModuleType, Config]:
-    """The run's own copy of its example, checked against the manifest, and its config, checked against the example."""
-    module = load_example(str(files.example()))
+def _verified_example(files: RunDirectory) -> tuple[ModuleType, Config, dict[str, Any]]:
+    """The run's own copy of its example and its config, both checked against the identity the run was sealed with
+    (and the config's keys against the example's); the sealed identity too."""
+    copy = files.example()
     config = files.config()
+    sealed = files.verify()
+    module = load_example(str(copy))
     expected, got = flat_keys(resolve_config(module)), flat_keys(config)
     unknown, missing = sorted(set(got) - set(expected)), sorted(set(expected) - set(got))
     if unknown or missing:
         raise ValueError(
             f"{files.path / files.CONFIG} does not fit its example: unknown keys {unknown}, missing keys {missing}"
         )
-    return module, config
+    return module, config, sealed
 
 
 def load_run(directory: str | os.PathLike, member: int | None = None) -> Run:
@@ -392,14 +478,22 @@ def load_run(directory: str | os.PathLike, member: int | None = None) -> Run:
     if status["status"] not in ("finished", "stopped_early"):
         hint = f": continue it with `fundl resume {files.path}`" if status["status"] == "interrupted" else ""
         raise ValueError(f"{files.path} has not finished (status: {status['status']}){hint}")
-    module, config = _verified_example(files)
+    module, config, _ = _verified_example(files)
     swept = files.manifest().get("sweep")
     plan = prepare(module, config, *_sweep_of(swept))
+    run_id = files.verify(data_identity(plan.experiment))["run_id"]
     summary = files.summary()
     if summary is None:
         raise FileNotFoundError(f"{files.path / files.SUMMARY} is missing: the run directory is incomplete")
+    if summary.get("run_id") != run_id:
+        raise ValueError(
+            f"{files.path / files.SUMMARY} belongs to another run ({summary.get('run_id') or 'it carries no run id'}), "
+            f"not to {run_id}: copied from another run directory"
+        )
     like = jax.eval_shape(plan.initial_carry)
-    final = files.load_final_state(like if plan.members is None else like.states, summary.get("train_state_sha256"))
+    final = files.load_final_state(
+        like if plan.members is None else like.states, summary.get("train_state_sha256"), run_id
+    )
     if plan.members is None:
         if member is not None:
             raise ValueError(f"{files.path} is a single run, not a sweep: load it without a member")
