@@ -18,6 +18,7 @@ import jax
 import numpy as np
 import optax
 import pytest
+from child import run_python
 
 import fundl as fl
 from fundl import runs
@@ -459,11 +460,8 @@ for m in few:
     member = jax.tree.map(lambda x: x[m], sharded.states.params)
     for a, b in zip(jax.tree.leaves(member), jax.tree.leaves(alone.params)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
-print("BODY DONE")
 """
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0 and done.stdout.strip().endswith("BODY DONE"), done.stderr[-3000:]
+    run_python(code, devices=8, timeout=600)
 
 
 def test_fit_members_refuses_a_mismatch_of_members_and_seeds():
