@@ -201,9 +201,11 @@ def test_a_frozen_member_stays_frozen_while_the_others_train(tmp_path):
         out=str(tmp_path / "alone"),
         **QUIET,
     )
-    frozen = runs.load_run(tmp_path / "sweep", member=1).train_state.params
-    for a, b in zip(jax.tree.leaves(frozen), jax.tree.leaves(alone.train_state.params)):
+    frozen = runs.load_run(tmp_path / "sweep", member=1).train_state
+    assert int(frozen.step) == step - 1  # the whole state is frozen, its step counter too, while the others go on
+    for a, b in zip(jax.tree.leaves(frozen.params), jax.tree.leaves(alone.train_state.params)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5)
+    assert int(runs.load_run(tmp_path / "sweep", member=0).train_state.step) == 3 * 38
     summary = json.loads((tmp_path / "sweep" / "summary.json").read_text())
     assert summary["frozen"] == [diverged["frozen"]]
     assert [s["settings"]["optimizer.learning_rate"] for s in summary["settings"]] == [0.1, 1e38, 0.05]

@@ -1,4 +1,4 @@
-"""Periodic checkpoints of a run: atomic, asynchronous, verified, and the signals that trigger one.
+"""Periodic checkpoints of a run: atomic, asynchronous and verified (the signals that ask for one: _lifecycle.py).
 
 A checkpoint holds everything a run needs to go on exactly as if it had never stopped:
 the whole train state (step, params, model state, optimizer state, key; the step is also
@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import signal
-import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -77,17 +75,14 @@ class Checkpoints:
         self.stop_after_steps = stop_after_steps
         self.directory = Path(directory)
         self.keep, self.best, self.best_mode, self.run_id = keep, best, best_mode, run_id
-        self.preemption: str | None = None  # set by a signal handler (see preemption_signals)
+        self.preemption: str | None = None  # set by a signal handler (see fundl.runs._lifecycle.RunSignals)
         self._writer = jax.process_index() == 0  # in a multi-process run, process 0 writes
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fundl-checkpoint")
         self._pending: list[Future] = []
         if self._writer:
             self.directory.mkdir(parents=True, exist_ok=True)
             remove_unfinished(self.directory)
-        index = self.directory / _INDEX
-        self._scores: dict[int, float] = (
-            {int(k): v for k, v in json.loads(index.read_text()).items()} if index.is_file() else {}
-        )
+        self._scores: dict[int, float] = self._read_scores()
 
     # --- the Checkpointer protocol of fit -----------------------------------------------------
 
@@ -118,9 +113,30 @@ class Checkpoints:
 
     # --- writing, in the background ------------------------------------------------------------
 
+    def _read_scores(self) -> dict[int, float]:
+        """The watched metric of each checkpoint: ``index.json``, or if a kill or a full disk left it unreadable,
+        what the checkpoints themselves recorded (each holds its own score)."""
+        index = self.directory / _INDEX
+        if not index.is_file():
+            return {}
+        try:
+            return {int(k): float(v) for k, v in json.loads(index.read_text()).items()}
+        except (ValueError, TypeError, AttributeError):
+            scores = {}
+            for step in self.steps():
+                try:
+                    score = _payload(self.directory / f"{step}{SUFFIX}").get("score")
+                except ValueError:
+                    continue  # a damaged checkpoint: restoring it is what reports it
+                if score is not None:
+                    scores[step] = float(score)
+            return scores
+
     def _write(self, step: int, train_state: Any, extra: dict[str, Any], score: float | None) -> None:
         host = flax.serialization.to_state_dict(host_copy(train_state))
-        data = flax.serialization.msgpack_serialize({"run_id": self.run_id, "step": step, "train_state": host, **extra})
+        data = flax.serialization.msgpack_serialize(
+            {"run_id": self.run_id, "step": step, "train_state": host, "score": score, **extra}
+        )
         write_atomic(self.directory / f"{step}{SUFFIX}", hashlib.sha256(data).digest() + data, sync_directory=False)
         if score is not None:
             self._scores[step] = score
@@ -173,22 +189,28 @@ class Checkpoints:
         if not steps:
             raise FileNotFoundError(f"no complete checkpoint in {self.directory}")
         path = self.directory / f"{steps[-1] if step is None else step}{SUFFIX}"
-        raw = path.read_bytes()
-        digest, data = raw[:32], raw[32:]
-        if hashlib.sha256(data).digest() != digest:
-            raise ValueError(
-                f"the checkpoint {path} is corrupted or truncated: its contents do not match their SHA-256"
-            )
-        try:
-            payload = flax.serialization.msgpack_restore(data)
-        except Exception as error:  # msgpack raises several kinds for a broken file
-            raise ValueError(f"the checkpoint {path} cannot be read: {type(error).__name__}: {error}") from None
+        payload = _payload(path)
         if payload.get("run_id") != self.run_id:
             raise ValueError(
                 f"the checkpoint {path} was written by another run ({payload.get('run_id')}), not by {self.run_id}"
             )
-        extra = {k: v for k, v in payload.items() if k not in ("run_id", "step", "train_state")}
+        extra = {k: v for k, v in payload.items() if k not in ("run_id", "step", "train_state", "score")}
         return payload["step"], from_host(payload["train_state"], like, f"the checkpoint {path}"), extra
+
+
+def _payload(path: Path) -> dict[str, Any]:
+    """A checkpoint file's contents, checked against its digest."""
+    raw = path.read_bytes()
+    digest, data = raw[:32], raw[32:]
+    if hashlib.sha256(data).digest() != digest:
+        raise ValueError(f"the checkpoint {path} is corrupted or truncated: its contents do not match their SHA-256")
+    try:
+        payload = flax.serialization.msgpack_restore(data)
+    except Exception as error:  # msgpack raises several kinds for a broken file
+        raise ValueError(f"the checkpoint {path} cannot be read: {type(error).__name__}: {error}") from None
+    if not isinstance(payload, dict):
+        raise ValueError(f"the checkpoint {path} does not hold a checkpoint")
+    return payload
 
 
 @jax.jit
@@ -203,31 +225,3 @@ def remove_unfinished(directory: Path) -> list[Path]:
     for path in unfinished:
         path.unlink(missing_ok=True)
     return unfinished
-
-
-class preemption_signals:
-    """While active, SIGTERM and the first SIGINT (Ctrl-C) ask ``checkpoints`` to stop the run.
-
-    ``fit`` then finishes the call in flight, saves a checkpoint and returns; a second
-    Ctrl-C aborts at once (``KeyboardInterrupt``). Handlers are only installed in the
-    main thread.
-    """
-
-    def __init__(self, checkpoints: Checkpoints):
-        self.checkpoints = checkpoints
-        self._previous: dict[int, Any] = {}
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if signum == signal.SIGINT and self.checkpoints.preemption:
-            raise KeyboardInterrupt
-        self.checkpoints.preemption = f"interrupted by {signal.Signals(signum).name}"
-
-    def __enter__(self) -> "preemption_signals":
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)

@@ -144,14 +144,24 @@ def check(directory: Path, current: dict[str, Any], *, with_data: bool = True) -
             f"{sealed['run_id']!r} ({NAME}): files were copied from another run"
         )
     now, then = current["config"], sealed["config"]
+    config = directory / "config.json"
     for key in dict.fromkeys([*then, *now]):
-        if key not in now or key not in then or now[key] != then[key]:
-            was = _shown(then[key]) if key in then else "absent"
-            got = _shown(now[key]) if key in now else "absent"
+        if key not in then:
             raise IdentityError(
-                f"{directory / 'config.json'}: {key} is {got}, but the run was started with {key}={was} "
-                f"(sealed in {NAME}): a run's config cannot change after it starts. Restore {key}={was}; to train "
-                f"with {key}={got}, start a new run (fundl run ... --set {key}={got})"
+                f"{config}: {key} is {_shown(now[key])}, but the run was started without {key} (sealed in {NAME}): "
+                f"a run's config cannot change after it starts; remove {key}"
+            )
+        if key not in now:
+            raise IdentityError(
+                f"{config}: {key} is missing, but the run was started with {key}={_shown(then[key])} "
+                f"(sealed in {NAME}): restore it"
+            )
+        if now[key] != then[key]:
+            was, got = _shown(then[key]), _shown(now[key])
+            raise IdentityError(
+                f"{config}: {key} is {got}, but the run was started with {key}={was} (sealed in {NAME}): a run's "
+                f"config cannot change after it starts. Restore {key}={was}; to train with {key}={got}, start a new "
+                f"run (fundl run ... --set {key}={got})"
             )
     if current["example_sha256"] != sealed["example_sha256"]:
         raise IdentityError(

@@ -175,8 +175,8 @@ def prepare(
         for key, values in sweep.items():  # each swept value once, not once per member
             for value in values:
                 check_value(key, value, "--sweep ")
-    for c in members or [config]:
-        make_optimizer(c, total)  # each member's settings are checked before anything is made
+    for c in members[:: len(seeds)] if members is not None and seeds else [config]:
+        make_optimizer(c, total)  # each setting is checked before anything is made (its members differ in seed)
     train = config["train"]
     if train["precision"] not in PRECISION_POLICIES:
         raise ConfigError(f"unknown train.precision {train['precision']!r}; available: {', '.join(PRECISION_POLICIES)}")
@@ -278,11 +278,10 @@ def _member_configs(base: Config, seeds: list[int], sweep: dict[str, list[Any]])
                 f"--sweep {key}: every value must be a number (null turns the setting off: run it separately)"
             )
     keys = list(sweep)
-    return [
-        override(base, [("seed", seed), *zip(keys, values)])
-        for values in itertools.product(*(sweep[k] for k in keys))
-        for seed in seeds
-    ]
+    settings = [override(base, list(zip(keys, values))) for values in itertools.product(*(sweep[k] for k in keys))]
+    # one checked config per setting; its members differ in the seed alone (and share the setting's sections,
+    # which nothing changes): tens of thousands of members are made in a moment, not a deep copy each
+    return [{**setting, "seed": seed} for setting in settings for seed in seeds]
 
 
 def _optimizer_fn(base: Config, total: int) -> Any:
