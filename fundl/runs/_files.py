@@ -25,8 +25,9 @@ class DiskFull(OSError):
         return f"{(self.strerror or 'no space left').lower()}{where}" + (f": {self.advice}" if self.advice else "")
 
 
-def _write(file: BinaryIO, data: bytes) -> None:
-    """Writes ``data`` whole (the one place bytes reach a run file; tests make it fail as a full disk would)."""
+def _write(file: BinaryIO, data: bytes, path: str | os.PathLike) -> None:
+    """Writes ``data`` whole to ``file``, open at ``path`` (the one place bytes reach a run file; tests make it fail
+    as a full disk would)."""
     file.write(data)
     file.flush()
 
@@ -35,7 +36,7 @@ def append_text(path: str | os.PathLike, text: str) -> None:
     """Appends ``text`` to ``path`` (a full disk is a :class:`DiskFull` naming the file)."""
     try:
         with open(path, "ab") as file:
-            _write(file, text.encode())
+            _write(file, text.encode(), path)
     except OSError as error:
         if error.errno in FULL and not isinstance(error, DiskFull):
             raise DiskFull(path, code=error.errno) from None
@@ -58,7 +59,7 @@ def write_atomic(path: str | os.PathLike, data: bytes, *, sync_directory: bool =
     try:
         os.fchmod(fd, 0o644)
         with os.fdopen(fd, "wb") as file:
-            _write(file, data)
+            _write(file, data, tmp)
             os.fsync(file.fileno())
         os.replace(tmp, path)
     except BaseException as error:

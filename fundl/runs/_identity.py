@@ -165,8 +165,8 @@ def check(directory: Path, current: dict[str, Any], *, with_data: bool = True) -
             )
     if current["example_sha256"] != sealed["example_sha256"]:
         raise IdentityError(
-            f"{directory / 'example.py'} is not the example the run was started with: its SHA-256 is "
-            f"{current['example_sha256']}, sealed {sealed['example_sha256']}"
+            f"{directory / 'example.py'} differs from the example the run was started with: its SHA-256 is "
+            f"{current['example_sha256']}, sealed {sealed['example_sha256']} ({NAME})"
         )
     if current["sweep"] != sealed["sweep"]:
         raise IdentityError(

@@ -20,7 +20,7 @@ Every state, and its way forward (:func:`way_forward`, shown by ``fundl show``):
 
 ==============================  ===========================================================
 no ``identity.json``            stopped while starting, nothing trained: ``fundl run --out DIR`` reuses it
-``running``, held by a process  training: wait, or stop it (SIGTERM) and resume later
+held by a live process         in use: wait, or stop it (SIGTERM) and resume later
 ``running``, no process         killed (SIGKILL, a crash, power): ``fundl resume DIR``
 ``interrupted`` / ``failed``    ``fundl resume DIR`` (from the latest checkpoint, else from step 0)
 ``finished`` / ``stopped_early``  done: ``load_run(DIR)``, ``fundl show DIR``
@@ -177,10 +177,9 @@ def way_forward(path: Path, status: dict[str, Any], checkpoint_steps: list[int])
     state = status.get("status")
     if state in ("finished", "stopped_early"):
         return f"done: load it with fundl.runs.load_run({str(path)!r})"
-    if state == "running":
-        writer = holder(path)
-        if writer is not None:
-            return f"training ({describe_holder(writer)}): wait, or stop it with SIGTERM and resume it later"
+    writer = holder(path)
+    if writer is not None:
+        return f"in use ({describe_holder(writer)}): wait, or stop it with SIGTERM and resume it later"
     start = f"from step {checkpoint_steps[-1]}" if checkpoint_steps else "from step 0 (no checkpoint was saved)"
     if state == "failed" and "became" in str(status.get("reason")):
         return (

@@ -443,9 +443,9 @@ def _on_every_process(create: Callable[[], RunDirectory]) -> tuple[RunDirectory 
 def _verified_example(files: RunDirectory) -> tuple[ModuleType, Config, dict[str, Any]]:
     """The run's own copy of its example and its config, both checked against the identity the run was sealed with
     (and the config's keys against the example's); the sealed identity too."""
+    sealed = files.verify()  # first: a directory that was never sealed trained nothing, and says so
     copy = files.example()
     config = files.config()
-    sealed = files.verify()
     module = load_example(str(copy))
     expected, got = flat_keys(resolve_config(module)), flat_keys(config)
     unknown, missing = sorted(set(got) - set(expected)), sorted(set(expected) - set(got))
