@@ -124,8 +124,9 @@ def test_summary_and_final_state_copied_from_another_run_are_refused(made, tmp_p
     done = copy(made, tmp_path, "done")
     for name in ("summary.json", "train_state.msgpack"):
         shutil.copy(made / "other" / name, done / name)
-    with pytest.raises(ValueError, match=r"summary.json belongs to another run \(\w+\), not to \w+"):
-        runs.load_run(done)
+    for reader in (runs.load_run, runs.show_run):
+        with pytest.raises(ValueError, match=r"summary.json belongs to another run \(\w+\), not to \w+"):
+            reader(done)
     # the state alone, with the summary's record of it made to match: the state's own run id refuses it
     shutil.copy(made / "done" / "summary.json", done / "summary.json")
     sha = read(made / "other", "summary.json")["train_state_sha256"]

@@ -97,6 +97,7 @@ class RunSignals:
     def __init__(self) -> None:
         self.phase = "starting"
         self.received: list[str] = []
+        self._finishing_from = 0  # the signals received before the results were written
         self._checkpoints: Any = None
         self._previous: dict[int, Any] = {}
 
@@ -121,11 +122,13 @@ class RunSignals:
     def finishing(self) -> None:
         """Training is over: a signal now waits for the results to be written."""
         self.phase = "finishing"
+        self._finishing_from = len(self.received)
 
     @property
     def deferred(self) -> str | None:
-        """The signal that arrived while the results were written (they were written all the same)."""
-        return self.received[0] if self.received and self.phase == "finishing" else None
+        """The first signal that arrived while the results were written (they were written all the same)."""
+        late = self.received[self._finishing_from :] if self.phase == "finishing" else []
+        return late[0] if late else None
 
     def _handle(self, signum: int, frame: Any) -> None:
         name = signal.Signals(signum).name

@@ -11,10 +11,11 @@ from typing import Any
 
 import numpy as np
 
+from fundl.distributed import describe_mesh
 from fundl.runs._directory import RunDirectory
 from fundl.runs._experiment import Run
 from fundl.runs._prepare import Plan
-from fundl.train import History, params_fingerprint
+from fundl.train import Event, History, Hook, MemberEnd, Record, params_fingerprint
 from fundl.train._progress import format_metrics
 
 
@@ -56,6 +57,37 @@ def record_outcome(
         echo(f"failed: {history.stop_reason}; the last good checkpoint is kept in {files.checkpoints}")
     echo(f"run directory: {files.path}")
     return done
+
+
+def history_after_training(
+    plan: Plan, files: RunDirectory | None, carry: Any, hooks: list[list[Hook]], ends: list[MemberEnd]
+) -> History:
+    """The history of a run resumed after its training had ended: the records it wrote, and how each lane ended."""
+    step, members = plan.population.step_count(carry), plan.members is not None
+    lanes = ends or [MemberEnd()] * len(plan.configs)
+    for lane, lane_hooks_ in enumerate(hooks):  # what the loop tells its hooks at the end (closing files)
+        record = Record(step, step / plan.steps_per_epoch, "train", {}, lane if members else None)
+        for hook in lane_hooks_:
+            hook(Event("end", record, plan.population.train_state(carry, lane)))
+    if not members:
+        stop_reason = lanes[0].stop_reason
+    else:
+        stop_reason = "every member stopped" if all(end.stop_reason for end in lanes) else None
+    return History(
+        records=files.records() if files else [],
+        steps=step,
+        epochs=step / plan.steps_per_epoch,
+        stop_reason=stop_reason,
+        nonfinite=False,  # a non-finite state is never saved
+        interrupted=False,
+        members=tuple(lanes),
+        wall_s=0.0,
+        compile_s=0.0,
+        steps_per_call=0,
+        steps_per_call_reason="none: training had ended when the run was resumed",
+        mesh=describe_mesh(plan.execution.mesh),
+        traces={},
+    )
 
 
 def _summary(plan: Plan, carry: Any, history: History, members: list[dict[str, Any]] | None) -> dict[str, Any]:

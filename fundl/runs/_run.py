@@ -29,7 +29,7 @@ from fundl.runs._experiment import Run, load_example, resolve_config
 from fundl.runs._identity import data_identity
 from fundl.runs._lifecycle import RunSignals, StartInterrupted, abandoned_start, failed_training
 from fundl.runs._manifest import manifest
-from fundl.runs._outcome import record_outcome
+from fundl.runs._outcome import history_after_training, record_outcome
 from fundl.runs._prepare import Plan, lane_hooks, prepare
 from fundl.train import Callbacks, Event, History, Hook, MemberEnd, Record, loop, params_fingerprint, score
 
@@ -193,20 +193,20 @@ def resume(directory: str | os.PathLike, *, quiet: bool = False, echo: Callable[
         try:
             try:
                 plan, run_id, step, carry, extra, checkpoints = _restore(files)
+                hooks = _hooks(plan, files if writer else None)
+                if "hooks" in extra:  # (a run resumed from step 0 starts with fresh hooks)
+                    _load_hook_states(files.path, hooks, extra["hooks"])
+                ends = [MemberEnd(reason, bool(nonfinite)) for reason, nonfinite in extra.get("members", [])] or None
+                if writer:
+                    files.truncate_records(step, drop_splits=plan.experiment.test_data or {})
+                    start = f"from step {step}" if step else "from step 0 (no checkpoint was saved)"
+                    echo(f"resuming {files.path} {start}")
             except StartInterrupted as error:
                 raise StartInterrupted(
                     error.signal_name,
-                    f"interrupted by {error.signal_name} before training resumed: nothing changed; "
+                    f"interrupted by {error.signal_name} before training resumed: nothing was lost; "
                     f"`fundl resume {files.path}` continues it",
                 ) from None
-            hooks = _hooks(plan, files if writer else None)
-            if "hooks" in extra:  # (a run resumed from step 0 starts with fresh hooks)
-                _load_hook_states(files.path, hooks, extra["hooks"])
-            ends = [MemberEnd(reason, bool(nonfinite)) for reason, nonfinite in extra.get("members", [])] or None
-            if writer:
-                files.truncate_records(step, drop_splits=plan.experiment.test_data or {})
-                start = f"from step {step}" if step else "from step 0 (no checkpoint was saved)"
-                echo(f"resuming {files.path} {start}")
             return _train(
                 plan, files if writer else None, checkpoints, carry, hooks, ends, quiet, echo, signals, run_id
             )
@@ -312,6 +312,7 @@ def _train(
     """
     population = plan.population
     step = population.step_count(carry)
+    signals.training(checkpoints)  # from now on a signal stops the run at a checkpoint
     if files:
         files.set_status("running", step)
         from fundl.plots import import_in_background
@@ -319,9 +320,8 @@ def _train(
         import_in_background()  # for curves.png at the end: the import overlaps training
     members = plan.members is not None
     try:
-        signals.training(checkpoints)
         if step >= plan.total or (ends and all(end.stop_reason for end in ends)):
-            history = _after_training(plan, files, carry, hooks, ends or [])
+            history = history_after_training(plan, files, carry, hooks, ends or [])
         else:
             carry, history = loop(
                 population,
@@ -359,37 +359,6 @@ def _train(
         echo(f"process {jax.process_index()}: params {done.summary['params_fingerprint']}")
         multihost_utils.sync_global_devices("fundl run finished")  # no process leaves before process 0 has written
     return done
-
-
-def _after_training(
-    plan: Plan, files: RunDirectory | None, carry: Any, hooks: list[list[Hook]], ends: list[MemberEnd]
-) -> History:
-    """The history of a run resumed after its training had ended: the records it wrote, and how each lane ended."""
-    step, members = plan.population.step_count(carry), plan.members is not None
-    lanes = ends or [MemberEnd()] * len(plan.configs)
-    for lane, lane_hooks_ in enumerate(hooks):  # what the loop tells its hooks at the end (closing files)
-        record = Record(step, step / plan.steps_per_epoch, "train", {}, lane if members else None)
-        for hook in lane_hooks_:
-            hook(Event("end", record, plan.population.train_state(carry, lane)))
-    if not members:
-        stop_reason = lanes[0].stop_reason
-    else:
-        stop_reason = "every member stopped" if all(end.stop_reason for end in lanes) else None
-    return History(
-        records=files.records() if files else [],
-        steps=step,
-        epochs=step / plan.steps_per_epoch,
-        stop_reason=stop_reason,
-        nonfinite=False,  # a non-finite state is never saved
-        interrupted=False,
-        members=tuple(lanes),
-        wall_s=0.0,
-        compile_s=0.0,
-        steps_per_call=0,
-        steps_per_call_reason="none: training had ended when the run was resumed",
-        mesh=describe_mesh(plan.execution.mesh),
-        traces={},
-    )
 
 
 def _score_test_splits(plan: Plan, carry: Any, history: History, hooks: list[list[Hook]]) -> None:

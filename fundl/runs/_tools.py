@@ -19,6 +19,7 @@ from typing import Any
 
 from fundl.runs._config import flat_keys
 from fundl.runs._directory import RunDirectory
+from fundl.runs._identity import IdentityError
 from fundl.runs._lifecycle import way_forward
 from fundl.train._history import final_metrics
 
@@ -55,10 +56,15 @@ def _headline(metrics: dict[str, dict[str, Any]]) -> tuple[str, Any] | None:
 def _describe(files: RunDirectory) -> dict[str, Any]:
     """One run as plain data (what ``fundl ls`` prints a line of); its files are checked against its sealed identity."""
     files.config()  # a broken config is an error here too
-    if files.is_sealed():
-        files.verify()  # an edited config, example or sweep is an error naming the key and both values
     environment = files.manifest()
     summary = files.summary()
+    if files.is_sealed():
+        run_id = files.verify()["run_id"]  # an edited config, example or sweep is an error naming the key and values
+        if summary is not None and summary.get("run_id") != run_id:
+            raise IdentityError(
+                f"{files.path / files.SUMMARY} belongs to another run ({summary.get('run_id') or 'no run id'}), "
+                f"not to {run_id}: copied from another run directory"
+            )
     metrics = _final_metrics(files, summary)
     if summary is not None:
         steps = summary.get("steps")
@@ -159,7 +165,7 @@ def _describe_or_mark(files: RunDirectory) -> dict[str, Any]:
     try:
         return _describe(files)
     except (ValueError, OSError) as error:
-        edited = type(error).__name__ == "IdentityError"
+        edited = isinstance(error, IdentityError)
         return {
             "name": files.path.name,
             "path": str(files.path),
