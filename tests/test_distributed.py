@@ -88,7 +88,7 @@ def test_fit_on_8_devices_equals_one_device():
     # 20 steps: params and batch-norm running statistics.
     one, _ = run(model, sgd, 1, steps=20)
     eight, _ = run(model, sgd, 8, steps=20)
-    close(eight.params, one.params, 1e-5)
+    close(eight.params, one.params, 1e-5, atol=1e-6)  # dense_0's bias: 0 in exact arithmetic, float noise here
     close(eight.state, one.state, 1e-6)
     for leaf in jax.tree.leaves(eight):
         assert len(leaf.sharding.device_set) == 8 and leaf.sharding.is_fully_replicated
@@ -114,7 +114,7 @@ def test_batches_and_dropout_masks_on_a_mesh():
     placement = Placement(data_mesh())
     batch = placement.batch({"image": train["image"][:32]}, 32)
     assert batch["image"].sharding.spec == P("data") and batch["image"].addressable_shards[0].data.shape == (4, 64)
-    stacked = placement.batch({"image": train["image"][:64].reshape(2, 32, 64)}, 32, stacked=True)
+    stacked = placement.batch({"image": train["image"][:64].reshape(2, 32, 64)}, 32, leading=1)
     assert stacked["image"].sharding.spec == P(None, "data")
     drop = fl.dropout(0.5)
     key = jax.random.key(3)

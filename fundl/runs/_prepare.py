@@ -110,6 +110,15 @@ class Plan(NamedTuple):
         states = initial_train_states(e.model, e.input_shape, optimizer, self.seeds, progress=progress)
         return MemberStates.of(states, self.hyper())
 
+    def abstract_carry(self) -> Any:
+        """The shapes and dtypes of :meth:`initial_carry` (what a checkpoint is read into), without making it."""
+        if isinstance(self.population, OneRun):
+            return jax.eval_shape(self.initial_carry)
+        e, optimizer = self.experiment, make_optimizer(self.configs[0], self.total)[0]
+        one = jax.eval_shape(lambda: initial_train_state(e.model, e.input_shape, optimizer, self.seeds[0]))
+        stacked = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct((len(self.seeds), *leaf.shape), leaf.dtype), one)
+        return jax.eval_shape(lambda states: MemberStates.of(states, self.hyper()), stacked)
+
     def hyper(self) -> dict[str, np.ndarray]:
         """Each swept setting's value for every member, ``{dotted_key: (M,)}``."""
         return {

@@ -229,7 +229,7 @@ def _restore(files: RunDirectory) -> tuple[Plan, str, int, Any, dict[str, Any], 
     checkpoints = _checkpoints(plan, files.checkpoints, run_id, None)
     if not checkpoints.steps():
         return plan, run_id, 0, plan.initial_carry(), {}, checkpoints
-    step, carry, extra = checkpoints.restore(jax.eval_shape(plan.initial_carry))
+    step, carry, extra = checkpoints.restore(plan.abstract_carry())
     return plan, run_id, step, carry, extra, checkpoints
 
 
@@ -459,7 +459,7 @@ def load_run(directory: str | os.PathLike, member: int | None = None) -> Run:
             f"{files.path / files.SUMMARY} belongs to another run ({summary.get('run_id') or 'it carries no run id'}), "
             f"not to {run_id}: copied from another run directory"
         )
-    like = jax.eval_shape(plan.initial_carry)
+    like = plan.abstract_carry()
     final = files.load_final_state(
         like if plan.members is None else like.states, summary.get("train_state_sha256"), run_id
     )

@@ -107,7 +107,8 @@ def initial_train_states(
     """:func:`initial_train_state` for each seed (below 2**32), stacked on a leading member axis.
 
     ``progress``: called with the number of states made so far, about every 2 seconds
-    (tens of thousands of members take a while).
+    (tens of thousands of members take a while). The states are made and stacked on the
+    host: for their shapes alone, stack ``jax.eval_shape`` of one (``Plan.abstract_carry``).
     """
     if max(seeds) >= 2**32:
         raise ValueError(f"the seeds of a sweep must be below 2**32, got {max(seeds)}")
