@@ -296,7 +296,7 @@ def formatted(text: str) -> str:
     ``--check`` agree; unchanged where ruff is not installed."""
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "ruff", "format", "--stdin-filename", str(OUTPUT), "-"],
+            [sys.executable, "-m", "ruff", "format", "--stdin-filename", str(ROOT / "docs" / "api.md"), "-"],
             input=text,
             capture_output=True,
             text=True,
