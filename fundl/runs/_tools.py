@@ -166,10 +166,14 @@ def _describe_or_mark(files: RunDirectory) -> dict[str, Any]:
         return _describe(files)
     except (ValueError, OSError) as error:
         edited = isinstance(error, IdentityError)
+        try:
+            example = files.manifest().get("example")
+        except (ValueError, OSError):
+            example = None
         return {
             "name": files.path.name,
             "path": str(files.path),
-            "example": None,
+            "example": example,
             "status": "edited" if edited else "unreadable",
             "steps": None,
             "headline": None,
