@@ -400,23 +400,40 @@ def test_an_early_stop_interrupted_while_writing_its_results_does_not_train_on_w
     assert fingerprint(tmp_path / "cut") == whole.summary["params_fingerprint"]
 
 
-def test_signals_during_the_final_writes_wait_for_them(made, tmp_path, monkeypatch):
+def test_a_signal_during_the_final_writes_waits_for_them_and_a_second_stops_with_a_true_status(
+    made, tmp_path, monkeypatch
+):
     import fundl.runs._outcome as outcome
 
     draw = outcome._draw_curves
+    sent: list[int] = []
 
     def signalled(*args):
-        os.kill(os.getpid(), signal.SIGTERM)
-        os.kill(os.getpid(), signal.SIGHUP)
-        os.kill(os.getpid(), signal.SIGTERM)
+        for signum in sent:
+            os.kill(os.getpid(), signum)
         draw(*args)
 
     monkeypatch.setattr(outcome, "_draw_curves", signalled)
+    sent[:] = [signal.SIGTERM]  # e.g. a scheduler's notice just as the run ends
     lines = []
-    done = runs.run("mlp_digits", TWO, out=str(tmp_path / "run"), quiet=True, echo=lines.append)
-    assert read(tmp_path / "run", "status.json")["status"] == "finished" and not done.history.interrupted
+    done = runs.run("mlp_digits", TWO, out=str(tmp_path / "one"), quiet=True, echo=lines.append)
+    assert read(tmp_path / "one", "status.json")["status"] == "finished" and not done.history.interrupted
     assert "SIGTERM arrived while the results were written: they were written first" in lines
-    assert fingerprint(tmp_path / "run") == fingerprint(made / "done")
+    assert fingerprint(tmp_path / "one") == fingerprint(made / "done")
+    sent[:] = [signal.SIGHUP, signal.SIGTERM]  # a closed terminal, then a second signal: stop now
+    with pytest.raises(RunAborted) as caught:
+        runs.run("mlp_digits", TWO, out=str(tmp_path / "two"), **QUIET)
+    assert caught.value.message == (
+        "aborted by a second SIGTERM while the results were written; the latest complete checkpoint (step 76) is "
+        f"kept: `fundl resume {tmp_path / 'two'}` continues from step 76"
+    )
+    status = read(tmp_path / "two", "status.json")
+    assert status["status"] == "interrupted" and status["reason"].startswith("aborted by a second SIGTERM")
+    monkeypatch.setattr(outcome, "_draw_curves", draw)
+    runs.resume(tmp_path / "two", **QUIET)
+    assert read(tmp_path / "two", "status.json")["status"] == "finished"
+    assert fingerprint(tmp_path / "two") == fingerprint(made / "done")
+    assert positions(tmp_path / "two") == positions(made / "done")
 
 
 def test_one_ctrl_c_while_a_large_sweep_starts_says_so_and_it_resumes_from_step_0(tmp_path):

@@ -8,9 +8,10 @@ A run goes through three phases, and a signal means something different in each:
 - **training**: the first signal asks the loop to stop after the call in flight and save a
   checkpoint (exit 75, ``fundl resume`` continues exactly); a second Ctrl-C aborts at once
   (:class:`RunAborted`, exit 130), keeping the latest complete checkpoint.
-- **finishing** (scoring the test splits, writing the results): signals wait until the
-  results are written, so the status is true; a second Ctrl-C aborts, and ``fundl resume``
-  writes the results again from the final checkpoint.
+- **finishing** (scoring the test splits, writing the results): a first signal waits until
+  the results are written, so the status is true; a second signal (of any kind) aborts at
+  once, leaving the run ``interrupted``, and ``fundl resume`` writes the results from the
+  final checkpoint (without training or repeating a record).
 
 SIGHUP (a closed terminal or SSH session) is SIGTERM's twin; after it, the console may be
 gone, so printing to it can no longer fail the run. SIGKILL cannot be caught: the status
@@ -55,11 +56,20 @@ class StartInterrupted(KeyboardInterrupt):
 
 
 class RunAborted(KeyboardInterrupt):
-    """A second Ctrl-C aborted the run at once; ``message`` says what was kept and how to go on."""
+    """A second Ctrl-C (or, while the results are written, a second signal of any kind) aborted the run at once;
+    ``message`` says what was kept and how to go on."""
+
+    def __init__(self, message: str = "", signal_name: str = "SIGINT"):
+        super().__init__(message or f"aborted by a second {_said(signal_name)}")
+        self.signal_name = signal_name
 
     @property
     def message(self) -> str:
-        return str(self.args[0]) if self.args else "aborted by a second Ctrl-C"
+        return str(self.args[0])
+
+
+def _said(signal_name: str) -> str:
+    return "Ctrl-C" if signal_name == "SIGINT" else signal_name
 
 
 class _Quiet:
@@ -138,14 +148,17 @@ class RunSignals:
             sys.stdout, sys.stderr = _Quiet(sys.stdout), _Quiet(sys.stderr)
         if self.phase == "starting":
             raise StartInterrupted(name)
+        if self.phase == "finishing":  # the first waits for the results; a second stops at once (resume rewrites them)
+            if len(self.received) - self._finishing_from > 1 or (signum == signal.SIGINT and again):
+                raise RunAborted(signal_name=name)
+            print(f"{name}: writing the results first (a second signal stops at once)", file=sys.stderr)
+            return
         if signum == signal.SIGINT and again:
-            raise RunAborted()
-        if self.phase == "training" and self._checkpoints is not None and not self._checkpoints.preemption:
+            raise RunAborted(signal_name=name)
+        if self._checkpoints is not None and not self._checkpoints.preemption:
             self._checkpoints.preemption = f"interrupted by {name}"
-        elif self.phase == "training":
-            print(f"{name}: already stopping at the next checkpoint (Ctrl-C twice aborts at once)", file=sys.stderr)
         else:
-            print(f"{name}: writing the results first", file=sys.stderr)
+            print(f"{name}: already stopping at the next checkpoint (Ctrl-C twice aborts at once)", file=sys.stderr)
 
 
 # --- the start files of an unsealed directory -----------------------------------------------------
@@ -247,7 +260,9 @@ def failed_training(directory: Any, error: BaseException, finishing: bool) -> Ba
     way = f"`fundl resume {path}` continues {_resume_from(directory) if directory is not None else ''}".rstrip()
     step = steps[-1] if steps else 0
     if isinstance(error, KeyboardInterrupt):
-        what = "aborted by a second Ctrl-C" if isinstance(error, RunAborted) else "aborted by Ctrl-C"
+        what = (
+            f"aborted by a second {_said(error.signal_name)}" if isinstance(error, RunAborted) else "aborted by Ctrl-C"
+        )
         when = " while the results were written" if finishing else ""
         kept = f"the latest complete checkpoint (step {step}) is kept" if steps else "no checkpoint was saved yet"
         if directory is not None:
