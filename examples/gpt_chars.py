@@ -39,8 +39,18 @@ from fundl.train import derived_metric
 
 CONFIG = {
     "seed": 0,
-    "data": {"path": None, "length": 128, "held_out": 0.1},
-    "model": {"layers": 4, "heads": 4, "width": 128, "positions": "rotary", "dropout": 0.0},
+    "data": {
+        "path": None,  # a text file to learn from; None: Python's standard library (no download)
+        "length": 128,  # characters per training window (the attention's context)
+        "held_out": 0.1,  # the share of the text held out, half for validation and half for test
+    },
+    "model": {
+        "layers": 4,  # transformer blocks
+        "heads": 4,  # attention heads per block
+        "width": 128,  # the features of each position, split among the heads
+        "positions": "rotary",  # how positions are told apart: rotary, sinusoidal or learned
+        "dropout": 0.0,  # the dropout rate in training (attention weights and residual branches)
+    },
     "train": {"epochs": 1, "batch_size": 32, "eval_batch_size": 256},  # evaluation's attention in bounded memory
     "optimizer": {"name": "adam", "learning_rate": 0.002, "schedule": "cosine", "warmup_steps": 100, "clip_norm": 1.0},
     "sample": {"top_k": 0},  # 0: draw from every character

@@ -147,13 +147,75 @@ class LayerTypeError(LayerError, TypeError):
 # Small checks shared by the layers. They run at init or trace time, never per step.
 
 
+def _got(value: Any) -> str:
+    """``3.0 (a float)``: a value and its type, for messages."""
+    name = type(value).__name__
+    return f"{value!r} ({'an' if name[0] in 'aeiou' else 'a'} {name})"
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def check_positive(kind: str, **values: Any) -> None:
-    """Raises LayerError unless every value (an int or a tuple of ints) is > 0."""
+    """Raises LayerError unless every value is an int > 0 (a count: units, features, hidden size)."""
     for arg, value in values.items():
-        items = value if isinstance(value, tuple) else (value,)
-        if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in items):
-            what = "a tuple of positive integers" if isinstance(value, tuple) else "a positive integer"
-            raise LayerError(f"{kind}: `{arg}` must be {what}, got {value!r}")
+        if not (_is_int(value) and value > 0):
+            hint = ": give one integer" if isinstance(value, (tuple, list)) else ""
+            raise LayerError(f"{kind}: `{arg}` must be a positive integer, got {_got(value)}{hint}")
+
+
+def check_sizes(kind: str, **values: Any) -> None:
+    """Raises LayerError unless every value is a tuple of ints > 0 (a shape, a window, widths per layer)."""
+    for arg, value in values.items():
+        if not (isinstance(value, tuple) and all(_is_int(v) and v > 0 for v in value)):
+            raise LayerError(f"{kind}: `{arg}` must be a tuple of positive integers, got {_got(value)}")
+
+
+def check_bool(kind: str, **values: Any) -> None:
+    """Raises LayerError unless every value is ``True`` or ``False`` (a flag such as ``use_bias``)."""
+    for arg, value in values.items():
+        if not isinstance(value, bool):
+            raise LayerError(f"{kind}: `{arg}` must be True or False, got {_got(value)}")
+
+
+def check_axis(kind: str, **values: Any) -> None:
+    """Raises LayerError unless every value is an int (an axis; negative counts from the end)."""
+    for arg, value in values.items():
+        if not _is_int(value):
+            raise LayerError(f"{kind}: `{arg}` must be an integer axis (e.g. -1 for the last), got {_got(value)}")
+
+
+def check_initializer(kind: str, **values: Any) -> None:
+    """Raises LayerError unless every value is an initializer ``init(key, shape, dtype) -> array``."""
+    for arg, value in values.items():
+        if not callable(value):
+            raise LayerError(
+                f"{kind}: `{arg}` must be an initializer init(key, shape, dtype), e.g. "
+                f"jax.nn.initializers.glorot_uniform(), got {_got(value)}"
+            )
+
+
+def check_number(
+    kind: str,
+    arg: str,
+    value: Any,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    positive: bool = False,
+    what: str = "a number",
+) -> None:
+    """Raises LayerError unless ``value`` is a finite real number in ``[low, high)`` (the bounds given), and
+    above 0 if ``positive``; ``what`` says it in words ("in [0, 1)")."""
+    real = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if (
+        not real
+        or (low is not None and value < low)
+        or (high is not None and value >= high)
+        or (positive and value <= 0)
+    ):
+        raise LayerError(f"{kind}: `{arg}` must be {what}, got {_got(value)}")
 
 
 def check_rank(kind: str, shape: Shape, rank: int, layout: str, hint: str = "") -> None:

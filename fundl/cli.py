@@ -17,11 +17,13 @@
 :func:`compilation_cache_directory`; ``--no-compilation-cache`` turns it off).
 
 Exit status of ``run`` and ``resume``: 0 finished (the budget, or a hook such as early
-stopping, ended it); 2 a usage, config or file error (nothing was trained); 3 stopped by
-a NaN or infinite loss (the last good checkpoint is kept); 75 interrupted by SIGTERM,
-Ctrl-C or --stop-after-steps, with a checkpoint to resume from; 130 aborted by a second
-Ctrl-C (the latest complete checkpoint is kept). Any command whose reader goes away
-(``fundl show RUN | head``) stops quietly with 141, as a program killed by SIGPIPE does.
+stopping, ended it); 2 a usage, config or file error (a full disk included: the message
+names the file and the way on); 3 stopped by a NaN or infinite loss (the last good
+checkpoint is kept); 75 interrupted by SIGTERM, SIGHUP, Ctrl-C or --stop-after-steps
+(continue with ``fundl resume``; interrupted while starting, the message says what is
+left); 130 aborted by a second Ctrl-C (the message says which checkpoint is kept). Any
+command whose reader goes away (``fundl show RUN | head``) stops quietly with 141, as a
+program killed by SIGPIPE does.
 
 Results go to stdout, diagnostics (progress, errors) to stderr. Nothing imports JAX
 before a command needs it, so ``fundl --help``, ``ls``, ``show``, ``compare``, ``list`` and
@@ -309,9 +311,11 @@ def _main(argv: Sequence[str] | None) -> int:  # noqa: C901  (one branch per com
     except (ValueError, OSError) as error:
         print(f"fundl: error: {error}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("fundl: aborted by a second Ctrl-C; the latest complete checkpoint is kept", file=sys.stderr)
-        return EXIT_ABORTED
+    except KeyboardInterrupt as error:  # a signal while starting, or a second Ctrl-C: the message says what is left
+        from fundl.runs._lifecycle import StartInterrupted
+
+        print(f"fundl: {getattr(error, 'message', '') or 'aborted by Ctrl-C'}", file=sys.stderr)
+        return EXIT_INTERRUPTED if isinstance(error, StartInterrupted) else EXIT_ABORTED
     history = result.history
     assert history is not None  # a run or a resume has just trained
     if history.nonfinite:

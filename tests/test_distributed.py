@@ -6,7 +6,6 @@ import os
 import socket
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import jax
@@ -14,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from child import run_python
 
 import fundl as fl
 from fundl import runs
@@ -22,19 +22,10 @@ from fundl.train import TrainState, fit, with_precision
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def on_devices(n: int, code: str, timeout: int = 300) -> str:
-    """Runs ``code`` in a fresh Python with ``n`` CPU devices; returns its stdout (it asserts itself)."""
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}", "JAX_PLATFORMS": "cpu"}
-    done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=ROOT,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout
+def on_devices(n: int, code: str, prelude: str = "", timeout: int = 300) -> str:
+    """Runs ``prelude`` and ``code`` in a fresh Python with ``n`` CPU devices; returns its stdout. The test
+    fails unless ``code`` ran to its end (it asserts itself)."""
+    return run_python(code, prelude=prelude, devices=n, timeout=timeout)
 
 
 COMMON = """
@@ -59,18 +50,22 @@ def run(model, optimizer, mesh, **kwargs):
 def leaves(tree):
     return [np.asarray(x) for x in jax.tree.leaves(tree)]
 
-def close(a, b, rtol):
+def close(a, b, rtol, atol=0.0):
+    # each leaf of a within rtol of the largest magnitude of b's leaf, plus atol (a leaf that is zero in exact
+    # arithmetic, such as the gradient of a bias followed by batch norm, is float32 rounding noise around 0)
     for x, y in zip(leaves(a), leaves(b), strict=True):
-        scale = max(np.abs(y).max(), 1e-30)
-        assert np.abs(x - y).max() <= rtol * scale, (np.abs(x - y).max(), scale)
+        scale = np.abs(y).max()
+        assert np.abs(x - y).max() <= atol + rtol * scale, (np.abs(x - y).max(), scale)
+
+FLOAT32_EPS = float(np.finfo(np.float32).eps)
 """
 
 
 def test_fit_on_8_devices_equals_one_device():
     on_devices(
         8,
-        COMMON
-        + """
+        prelude=COMMON,
+        code="""
     from jax.sharding import PartitionSpec as P
     model = fl.serial(fl.dense(32), fl.batch_norm(), fl.relu(), fl.dropout(0.3), fl.dense(10))
     lr = 0.1
@@ -88,11 +83,12 @@ def test_fit_on_8_devices_equals_one_device():
     assert abs(h1.records[0].metrics["loss"] - h8.records[0].metrics["loss"]) <= 1e-6 * h1.records[0].metrics["loss"]
     p0 = start(model, sgd).params
     grads = lambda p: jax.tree.map(lambda a, b: (np.asarray(a) - np.asarray(b)) / lr, p0, p)
-    close(grads(eight.params), grads(one.params), 1e-5)
+    # dense_0's bias feeds batch norm: its gradient is 0 exactly, and float32 noise (~1e-7) on 8 devices
+    close(grads(eight.params), grads(one.params), 1e-5, atol=1e-6)
     # 20 steps: params and batch-norm running statistics.
     one, _ = run(model, sgd, 1, steps=20)
     eight, _ = run(model, sgd, 8, steps=20)
-    close(eight.params, one.params, 1e-5)
+    close(eight.params, one.params, 1e-5, atol=1e-6)  # dense_0's bias: 0 in exact arithmetic, float noise here
     close(eight.state, one.state, 1e-6)
     for leaf in jax.tree.leaves(eight):
         assert len(leaf.sharding.device_set) == 8 and leaf.sharding.is_fully_replicated
@@ -101,7 +97,8 @@ def test_fit_on_8_devices_equals_one_device():
     _, e8 = run(model, sgd, 8, steps=5, eval_data={"test": test}, eval_batch_size=100)
     assert e8.traces["eval_step"] == 4  # 96, 4, 64, 6 examples
     r1, r8 = e1.records[-1], e8.records[-1]
-    assert r1.split == r8.split == "test" and abs(r1.metrics["accuracy"] - r8.metrics["accuracy"]) < 1e-9
+    # the same examples right: equal up to float32 rounding of the per-batch means (1/270 apart otherwise)
+    assert r1.split == r8.split == "test" and abs(r1.metrics["accuracy"] - r8.metrics["accuracy"]) <= 4 * FLOAT32_EPS
     assert abs(r1.metrics["loss"] - r8.metrics["loss"]) < 1e-5 * r1.metrics["loss"]
     print("OK")
     """,
@@ -111,13 +108,13 @@ def test_fit_on_8_devices_equals_one_device():
 def test_batches_and_dropout_masks_on_a_mesh():
     on_devices(
         8,
-        COMMON
-        + """
+        prelude=COMMON,
+        code="""
     from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
     placement = Placement(data_mesh())
     batch = placement.batch({"image": train["image"][:32]}, 32)
     assert batch["image"].sharding.spec == P("data") and batch["image"].addressable_shards[0].data.shape == (4, 64)
-    stacked = placement.batch({"image": train["image"][:64].reshape(2, 32, 64)}, 32, stacked=True)
+    stacked = placement.batch({"image": train["image"][:64].reshape(2, 32, 64)}, 32, leading=1)
     assert stacked["image"].sharding.spec == P(None, "data")
     drop = fl.dropout(0.5)
     key = jax.random.key(3)
@@ -147,8 +144,8 @@ def test_batches_and_dropout_masks_on_a_mesh():
 def test_fsdp_shards_params_and_matches_one_device():
     on_devices(
         8,
-        COMMON
-        + """
+        prelude=COMMON,
+        code="""
     from jax.sharding import PartitionSpec as P
     model = fl.serial(fl.dense(32), fl.relu(), fl.dense(10))
     sgd = optax.sgd(0.1)
@@ -159,7 +156,7 @@ def test_fsdp_shards_params_and_matches_one_device():
     p = sharded.params
     assert p["dense_0"]["w"].sharding.spec == P("fsdp", None)  # (64, 32): cut along 64
     assert p["dense_0"]["b"].sharding.spec == P("fsdp")       # (32,)
-    assert p["dense_1"]["w"].sharding.spec == P(None, "fsdp")  # (32, 10): 32 divides, 10 by 2 too; largest first
+    assert p["dense_1"]["w"].sharding.spec == P("fsdp", None)  # (32, 10): 2 divides both; the largest is cut
     assert p["dense_0"]["w"].addressable_shards[0].data.shape == (32, 32)
     close(sharded.params, one.params, 1e-5)
     # Adam's moments follow their params.
@@ -175,8 +172,8 @@ def test_fsdp_shards_params_and_matches_one_device():
 def test_shard_map_step_gradients_equal_one_device_and_pmean_of_grads_would_not():
     on_devices(
         8,
-        COMMON
-        + """
+        prelude=COMMON,
+        code="""
     from jax import lax
     from jax.sharding import PartitionSpec as P
     model = fl.serial(fl.dense(32), fl.tanh(), fl.dense(10))
@@ -188,7 +185,7 @@ def test_shard_map_step_gradients_equal_one_device_and_pmean_of_grads_would_not(
     grads = lambda p: jax.tree.map(lambda a, b: np.asarray(a) - np.asarray(b), p0, p)  # lr = 1
     one, _ = run(model, sgd, 1)
     mapped, _ = run(model, sgd, mesh, step_fn=shard_map_step(loss_fn, sgd, mesh))
-    close(grads(mapped.params), grads(one.params), 1e-6)
+    close(grads(mapped.params), grads(one.params), 1e-6, atol=1e-7)
 
     # The old idiom, pmean of the per-device gradients, is 8 times the gradient under check_vma.
     def wrong_grads(params, batch):

@@ -33,6 +33,7 @@ RUN_FILES = {
     "curves.png",
     "status.json",
     "example.py",
+    "identity.json",
     "checkpoints",
 }
 

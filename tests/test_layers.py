@@ -299,6 +299,48 @@ def test_bad_layer_arguments_are_errors(make, match):
         make()
 
 
+# Wrong argument *types* (a tuple or float where an int is expected, a string for a flag): each is a LayerError
+# naming the layer, the argument, what was expected and what was got, never a raw JAX or NumPy error later.
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: fl.dense((32,)), r"dense: `units` must be a positive integer, got \(32,\) \(a tuple\): give one"),
+        (lambda: fl.dense(32.0), r"dense: `units` must be a positive integer, got 32.0 \(a float\)"),
+        (lambda: fl.dense(3, use_bias="yes"), r"dense: `use_bias` must be True or False, got 'yes' \(a str\)"),
+        (lambda: fl.dense(3, w_init="glorot"), r"dense: `w_init` must be an initializer init\(key, shape, dtype\)"),
+        (lambda: fl.embedding((10,), 4), r"embedding: `vocab_size` must be a positive integer, got \(10,\)"),
+        (lambda: fl.simple_rnn((16,)), r"simple_rnn: `hidden` must be a positive integer, got \(16,\)"),
+        (lambda: fl.lstm((16,)), r"lstm: `hidden` must be a positive integer, got \(16,\)"),
+        (lambda: fl.gru("16"), r"gru: `hidden` must be a positive integer, got '16' \(a str\)"),
+        (lambda: fl.lstm(4, return_sequences="yes"), "lstm: `return_sequences` must be True or False, got 'yes'"),
+        (lambda: fl.lstm(4, forget_bias="1"), "lstm: `forget_bias` must be a number, got '1'"),
+        (lambda: fl.conv2d((8,), 3), r"conv2d: `features` must be a positive integer, got \(8,\)"),
+        (lambda: fl.conv2d_transpose(8.0, 3), "conv2d_transpose: `features` must be a positive integer, got 8.0"),
+        (lambda: fl.conv2d(8, 3, padding=1.5), "conv2d: padding must be 'SAME', 'VALID', a non-negative int"),
+        (lambda: fl.max_pool((2.0, 2)), r"max_pool: `window` must be a tuple of positive integers, got \(2.0, 2\)"),
+        (lambda: fl.softmax(axis=1.0), r"softmax: `axis` must be an integer axis .* got 1.0 \(a float\)"),
+        (lambda: fl.log_softmax(axis="x"), "log_softmax: `axis` must be an integer axis"),
+        (lambda: fl.leaky_relu("x"), "leaky_relu: `negative_slope` must be a number, got 'x'"),
+        (lambda: fl.gelu(approximate="x"), "gelu: `approximate` must be True or False"),
+        (lambda: fl.batch_norm(momentum="x"), r"batch_norm: `momentum` must be in \[0, 1\), got 'x' \(a str\)"),
+        (lambda: fl.batch_norm(use_scale=1), "batch_norm: `use_scale` must be True or False, got 1"),
+        (lambda: fl.layer_norm(epsilon="x"), "layer_norm: `epsilon` must be positive, got 'x'"),
+        (lambda: fl.reshape(4), r"reshape: `shape` must be a tuple .* for one dimension write \(4,\)"),
+        (lambda: fl.models.mlp_vae((8, 8.0)), r"mlp_vae: `image_shape` must be a tuple of positive integers"),
+    ],
+)
+def test_wrong_argument_types_are_clear_errors(make, match):
+    with pytest.raises(LayerError, match=match):
+        make()
+
+
+def test_bidirectional_over_a_layer_that_is_not_a_sequence_layer_is_a_clear_error(key):
+    layer = fl.bidirectional(fl.dense(3))
+    _, params, state = layer.init(key, (2, 5, 4))
+    with pytest.raises(LayerError, match="bidirectional expects a sequence layer that takes `mask`.* got dense"):
+        layer.apply(params, state, jnp.ones((2, 5, 4)))
+
+
 def test_reshape_that_cannot_hold_the_input_is_an_error(key):
     with pytest.raises(LayerError, match=r"reshape_0: reshape\(7, 7\) cannot hold an input of shape \(2, 64\)"):
         fl.serial(fl.reshape((7, 7))).init(key, (2, 64))

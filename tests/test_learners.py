@@ -3,15 +3,13 @@ split, the data forms students have, the errors their mistakes get, lazy submodu
 
 import functools
 import math
-import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from child import run_python
 
 import fundl as fl
 from fundl import losses
@@ -324,8 +322,7 @@ def test_submodules_are_reachable_lazily_and_import_fundl_skips_flax_and_matplot
         "_, params, _ = fl.from_flax(nn.Dense(3)).init(__import__('jax').random.key(0), (2, 4))\n"
         "assert params['kernel'].shape == (4, 3)\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
+    run_python(code)
 
 
 def test_evaluate_on_four_fake_devices_matches_one_device():
@@ -341,6 +338,4 @@ def test_evaluate_on_four_fake_devices_matches_one_device():
         "params, state, test, batch_size=25, mesh=None)\n"  # 24 cut + 1 replicated
         "assert one.keys() == four.keys() and all(abs(one[k] - four[k]) < 1e-5 for k in one), (one, four)\n"
     )
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
+    run_python(code, devices=4, timeout=120)

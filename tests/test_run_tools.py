@@ -204,7 +204,6 @@ def broken(root, tmp_path):
     "argv, message",
     [
         (["ls", "{tmp}/missing"], "{tmp}/missing does not exist: nothing to list"),
-        (["ls", "{tmp}"], "{tmp}/config_json/config.json is not valid JSON"),
         (["show", "{tmp}/missing"], "run directory {tmp}/missing does not exist"),
         (["show", "{tmp}/plain"], "{tmp}/plain is not a fundl run directory: no config.json"),
         (["show", "{tmp}/config_json"], "{tmp}/config_json/config.json is not valid JSON"),
@@ -226,6 +225,17 @@ def test_errors_are_one_line_with_exit_status_2(root, broken, capsys, argv, mess
     assert status == 2 and out == ""
     assert err.startswith(f"fundl: error: {fill(message)}")
     assert len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_ls_lists_every_run_and_marks_the_broken_ones(broken, capsys):
+    status, out, err = _cli(capsys, "ls", str(broken))
+    assert status == 0 and err == ""
+    table, problems = out.split("\n\n")
+    states = {line.split()[0]: line.split()[2] for line in table.splitlines()[1:]}
+    assert states == {"config_json": "unreadable", "metrics_jsonl": "finished", "summary_json": "unreadable"}
+    config, summary = problems.splitlines()
+    assert config.startswith(f"config_json: {broken}/config_json/config.json is not valid JSON")
+    assert summary.startswith(f"summary_json: {broken}/summary_json/summary.json is not valid JSON")
 
 
 def test_the_readme_shows_these_commands_and_the_ls_header():

@@ -41,6 +41,7 @@ def test_a_run_directory_records_config_metrics_summary_and_train_state(tmp_path
         "curves.png",
         "status.json",
         "example.py",
+        "identity.json",
         "checkpoints",
     }
     assert json.loads((directory / "status.json").read_text())["status"] == "finished"

@@ -235,6 +235,7 @@ def test_fundl_run_vae_digits_tiny_lowers_the_held_out_neg_elbo_and_writes_its_p
         "curves.png",
         "status.json",
         "example.py",
+        "identity.json",
         "checkpoints",
     }
     assert {p.name for p in out.iterdir()} == expected | pictures

@@ -198,6 +198,12 @@ class Records:
         fields = ", ".join(f"{n}: {d}{list(s)}" for n, (s, d) in zip(self._names, self._specs))
         return f"records({str(self.path)!r}: {len(self)} examples of {{{fields}}})"
 
+    def identity(self) -> str:
+        """What the data is, as a run's sealed identity records it: the dataset's SHA-256 (of its metadata, which
+        holds every shard's SHA-256), so the same records moved elsewhere are the same data."""
+        digest = self.metadata.get("dataset_sha256")
+        return f"records {digest or hashlib.sha256(json.dumps(self.metadata, sort_keys=True).encode()).hexdigest()}"
+
     @property
     def element_spec(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
         """Each field's shape and dtype, ``{name: (shape, dtype)}``."""

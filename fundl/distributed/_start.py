@@ -6,9 +6,54 @@ or a launch script calls first.
 
 from __future__ import annotations
 
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
+
+_RESOLVE_TIMEOUT_S = 10.0
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def check_coordinator(address: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port`` too) split and checked: a port in 1-65535, a host that resolves (within 10 s).
+
+    Raises:
+      ValueError: naming what is wrong with the address.
+    """
+    host, sep, port_text = address.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port_text.isdigit():
+        raise ValueError(f"the coordinator address must be HOST:PORT (e.g. 10.0.0.2:12345), got {address!r}")
+    port = int(port_text)
+    if not 1 <= port <= 65535:
+        raise ValueError(f"the coordinator port must be in 1-65535, got {port} (in {address!r})")
+    found: list[Exception | None] = []
+
+    def resolve() -> None:
+        try:
+            socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            found.append(None)
+        except OSError as error:
+            found.append(error)
+
+    thread = threading.Thread(target=resolve, daemon=True)
+    thread.start()
+    thread.join(_RESOLVE_TIMEOUT_S)
+    if not found:
+        raise ValueError(f"the coordinator host {host!r} did not resolve within {_RESOLVE_TIMEOUT_S:.0f} s")
+    if found[0] is not None:
+        raise ValueError(
+            f"the coordinator host {host!r} does not resolve ({found[0]}): give process 0's host name or IP address"
+        )
+    return host, port
 
 
 def initialize(
@@ -17,15 +62,19 @@ def initialize(
     process_id: int | None = None,
     *,
     timeout_s: int = 300,
+    echo: Callable[[str], None] | None = _stderr,
 ) -> None:
     """Joins this process to a multi-process JAX run; call it before anything else uses JAX.
 
     On Cloud TPU pods (and SLURM and other clusters JAX knows) every argument can be left
     out: JAX finds them. On other machines give all three; process 0 runs the coordinator
     at ``coordinator_address`` (``host:port``) and every process must arrive within
-    ``timeout_s`` seconds.
+    ``timeout_s`` seconds. The address is checked first (a port in 1-65535, a host that
+    resolves), and before it waits this process says (through ``echo``, default stderr)
+    whom it waits for and for how long.
 
     Raises:
+      ValueError: the arguments do not go together, or the coordinator address is wrong.
       RuntimeError: JAX has already started on this process, or the processes did not
         all arrive in time (the message names this process and the coordinator).
 
@@ -41,10 +90,38 @@ def initialize(
         )
     if num_processes is not None and process_id is not None and not 0 <= process_id < num_processes:
         raise ValueError(f"process_id must be in [0, {num_processes}), got {process_id}")
+    if coordinator_address is not None:
+        check_coordinator(coordinator_address)
     if jax.distributed.is_initialized():
         raise RuntimeError(
             "this process has already joined a multi-process run (jax.distributed.initialize was called)"
         )
+    if echo is not None:
+        if process_id is None:
+            echo(
+                "joining the multi-process run JAX detects for this cluster: "
+                f"waiting up to {timeout_s} s for every process"
+            )
+        elif process_id == 0:
+            others = num_processes - 1 if num_processes is not None else "the other"
+            echo(
+                f"process 0 of {num_processes}: coordinating at {coordinator_address}; waiting up to {timeout_s} s "
+                f"for the {others} other process(es) to join"
+            )
+        else:
+            echo(
+                f"process {process_id} of {num_processes}: joining the coordinator (process 0) at "
+                f"{coordinator_address}; waiting up to {timeout_s} s for it and the other processes"
+            )
+    if coordinator_address is not None and process_id:  # JAX aborts the process when the coordinator never answers
+        host, port = check_coordinator(coordinator_address)
+        left = _wait_for_coordinator(host, port, timeout_s, echo)
+        if left is None:
+            raise RuntimeError(
+                f"process {process_id} of {num_processes}: the coordinator (process 0) at {coordinator_address} did "
+                f"not answer within {timeout_s} s: start process 0 with --process-id 0 and the same --coordinator"
+            )
+        timeout_s = max(int(left), 1)
     try:
         jax.distributed.initialize(coordinator_address, num_processes, process_id, initialization_timeout=timeout_s)
     except Exception as error:  # JAX raises RuntimeError or XlaRuntimeError, with gRPC detail
@@ -59,6 +136,23 @@ def initialize(
             f"{who} could not join the multi-process run at {where} within {timeout_s} s: is every worker "
             f"started with the same coordinator and process count, and is process 0 reachable? ({error})"
         ) from None
+
+
+def _wait_for_coordinator(host: str, port: int, timeout_s: float, echo: Callable[[str], None] | None) -> float | None:
+    """Waits until ``host:port`` accepts a connection; the seconds left of ``timeout_s`` (``None``: it never did)."""
+    start = time.monotonic()
+    told = start
+    while (waited := time.monotonic() - start) < timeout_s:
+        try:
+            with socket.create_connection((host, port), timeout=min(2.0, timeout_s - waited)):
+                return timeout_s - (time.monotonic() - start)
+        except OSError:
+            pass
+        if echo is not None and time.monotonic() - told >= 30:
+            echo(f"still waiting for the coordinator at {host}:{port} ({timeout_s - waited:.0f} s left)")
+            told = time.monotonic()
+        time.sleep(0.25)
+    return None
 
 
 def use_cpu_devices(count: int) -> None:

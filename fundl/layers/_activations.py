@@ -12,7 +12,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from fundl._core import Layer, check_float, stateless
+from fundl._core import Layer, check_axis, check_bool, check_float, check_number, stateless
 
 
 def _activation(name: str, fn: Callable[[Any], Any]) -> Layer:
@@ -30,6 +30,7 @@ def relu() -> Layer:
 
 def leaky_relu(negative_slope: float = 0.01) -> Layer:
     """``x`` where positive, ``negative_slope * x`` elsewhere."""
+    check_number("leaky_relu", "negative_slope", negative_slope)
     return _activation("leaky_relu", lambda x: jax.nn.leaky_relu(x, negative_slope))
 
 
@@ -40,6 +41,7 @@ def elu() -> Layer:
 
 def gelu(approximate: bool = True) -> Layer:
     """The Gaussian error linear unit (tanh approximation by default)."""
+    check_bool("gelu", approximate=approximate)
     return _activation("gelu", lambda x: jax.nn.gelu(x, approximate=approximate))
 
 
@@ -65,11 +67,13 @@ def softplus() -> Layer:
 
 def softmax(axis: int = -1) -> Layer:
     """Normalises ``axis`` into probabilities. Train on logits instead: the losses take logits."""
+    check_axis("softmax", axis=axis)
     return _activation("softmax", lambda x: jax.nn.softmax(x, axis=axis))
 
 
 def log_softmax(axis: int = -1) -> Layer:
     """The logarithm of :func:`softmax`, computed stably."""
+    check_axis("log_softmax", axis=axis)
     return _activation("log_softmax", lambda x: jax.nn.log_softmax(x, axis=axis))
 
 

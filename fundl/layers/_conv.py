@@ -22,9 +22,12 @@ from fundl._core import (
     Layer,
     LayerError,
     Shape,
+    check_bool,
     check_float,
+    check_initializer,
     check_positive,
     check_rank,
+    check_sizes,
     expect_params,
 )
 
@@ -52,7 +55,7 @@ def as_tuple(kind: str, arg: str, value: Any, n: int) -> tuple[int, ...]:
     value = tuple(value) if isinstance(value, list) else value
     if isinstance(value, tuple) and len(value) != n:
         raise LayerError(f"{kind}: `{arg}` must be an int or a tuple of {n} ints (one per spatial dim), got {value!r}")
-    check_positive(kind, **{arg: value})
+    (check_sizes if isinstance(value, tuple) else check_positive)(kind, **{arg: value})
     return value if isinstance(value, tuple) else (value,) * n
 
 
@@ -155,6 +158,8 @@ _DIMS = {1: ("NWC", "WIO", "NWC"), 2: ("NHWC", "HWIO", "NHWC")}
 
 def _conv(kind, n, features, kernel_size, strides, padding, dilation, use_bias, w_init, b_init) -> Layer:
     check_positive(kind, features=features)
+    check_bool(kind, use_bias=use_bias)
+    check_initializer(kind, w_init=w_init, b_init=b_init)
     kernel = as_tuple(kind, "kernel_size", kernel_size, n)
     strides = as_tuple(kind, "strides", strides, n)
     dilation = as_tuple(kind, "dilation", dilation, n)
@@ -256,6 +261,8 @@ def conv2d_transpose(
     """
     kind, n = "conv2d_transpose", 2
     check_positive(kind, features=features)
+    check_bool(kind, use_bias=use_bias)
+    check_initializer(kind, w_init=w_init, b_init=b_init)
     kernel = as_tuple(kind, "kernel_size", kernel_size, n)
     stride = as_tuple(kind, "strides", strides, n)
     if not isinstance(padding, str) or padding.upper() not in ("SAME", "VALID"):

@@ -13,8 +13,10 @@ from fundl._core import (
     Layer,
     LayerError,
     LayerTypeError,
+    check_bool,
     check_float,
     check_indices,
+    check_initializer,
     check_positive,
     expect_params,
 )
@@ -40,6 +42,8 @@ def dense(
       >>> out_shape, params, state = dense(10).init(jax.random.key(0), (32, 64))  # (32, 10)
     """
     check_positive("dense", units=units)
+    check_bool("dense", use_bias=use_bias)
+    check_initializer("dense", w_init=w_init, b_init=b_init)
 
     def init(key, input_shape):
         if len(input_shape) < 1:
@@ -80,6 +84,7 @@ def embedding(vocab_size: int, features: int, *, table_init: Initializer = STAND
       >>> out_shape, params, state = embedding(1000, 64).init(jax.random.key(0), (32, 20))  # (32, 20, 64)
     """
     check_positive("embedding", vocab_size=vocab_size, features=features)
+    check_initializer("embedding", table_init=table_init)
 
     def init(key, input_shape):
         return (*input_shape, features), {"table": table_init(key, (vocab_size, features), jnp.float32)}, {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jax import lax
 
-from fundl._core import Layer, LayerError, check_float, expect_params
+from fundl._core import Layer, LayerError, check_bool, check_float, check_number, expect_params
 
 
 def _check_features(kind: str, x, features: int) -> None:
@@ -60,10 +60,11 @@ def batch_norm(
     slice: give ``axis_name`` (e.g. ``"data"``) to average the statistics over that mesh
     axis. Statistics are computed in float32 whatever the input's dtype.
     """
-    if not 0.0 <= momentum < 1.0:
-        raise LayerError(f"batch_norm: `momentum` must be in [0, 1), got {momentum!r}")
-    if not epsilon > 0:
-        raise LayerError(f"batch_norm: `epsilon` must be positive, got {epsilon!r}")
+    check_number("batch_norm", "momentum", momentum, low=0.0, high=1.0, what="in [0, 1)")
+    check_number("batch_norm", "epsilon", epsilon, positive=True, what="positive")
+    check_bool("batch_norm", use_scale=use_scale, use_bias=use_bias)
+    if axis_name is not None and not isinstance(axis_name, str):
+        raise LayerError(f"batch_norm: `axis_name` must be a mesh axis name (a str) or None, got {axis_name!r}")
 
     def init(key, input_shape):
         if len(input_shape) < 2:
@@ -105,8 +106,8 @@ def layer_norm(*, epsilon: float = 1e-5, use_scale: bool = True, use_bias: bool 
 
     Shapes: ``x (..., features) -> y (same)``; params ``scale, bias (features,)``.
     """
-    if not epsilon > 0:
-        raise LayerError(f"layer_norm: `epsilon` must be positive, got {epsilon!r}")
+    check_number("layer_norm", "epsilon", epsilon, positive=True, what="positive")
+    check_bool("layer_norm", use_scale=use_scale, use_bias=use_bias)
 
     def init(key, input_shape):
         if len(input_shape) < 1:

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from fundl._core import Layer, LayerError, Shape, check_float, check_positive, check_rank
+from fundl._core import Layer, LayerError, Shape, check_float, check_rank, check_sizes
 from fundl.layers._conv import Padding, as_padding, as_tuple, layout, rank_hint, spatial_out
 
 
@@ -28,7 +28,7 @@ def _pool(
         )
     window = tuple(window)
     n = len(window)
-    check_positive(kind, window=window)
+    check_sizes(kind, window=window)
     strides = window if strides is None else as_tuple(kind, "strides", strides, n)
     pad = as_padding(kind, padding, n)
     full_pad = pad if isinstance(pad, str) else ((0, 0), *pad, (0, 0))

@@ -37,7 +37,10 @@ from fundl._core import (
     LayerError,
     Params,
     Shape,
+    check_bool,
     check_float,
+    check_initializer,
+    check_number,
     check_positive,
     check_rank,
     expect_params,
@@ -205,6 +208,13 @@ def _gru_step(p: Params, xw_t: Array, h: Array) -> Array:
     return (1 - z) * n + z * h
 
 
+def _check_args(kind: str, hidden: Any, sequences: Any, state: Any, reverse: Any, *inits: Any) -> None:
+    """The arguments every recurrent layer takes, checked (a clear error naming the layer and the argument)."""
+    check_positive(kind, hidden=hidden)
+    check_bool(kind, return_sequences=sequences, return_state=state, reverse=reverse)
+    check_initializer(kind, **dict(zip(("w_init", "u_init", "b_init"), inits)))
+
+
 def simple_rnn(
     hidden: int,
     *,
@@ -234,7 +244,7 @@ def simple_rnn(
     Example:
       >>> out_shape, params, _ = simple_rnn(32).init(jax.random.key(0), (8, 20, 5))  # (8, 32)
     """
-    check_positive("simple_rnn", hidden=hidden)
+    _check_args("simple_rnn", hidden, return_sequences, return_state, reverse, w_init, u_init, b_init)
     init_params = lambda key, features: _gate_params(key, features, hidden, 1, w_init, u_init, b_init)  # noqa: E731
     cell = _Cell("simple_rnn", hidden, 1, False, (), init_params, _rnn_step)
     return _build(_Config(cell, return_sequences, return_state, reverse))
@@ -274,7 +284,8 @@ def lstm(
       >>> out_shape, params, _ = layer.init(jax.random.key(0), (8, 20, 5))  # (8, 20, 64)
       >>> y, _ = layer.apply(params, {}, x, mask=lengths[:, None] > jnp.arange(20))
     """
-    check_positive("lstm", hidden=hidden)
+    _check_args("lstm", hidden, return_sequences, return_state, reverse, w_init, u_init, b_init)
+    check_number("lstm", "forget_bias", forget_bias)
 
     def init_params(key, features):
         params = _gate_params(key, features, hidden, 4, w_init, u_init, b_init)
@@ -315,7 +326,7 @@ def gru(
       >>> out_shape, params, _ = gru(32, return_state=True).init(jax.random.key(0), (8, 20, 5))
       >>> # out_shape == ((8, 32), (8, 32))
     """
-    check_positive("gru", hidden=hidden)
+    _check_args("gru", hidden, return_sequences, return_state, reverse, w_init, u_init, b_init)
 
     def init_params(key, features):
         gate_key, b_hn_key = jax.random.split(key)
@@ -382,6 +393,13 @@ def bidirectional(layer: Layer) -> Layer:
                 )
             except LayerError as error:
                 raise error.within(name)
+            except TypeError as error:
+                if "mask" not in str(error) and "initial_state" not in str(error):
+                    raise
+                raise LayerError(
+                    f"bidirectional expects a sequence layer that takes `mask` and `initial_state` (simple_rnn, lstm "
+                    f"or gru), got {layer.name}: {error}"
+                ) from None
             ys.append(flip(y) if backward and jnp.ndim(y) == 3 else y)
         return jnp.concatenate(ys, axis=-1), state
 

@@ -28,8 +28,13 @@ def reshape(shape: tuple[int, ...]) -> Layer:
     Example:
       >>> reshape((8, 8, 1))   # flat 64-pixel digits to 8x8 single-channel images
     """
+    if not isinstance(shape, (tuple, list)):
+        raise LayerError(
+            f"reshape: `shape` must be a tuple of the dimensions after the batch axis, e.g. (8, 8, 1), got {shape!r} "
+            f"({type(shape).__name__}): for one dimension write ({shape!r},)"
+        )
     shape = tuple(shape)
-    if shape.count(-1) > 1 or any(not isinstance(d, int) or (d < 1 and d != -1) for d in shape):
+    if shape.count(-1) > 1 or any(not isinstance(d, int) or isinstance(d, bool) or (d < 1 and d != -1) for d in shape):
         raise LayerError(f"reshape: `shape` must hold positive integers and at most one -1, got {shape}")
 
     def shape_fn(input_shape: Shape) -> Shape:

@@ -34,7 +34,7 @@ import optax
 from jax import lax
 
 from fundl._combinators import apply_child, check_entries, child_key, init_child, keep_nonempty, serial
-from fundl._core import Array, EvalMode, Key, Layer, LayerError, Loss, Params, Shape, State, check_positive
+from fundl._core import Array, EvalMode, Key, Layer, LayerError, Loss, Params, Shape, State, check_positive, check_sizes
 from fundl.layers import dense, flatten, leaky_relu, reshape, sigmoid
 
 PLAYERS = ["generator", "discriminator"]
@@ -125,10 +125,11 @@ def mlp_gan(
       negative_slope: of the leaky ReLUs.
     """
     image_shape = tuple(image_shape)
-    check_positive("mlp_gan", latent=latent, image_shape=image_shape)
+    check_positive("mlp_gan", latent=latent)
+    check_sizes("mlp_gan", image_shape=image_shape)
     for arg, widths in (("generator_hidden", generator_hidden), ("discriminator_hidden", discriminator_hidden)):
         if widths:
-            check_positive("mlp_gan", **{arg: tuple(widths)})
+            check_sizes("mlp_gan", **{arg: tuple(widths)})
     block = lambda widths: [layer for h in widths for layer in (dense(h), leaky_relu(negative_slope))]  # noqa: E731
     generator = serial(*block(generator_hidden), dense(math.prod(image_shape)), sigmoid(), reshape(image_shape))
     discriminator = serial(flatten(), *block(discriminator_hidden), dense(1))

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import optax
 
 from fundl._combinators import apply_child, branch, check_entries, child_key, init_child, keep_nonempty, named, serial
-from fundl._core import Array, EvalMode, Key, Layer, LayerError, Loss, Params, Shape, State, check_positive
+from fundl._core import Array, EvalMode, Key, Layer, LayerError, Loss, Params, Shape, State, check_positive, check_sizes
 from fundl.layers import conv2d, conv2d_transpose, dense, flatten, relu, reshape
 
 PARTS = ["encoder", "decoder"]
@@ -204,10 +204,11 @@ def mlp_vae(
       >>> (logits, mean, log_var), _ = v.model.apply(params, state, x, key=key)  # x (32, 8, 8)
     """
     image_shape, hidden = tuple(image_shape), tuple(hidden)
-    check_positive("mlp_vae", latent=latent, image_shape=image_shape)
+    check_positive("mlp_vae", latent=latent)
+    check_sizes("mlp_vae", image_shape=image_shape)
     _check_likelihood("mlp_vae", likelihood)
     if hidden:
-        check_positive("mlp_vae", hidden=hidden)
+        check_sizes("mlp_vae", hidden=hidden)
     encoder = serial(flatten(), *[layer for h in hidden for layer in (dense(h), relu())], _posterior(latent))
     decoder = serial(
         *[layer for h in reversed(hidden) for layer in (dense(h), relu())],
@@ -245,13 +246,13 @@ def conv_vae(
     _check_likelihood("conv_vae", likelihood)
     if not channels:
         raise LayerError("conv_vae: `channels` needs at least one channel count, e.g. (16, 32)")
-    check_positive("conv_vae", channels=channels)
+    check_sizes("conv_vae", channels=channels)
     if len(image_shape) != 3:
         raise LayerError(
             "conv_vae: `image_shape` must be (height, width, channels), got "
             f"{image_shape}: add the channel axis, e.g. {(*image_shape, 1)}"
         )
-    check_positive("conv_vae", image_shape=image_shape)
+    check_sizes("conv_vae", image_shape=image_shape)
     height, width, c_image = image_shape
     m = 2 ** len(channels)
     if height % m or width % m:

@@ -28,6 +28,10 @@ if TYPE_CHECKING:
         load_example as load_example,
         resolve_config as resolve_config,
     )
+    from fundl.runs._files import DiskFull as DiskFull
+    from fundl.runs._identity import IdentityError as IdentityError
+    from fundl.runs._lifecycle import RunAborted as RunAborted, StartInterrupted as StartInterrupted
+    from fundl.runs._lock import DirectoryInUse as DirectoryInUse
     from fundl.runs._optimizers import OPTIMIZERS as OPTIMIZERS, make_optimizer as make_optimizer
     from fundl.runs._pack import pack as pack
     from fundl.runs._prepare import (
@@ -38,6 +42,7 @@ if TYPE_CHECKING:
         parse_sweep as parse_sweep,
         prepare as prepare,
     )
+    from fundl.runs._ranges import RANGES as RANGES
     from fundl.runs._run import load_run as load_run, resume as resume, run as run, sample as sample, sweep as sweep
     from fundl.runs._state_file import restore_train_state as restore_train_state, save_train_state as save_train_state
     from fundl.runs._tools import (

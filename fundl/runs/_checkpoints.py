@@ -1,4 +1,4 @@
-"""Periodic checkpoints of a run: atomic, asynchronous, verified.
+"""Periodic checkpoints of a run: atomic, asynchronous and verified (the signals that ask for one: _lifecycle.py).
 
 A checkpoint holds everything a run needs to go on exactly as if it had never stopped:
 the whole train state (step, params, model state, optimizer state, key; the step is also
@@ -54,7 +54,7 @@ class Checkpoints:
         always saves at its end too.
       keep: how many of the latest checkpoints to keep.
       best: also keep the checkpoint with the best value of this metric, e.g.
-        ``"test/accuracy"``; ``best_mode`` says whether ``"max"`` or ``"min"`` is best.
+        ``"validation/accuracy"``; ``best_mode`` says whether ``"max"`` or ``"min"`` is best.
       stop_after_steps: stop training at this step, as if preempted.
       run_id: saved with every checkpoint and checked on restore, so that a checkpoint
         copied from another run is refused.
@@ -87,16 +87,14 @@ class Checkpoints:
         self.stop_after_steps = stop_after_steps
         self.directory = Path(directory)
         self.keep, self.best, self.best_mode, self.run_id = keep, best, best_mode, run_id
+        self.preemption: str | None = None  # set by a signal handler (see fundl.runs._lifecycle.RunSignals)
         self._writer = jax.process_index() == 0  # in a multi-process run, process 0 writes
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fundl-checkpoint")
         self._pending: list[Future] = []
         if self._writer:
             self.directory.mkdir(parents=True, exist_ok=True)
             remove_unfinished(self.directory)
-        index = self.directory / _INDEX
-        self._scores: dict[int, float] = (
-            {int(k): v for k, v in json.loads(index.read_text()).items()} if index.is_file() else {}
-        )
+        self._scores: dict[int, float] = self._read_scores()
 
     # --- the Checkpointer protocol of fit -----------------------------------------------------
 
@@ -139,15 +137,40 @@ class Checkpoints:
         return self._orbax_store().steps()
 
     def interrupted(self, step: int) -> str | None:
+        """Why training should stop after ``step``: a signal that came before the loop held the signals, or
+        the step limit; ``None`` to go on."""
+        if self.preemption:
+            return self.preemption
         if self.stop_after_steps is not None and step >= self.stop_after_steps:
             return f"stopped after {step} steps (--stop-after-steps)"
         return None
 
     # --- writing, in the background ------------------------------------------------------------
 
+    def _read_scores(self) -> dict[int, float]:
+        """The watched metric of each checkpoint: ``index.json``, or if a kill or a full disk left it unreadable,
+        what the checkpoints themselves recorded (each holds its own score)."""
+        index = self.directory / _INDEX
+        if not index.is_file():
+            return {}
+        try:
+            return {int(k): float(v) for k, v in json.loads(index.read_text()).items()}
+        except (ValueError, TypeError, AttributeError):
+            scores = {}
+            for step in self.steps():
+                try:
+                    score = _payload(self.directory / f"{step}{SUFFIX}").get("score")
+                except ValueError:
+                    continue  # a damaged checkpoint: restoring it is what reports it
+                if score is not None:
+                    scores[step] = float(score)
+            return scores
+
     def _write(self, step: int, train_state: Any, extra: dict[str, Any], score: float | None) -> None:
         host = flax.serialization.to_state_dict(host_copy(train_state))
-        data = flax.serialization.msgpack_serialize({"run_id": self.run_id, "step": step, "train_state": host, **extra})
+        data = flax.serialization.msgpack_serialize(
+            {"run_id": self.run_id, "step": step, "train_state": host, "score": score, **extra}
+        )
         write_atomic(self.directory / f"{step}{SUFFIX}", hashlib.sha256(data).digest() + data, sync_directory=False)
         if score is not None:
             self._scores[step] = score
@@ -213,21 +236,12 @@ class Checkpoints:
         if step not in self._file_steps():
             return self._restore_orbax(step, like, shardings)
         path = self.directory / f"{step}{SUFFIX}"
-        raw = path.read_bytes()
-        digest, data = raw[:32], raw[32:]
-        if hashlib.sha256(data).digest() != digest:
-            raise ValueError(
-                f"the checkpoint {path} is corrupted or truncated: its contents do not match their SHA-256"
-            )
-        try:
-            payload = flax.serialization.msgpack_restore(data)
-        except Exception as error:  # msgpack raises several kinds for a broken file
-            raise ValueError(f"the checkpoint {path} cannot be read: {type(error).__name__}: {error}") from None
+        payload = _payload(path)
         if payload.get("run_id") != self.run_id:
             raise ValueError(
                 f"the checkpoint {path} was written by another run ({payload.get('run_id')}), not by {self.run_id}"
             )
-        extra = {k: v for k, v in payload.items() if k not in ("run_id", "step", "train_state")}
+        extra = {k: v for k, v in payload.items() if k not in ("run_id", "step", "train_state", "score")}
         return payload["step"], from_host(payload["train_state"], like, f"the checkpoint {path}"), extra
 
     def _restore_orbax(self, step: int, like: Any, shardings: Any) -> tuple[int, Any, dict[str, Any]]:
@@ -245,6 +259,21 @@ class Checkpoints:
                 f"the checkpoint {path} was written by another run ({meta.get('run_id')}), not by {self.run_id}"
             )
         return int(meta["step"]), state, dict(meta["extra"])
+
+
+def _payload(path: Path) -> dict[str, Any]:
+    """A checkpoint file's contents, checked against its digest."""
+    raw = path.read_bytes()
+    digest, data = raw[:32], raw[32:]
+    if hashlib.sha256(data).digest() != digest:
+        raise ValueError(f"the checkpoint {path} is corrupted or truncated: its contents do not match their SHA-256")
+    try:
+        payload = flax.serialization.msgpack_restore(data)
+    except Exception as error:  # msgpack raises several kinds for a broken file
+        raise ValueError(f"the checkpoint {path} cannot be read: {type(error).__name__}: {error}") from None
+    if not isinstance(payload, dict):
+        raise ValueError(f"the checkpoint {path} does not hold a checkpoint")
+    return payload
 
 
 @jax.jit

@@ -35,11 +35,11 @@ DEFAULTS: Config = {
         "every_epochs": 1,  # save the whole train state every this many epochs (None: only at the end)
         "every_steps": None,  # ... or every this many steps (the more frequent wins)
         "keep": 3,  # the latest checkpoints kept
-        "best": None,  # also keep the best checkpoint by this "split/metric", e.g. "test/accuracy"
+        "best": None,  # also keep the best checkpoint by this "split/metric", e.g. "validation/accuracy"
         "best_mode": "max",  # "max" or "min": whether a larger or a smaller checkpoint.best is better
     },
     "early_stopping": {  # stop when an evaluated metric stops improving
-        "metric": None,  # a "split/metric", e.g. "validation/loss"; None: no early stopping
+        "metric": None,  # an evaluated "split/metric", e.g. "validation/loss"; None: no early stopping
         "mode": "min",  # "min" or "max": whether the metric should fall or rise
         "patience": 5,  # evaluations without improvement
         "min_delta": 0.0,  # the least change that counts as an improvement

@@ -7,11 +7,14 @@ Files (all JSON is strict: a NaN or infinite metric is written as ``null``)::
     environment.json     the manifest: example (and the hash of its copy), command, versions,
                          git commit, devices and mesh, XLA flags, precision, run id (and a sweep's members)
     example.py           a copy of the example's source; load_run and resume use it
+    identity.json        the run's identity, sealed when it starts: run id, config, example's SHA-256, the
+                         data's digests, a sweep's members (every reader checks the files against it)
+    lock                 while a process writes the directory: who (fundl/runs/_lock.py)
     metrics.jsonl        one JSON object per log or evaluation (step, epoch, split, [member,] metrics)
     checkpoints/         periodic checkpoints (see fundl.runs.Checkpoints)
-    summary.json         steps, epochs, wall_s, compile_s, params_fingerprint, final metrics
+    summary.json         run id, steps, epochs, wall_s, compile_s, params_fingerprint, final metrics
     members.json         a sweep's members: seed, settings, final metrics, fingerprint, how each ended
-    train_state.msgpack  the final train state, whole (a sweep's: every member's, stacked)
+    train_state.msgpack  the final train state, whole (a sweep's: every member's, stacked), with the run id
     curves.png           the metrics of every split against the epoch
     tensorboard/         event files, with log.tensorboard
     wandb/               an offline Weights & Biases run, with log.wandb
@@ -31,7 +34,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from fundl.runs._files import read_json, strict_json, write_atomic, write_json
+from fundl.runs._files import append_text, read_json, strict_json, write_atomic, write_json
 from fundl.train._history import Record
 
 STATUSES = ("running", "finished", "stopped_early", "interrupted", "failed")
@@ -45,6 +48,8 @@ class RunDirectory:
     """A run directory, by path. :meth:`create` claims a new one; :meth:`open` checks an existing one."""
 
     CONFIG = "config.json"
+    IDENTITY = "identity.json"
+    LOCK = "lock"
     ENVIRONMENT = "environment.json"
     EXAMPLE = "example.py"
     STATUS = "status.json"
@@ -58,6 +63,8 @@ class RunDirectory:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        self._lock: Any = None  # the writer's lock, while this process writes the directory
+        self.created = False  # whether this process made the directory (a failed start removes it again)
 
     def __repr__(self) -> str:
         return f"RunDirectory({str(self.path)!r})"
@@ -72,10 +79,17 @@ class RunDirectory:
     def create(cls, name: str, out: str | os.PathLike | None = None) -> "RunDirectory":
         """A new run directory that no other run can share: ``out``, or ``runs/<name>-<timestamp>``.
 
-        ``out`` may exist if it is empty. The run claims the directory by creating its
-        ``status.json`` exclusively, so of two runs started at once on the same ``out``,
-        one gets the directory and the other a ``FileExistsError``.
+        ``out`` may exist if it is empty, or if it holds only what a run that stopped while
+        starting wrote (it was never sealed and trained nothing). The run takes the
+        directory's lock (:mod:`fundl.runs._lock`) and then creates its ``status.json``
+        exclusively: of two runs started at once on the same ``out``, one gets the directory
+        and the other a ``FileExistsError``. The returned directory holds the lock until
+        :meth:`release`.
         """
+        from fundl.runs._lifecycle import only_start_files, remove_start_files
+        from fundl.runs._lock import DirectoryInUse, DirectoryLock
+
+        created = True
         if out is None:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             Path("runs").mkdir(exist_ok=True)
@@ -90,18 +104,58 @@ class RunDirectory:
             path = Path(out)
             if path.exists() and not path.is_dir():
                 raise FileExistsError(f"--out {path} is a file, not a directory")
-            if path.is_dir() and any(path.iterdir()):
-                raise FileExistsError(f"--out {path} is not empty: choose a new directory (or `fundl resume {path}`)")
+            if path.is_dir() and any(path.iterdir()) and not only_start_files(path):
+                raise FileExistsError(f"--out {path} is not empty: {cls._holds(path)}")
+            created = not path.exists()
             path.mkdir(parents=True, exist_ok=True)
         try:
+            lock = DirectoryLock.acquire(path)
+        except DirectoryInUse as error:
+            raise FileExistsError(f"another run has just claimed {path} ({error}): choose another --out directory")
+        try:
+            if (path / cls.STATUS).exists():  # a start that trained nothing (checked again now that no one writes)
+                if not only_start_files(path):
+                    raise FileExistsError(f"--out {path} is not empty: {cls._holds(path)}")
+                remove_start_files(path, remove_directory=False)
             fd = os.open(path / cls.STATUS, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            raise FileExistsError(f"another run has just claimed {path}: choose another --out directory") from None
-        with os.fdopen(fd, "w") as file:
-            file.write(
-                json.dumps({"status": "running", "step": 0, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n"
-            )
-        return cls(path)
+            with os.fdopen(fd, "w") as file:
+                file.write(
+                    json.dumps({"status": "running", "step": 0, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n"
+                )
+        except BaseException:
+            lock.release()
+            raise
+        directory = cls(path)
+        directory._lock, directory.created = lock, created
+        return directory
+
+    @classmethod
+    def _holds(cls, path: Path) -> str:
+        """What a non-empty ``--out`` holds, and what to do instead."""
+        if not cls.is_run(path):
+            return "choose a new directory (it is not a fundl run directory)"
+        status = cls(path).status().get("status")
+        if status in ("finished", "stopped_early"):
+            return f"it holds a run that has {status.replace('_', ' ')}: choose a new directory"
+        return (
+            f"it holds a run that has not finished ({status}): continue it with `fundl resume {path}`, "
+            "or choose a new directory"
+        )
+
+    def claim(self) -> "RunDirectory":
+        """Takes this directory's lock, as its one writer (``fundl resume``); an error naming the holder if another
+        process writes it."""
+        from fundl.runs._lock import DirectoryLock
+
+        if self._lock is None:
+            self._lock = DirectoryLock.acquire(self.path)
+        return self
+
+    def release(self) -> None:
+        """Gives the directory's lock back (nothing if this process does not hold it)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     @classmethod
     def is_run(cls, path: str | os.PathLike) -> bool:
@@ -143,6 +197,33 @@ class RunDirectory:
         write_atomic(self.path / self.EXAMPLE, source)
         return hashlib.sha256(source).hexdigest()
 
+    # --- identity -------------------------------------------------------------------------------
+
+    def seal(self, run_id: str, config: dict[str, Any], example_sha256: str, data: Any, sweep: Any) -> None:
+        """Records the run's identity (see :mod:`fundl.runs._identity`): the last file a starting run writes."""
+        from fundl.runs._identity import identity, seal
+
+        seal(self.path, identity(run_id, config, example_sha256, data, sweep))
+
+    def is_sealed(self) -> bool:
+        return (self.path / self.IDENTITY).is_file()
+
+    def verify(self, data: dict[str, str] | None = None) -> dict[str, Any]:
+        """Checks the directory's files (and ``data``'s digests, if given) against the identity the run was sealed
+        with; returns that identity. An :class:`~fundl.runs._identity.IdentityError` names the first difference."""
+        from fundl.runs._identity import check, identity
+
+        manifest = self.manifest()
+        copy = self.path / self.EXAMPLE
+        current = identity(
+            str(manifest.get("run_id", "")),
+            self.config(),
+            file_sha256(copy) if copy.is_file() else "missing",
+            data,
+            manifest.get("sweep"),
+        )
+        return check(self.path, current, with_data=data is not None)
+
     def example(self) -> Path:
         """The run's copy of its example, checked against the manifest's SHA-256."""
         copy = self.path / self.EXAMPLE
@@ -183,8 +264,7 @@ class RunDirectory:
 
         def hook(event: Any) -> None:
             if event.kind in ("log", "eval", "test"):
-                with path.open("a") as file:
-                    file.write(_line(event.record))
+                append_text(path, _line(event.record))
 
         return hook
 
@@ -217,10 +297,12 @@ class RunDirectory:
                 raise ValueError(f"{path} line {number} is not a metrics record: {error}") from None
         return records
 
-    def truncate_records(self, step: int) -> None:
-        """Keeps the records of steps up to ``step`` (a resumed run logs the rest again)."""
+    def truncate_records(self, step: int, drop_splits: Iterable[str] = ()) -> None:
+        """Keeps the records of steps up to ``step`` (a resumed run logs the rest again), without those of
+        ``drop_splits`` (the test splits, scored again when the resumed run ends); a torn last line goes too."""
+        dropped = set(drop_splits)
         if (self.path / self.METRICS).is_file():
-            self.write_records([r for r in self.records() if r.step <= step])
+            self.write_records([r for r in self.records() if r.step <= step and r.split not in dropped])
 
     # --- results ------------------------------------------------------------------------------
 
@@ -237,15 +319,16 @@ class RunDirectory:
         path = self.path / self.MEMBERS
         return read_json(path) if path.is_file() else None
 
-    def save_final_state(self, tree: Any) -> str:
-        """Writes the final train state (a host copy: the caller gathers it); returns the file's SHA-256."""
+    def save_final_state(self, tree: Any, run_id: str) -> str:
+        """Writes the final train state (a host copy: the caller gathers it) with the run's id; returns the file's
+        SHA-256."""
         from fundl.runs._state_file import save_train_state
 
-        save_train_state(self.path / self.FINAL_STATE, tree)
+        save_train_state(self.path / self.FINAL_STATE, tree, run_id=run_id)
         return file_sha256(self.path / self.FINAL_STATE)
 
-    def load_final_state(self, like: Any, sha256: str | None) -> Any:
-        """The final train state, checked against the SHA-256 its summary recorded."""
+    def load_final_state(self, like: Any, sha256: str | None, run_id: str) -> Any:
+        """The final train state, checked against the SHA-256 its summary recorded and the run's id."""
         from fundl.runs._state_file import restore_train_state
 
         path = self.path / self.FINAL_STATE
@@ -254,7 +337,7 @@ class RunDirectory:
                 f"{path} is not the file this run saved (its SHA-256 "
                 f"differs from {self.SUMMARY}'s): corrupted or replaced"
             )
-        return restore_train_state(path, like)
+        return restore_train_state(path, like, run_id=run_id)
 
     @property
     def checkpoints(self) -> Path:
@@ -263,6 +346,12 @@ class RunDirectory:
     @property
     def curves(self) -> Path:
         return self.path / self.CURVES
+
+    def checkpoint_steps(self) -> list[int]:
+        """The steps of the complete checkpoints in ``checkpoints/`` (``<step>.ckpt``), oldest first."""
+        if not self.checkpoints.is_dir():
+            return []
+        return sorted(int(p.name[: -len(".ckpt")]) for p in self.checkpoints.glob("[0-9]*.ckpt") if p.stem.isdigit())
 
     def tensorboard(self, member: int | None = None) -> Path:
         return self.logs("tensorboard", member)

@@ -2,12 +2,45 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
+
+FULL = (errno.ENOSPC, errno.EDQUOT)  # a full disk, or a full quota
+
+
+class DiskFull(OSError):
+    """A file could not be written for lack of space: the message names the file (and, from a run, the way on)."""
+
+    def __init__(self, path: str | os.PathLike | None, advice: str = "", code: int = errno.ENOSPC):
+        super().__init__(code, os.strerror(code), None if path is None else str(path))
+        self.advice = advice
+
+    def __str__(self) -> str:
+        where = f" writing {self.filename}" if self.filename else ""
+        return f"{(self.strerror or 'no space left').lower()}{where}" + (f": {self.advice}" if self.advice else "")
+
+
+def _write(file: BinaryIO, data: bytes, path: str | os.PathLike) -> None:
+    """Writes ``data`` whole to ``file``, open at ``path`` (the one place bytes reach a run file; tests make it fail
+    as a full disk would)."""
+    file.write(data)
+    file.flush()
+
+
+def append_text(path: str | os.PathLike, text: str) -> None:
+    """Appends ``text`` to ``path`` (a full disk is a :class:`DiskFull` naming the file)."""
+    try:
+        with open(path, "ab") as file:
+            _write(file, text.encode(), path)
+    except OSError as error:
+        if error.errno in FULL and not isinstance(error, DiskFull):
+            raise DiskFull(path, code=error.errno) from None
+        raise
 
 
 def write_atomic(path: str | os.PathLike, data: bytes, *, sync_directory: bool = True) -> None:
@@ -17,16 +50,22 @@ def write_atomic(path: str | os.PathLike, data: bytes, *, sync_directory: bool =
     cut the rename may then be lost (the old file, complete, is found), never half-done.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as error:
+        if error.errno in FULL:
+            raise DiskFull(path, code=error.errno) from None
+        raise
     try:
         os.fchmod(fd, 0o644)
         with os.fdopen(fd, "wb") as file:
-            file.write(data)
-            file.flush()
+            _write(file, data, tmp)
             os.fsync(file.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.errno in FULL and not isinstance(error, DiskFull):
+            raise DiskFull(path, code=error.errno) from None
         raise
     if not sync_directory:
         return

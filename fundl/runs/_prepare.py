@@ -13,7 +13,7 @@ import copy
 import itertools
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from types import ModuleType
 from typing import Any, NamedTuple
 
@@ -30,6 +30,8 @@ from fundl.runs._experiment import Experiment, total_steps
 from fundl.runs._loggers import LOGGERS, check_loggers
 from fundl.runs._optimizers import make_optimizer
 from fundl.runs._pack import with_records
+from fundl.runs._ranges import check_ranges, check_value
+from fundl.runs._watched import check_watched, recorded_metrics
 from fundl.train import (
     PRECISION_POLICIES,
     Budget,
@@ -96,13 +98,33 @@ class Plan(NamedTuple):
         optimizer does not say."""
         return optimizer_of(self.experiment, self.configs[lane], self.total)[1]
 
-    def initial_carry(self) -> TrainState | MemberStates:
-        """The train state at step 0 (a sweep's: every member's, stacked, with their settings)."""
+    def initial_carry(self, echo: Callable[[str], None] | None = None) -> TrainState | MemberStates:
+        """The train state at step 0 (a sweep's: every member's, stacked, with their settings).
+
+        ``echo``: where a large sweep reports how far it got, every few seconds.
+        """
         e = self.experiment
         if isinstance(self.population, OneRun):
             return initial_train_state(e.model, e.input_shape, self.population.optimizer, self.config["seed"])
         optimizer = optimizer_of(e, self.configs[0], self.total)[0]
-        return MemberStates.of(initial_train_states(e.model, e.input_shape, optimizer, self.seeds), self.hyper())
+        count = len(self.seeds)
+
+        def progress(made: int) -> None:
+            if echo is not None:
+                echo(f"initial states: {made:,} of {count:,} members made")
+
+        states = initial_train_states(e.model, e.input_shape, optimizer, self.seeds, progress=progress)
+        return MemberStates.of(states, self.hyper())
+
+    def abstract_carry(self) -> Any:
+        """The shapes and dtypes of :meth:`initial_carry` (what a checkpoint is read into), without making it."""
+        if isinstance(self.population, OneRun):
+            return jax.eval_shape(self.initial_carry)
+        e = self.experiment
+        optimizer = optimizer_of(e, self.configs[0], self.total)[0]
+        one = jax.eval_shape(lambda: initial_train_state(e.model, e.input_shape, optimizer, self.seeds[0]))
+        stacked = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct((len(self.seeds), *leaf.shape), leaf.dtype), one)
+        return jax.eval_shape(lambda states: MemberStates.of(states, self.hyper()), stacked)
 
     def hyper(self) -> dict[str, np.ndarray]:
         """Each swept setting's value for every member, ``{dotted_key: (M,)}``."""
@@ -164,25 +186,14 @@ def prepare(
     """
     sweep = dict(sweep or {})
     _check_seed(config["seed"])
+    check_ranges(config)
     experiment = module.experiment(config)
     if config["data"]["records"] is not None:
         experiment = with_records(experiment, config["data"]["records"])
     total = total_steps(config, experiment)
-    members = None
-    if seeds is not None or sweep:
-        seeds = seeds or [config["seed"]]
-        count = len(seeds) * math.prod(len(values) for values in sweep.values())
-        if count > MAX_MEMBERS:
-            raise ConfigError(
-                f"a sweep of {count:,} members: at most {MAX_MEMBERS:,} "
-                "train as one program; split it into several sweeps"
-            )
-        _check_memory(experiment, config, total, count)
-        members = _member_configs(config, seeds, sweep)
-        for c in members:
-            _check_seed(c["seed"])
-    for c in members or [config]:
-        optimizer_of(experiment, c, total)  # each member's settings are checked before anything is made
+    members = None if seeds is None and not sweep else _members(experiment, config, total, seeds, sweep)
+    for c in members[:: len(members) // _settings(sweep)] if members is not None else [config]:
+        optimizer_of(experiment, c, total)  # each setting is checked before anything is made (not each seed)
     if sweep:
         _check_sweepable(experiment, config, total, sweep)
     train = config["train"]
@@ -199,9 +210,10 @@ def prepare(
         ) from None
     _check_checkpoint_config(config["checkpoint"], members is not None)
     check_loggers(config["log"])
-    _check_early_stopping_config(config["early_stopping"], experiment)
+    _check_early_stopping_config(config["early_stopping"])
     loss = with_precision(Loss.of(experiment.loss_fn, experiment.eval_fn), train["precision"])
     _check_test_data(experiment, loss)
+    _check_watched_metrics(config, experiment, loss)
     per_epoch = num_examples(experiment.train_data) // train["batch_size"]
     if members is None:
         population: OneRun | Members = OneRun(optimizer_of(experiment, config, total)[0])
@@ -295,11 +307,10 @@ def _member_configs(base: Config, seeds: list[int], sweep: dict[str, list[Any]])
                 f"--sweep {key}: every value must be a number (null turns the setting off: run it separately)"
             )
     keys = list(sweep)
-    return [
-        override(base, [("seed", seed), *zip(keys, values)])
-        for values in itertools.product(*(sweep[k] for k in keys))
-        for seed in seeds
-    ]
+    settings = [override(base, list(zip(keys, values))) for values in itertools.product(*(sweep[k] for k in keys))]
+    # one checked config per setting; its members differ in the seed alone (and share the setting's sections,
+    # which nothing changes): tens of thousands of members are made in a moment, not a deep copy each
+    return [{**setting, "seed": seed} for setting in settings for seed in seeds]
 
 
 def _optimizer_fn(base: Config, total: int, experiment: Experiment) -> Any:
@@ -334,6 +345,31 @@ def _check_sweepable(experiment: Experiment, config: Config, total: int, sweep: 
             f"uses them as Python values ({type(error).__name__}); run each value separately "
             f"(fundl run NAME --set {next(iter(sweep))}=VALUE) or use them as optax does (arithmetic, no `if`)"
         ) from None
+
+
+def _settings(sweep: dict[str, list[Any]]) -> int:
+    """How many settings a sweep crosses with its seeds."""
+    return math.prod(len(values) for values in sweep.values())
+
+
+def _members(
+    experiment: Experiment, config: Config, total: int, seeds: list[int] | None, sweep: dict[str, list[Any]]
+) -> list[Config]:
+    """Every member's config (each setting crossed with each seed), checked: their number, memory, seeds, values."""
+    seeds = seeds or [config["seed"]]
+    count = len(seeds) * _settings(sweep)
+    if count > MAX_MEMBERS:
+        raise ConfigError(
+            f"a sweep of {count:,} members: at most {MAX_MEMBERS:,} train as one program; split it into several sweeps"
+        )
+    _check_memory(experiment, config, total, count)
+    members = _member_configs(config, seeds, sweep)
+    for c in members:
+        _check_seed(c["seed"])
+    for key, values in sweep.items():  # each swept value once, not once per member
+        for value in values:
+            check_value(key, value, "--sweep ")
+    return members
 
 
 def _check_memory(experiment: Experiment, config: Config, total: int, members: int) -> None:
@@ -371,10 +407,6 @@ def _check_checkpoint_config(checkpoint: dict[str, Any], sweep: bool) -> None:
             raise ConfigError(f"checkpoint.{key} must be a positive integer (or null), got {value!r}")
     if checkpoint["best_mode"] not in ("max", "min"):
         raise ConfigError(f"checkpoint.best_mode must be 'max' or 'min', got {checkpoint['best_mode']!r}")
-    if checkpoint["best"] is not None and "/" not in checkpoint["best"]:
-        raise ConfigError(
-            f"checkpoint.best names a 'split/metric', e.g. 'validation/accuracy'; got {checkpoint['best']!r}"
-        )
     if checkpoint["best"] is not None and sweep:
         raise ConfigError(
             "checkpoint.best keeps the checkpoint of one run's best evaluation; a sweep's checkpoints hold every "
@@ -382,27 +414,35 @@ def _check_checkpoint_config(checkpoint: dict[str, Any], sweep: bool) -> None:
         )
 
 
-def _check_early_stopping_config(stopping: dict[str, Any], experiment: Experiment) -> None:
+def _check_early_stopping_config(stopping: dict[str, Any]) -> None:
     if stopping["metric"] is None:
         return
-    split = stopping["metric"].partition("/")[0]
-    splits = sorted(experiment.eval_data or {})
-    if split in (experiment.test_data or {}):
-        raise ConfigError(
-            f"early_stopping.metric {stopping['metric']!r}: the test split is scored once, after training, so that "
-            f"nothing is tuned on it; watch an evaluated split instead ({', '.join(splits)})"
-        )
-    if "/" not in stopping["metric"] or split not in splits:
-        raise ConfigError(
-            "early_stopping.metric names an evaluated 'split/metric' "
-            f"(splits: {', '.join(splits)}), got {stopping['metric']!r}"
-        )
     try:
-        early_stopping(
-            split, "x", mode=stopping["mode"], patience=stopping["patience"], min_delta=stopping["min_delta"]
-        )
+        early_stopping("x", "x", mode=stopping["mode"], patience=stopping["patience"], min_delta=stopping["min_delta"])
     except ValueError as error:
         raise ConfigError(f"early_stopping: {error}") from None
+
+
+def _check_watched_metrics(config: Config, experiment: Experiment, loss: Loss) -> None:
+    """``checkpoint.best`` and ``early_stopping.metric`` must name a metric that training records."""
+    watched = {
+        "checkpoint.best": config["checkpoint"]["best"],
+        "early_stopping.metric": config["early_stopping"]["metric"],
+    }
+    if not any(watched.values()):
+        return
+    recorded = recorded_metrics(
+        loss,
+        experiment.model,
+        experiment.input_shape,
+        experiment.train_data,
+        experiment.eval_data or {},
+        config["train"]["batch_size"],
+        experiment.hooks,
+    )
+    tests = list(experiment.test_data or {})
+    check_watched("checkpoint.best", watched["checkpoint.best"], recorded, tests, train=True)
+    check_watched("early_stopping.metric", watched["early_stopping.metric"], recorded, tests, train=False)
 
 
 def _check_test_data(experiment: Experiment, loss: Loss) -> None:

@@ -27,14 +27,16 @@ from fundl.runs._checkpoints import Checkpoints
 from fundl.runs._config import DEFAULTS, Config, ConfigError, flat_keys, merge, override
 from fundl.runs._directory import RunDirectory
 from fundl.runs._experiment import Run, load_example, resolve_config
+from fundl.runs._identity import data_identity
+from fundl.runs._lifecycle import RunSignals, StartInterrupted, abandoned_start, failed_training
 from fundl.runs._manifest import manifest
-from fundl.runs._outcome import record_outcome
+from fundl.runs._outcome import history_after_training, record_outcome
 from fundl.runs._prepare import Plan, lane_hooks, prepare
 from fundl.train import Callbacks, Event, History, Hook, MemberEnd, Record, loop, params_fingerprint, score
 from fundl.train._loggers import LoggerHook
 from fundl.train._progress import verbosity
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # a run stops cleanly on either: SIGTERM is a preemption notice
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # while training, each stops a run at a checkpoint
 
 
 def say(line: str) -> None:
@@ -72,41 +74,66 @@ def run(
     Example:
       >>> run("mlp_digits", [("train.epochs", 3)], quiet=True).summary["metrics"]["test"]
     """
-    module = load_example(example)
-    config = resolve_config(module, settings)
-    if stop_after_steps is not None and (not isinstance(stop_after_steps, int) or stop_after_steps < 1):
-        raise ValueError(f"stop_after_steps must be a positive integer, got {stop_after_steps!r}")
-    plan = prepare(module, config, seeds, sweep)
-    writer = jax.process_index() == 0  # in a multi-process run, process 0 alone writes
-    directory, run_id = _on_every_process(lambda: RunDirectory.create(Path(example).stem, out))
-    if directory is not None:  # process 0
-        echo(f"run directory: {directory.path}")
-        directory.write_config(config)
-        sha = directory.copy_example(module)
-        population = (
-            {}
-            if plan.members is None
-            else {"sweep": {"seeds": sorted(set(plan.seeds)), "settings": plan.sweep, "members": len(plan.members)}}
-        )
-        directory.write_manifest(
-            {
-                "run_id": run_id,
-                **manifest(example, sha, config["train"]["precision"], describe_mesh(plan.execution.mesh)),
-                **population,
-            }
-        )
-    carry = plan.initial_carry()
-    checkpoints = _checkpoints(plan, _checkpoint_directory(directory, out), run_id, stop_after_steps)
-    return _train(
-        plan,
-        directory if writer else None,
-        checkpoints,
-        carry,
-        _hooks(plan, directory if writer else None),
-        None,
-        verbosity(verbose, quiet),
-        echo,
+    with RunSignals() as signals:
+        try:
+            module = load_example(example)
+            config = resolve_config(module, settings)
+            if stop_after_steps is not None and (not isinstance(stop_after_steps, int) or stop_after_steps < 1):
+                raise ValueError(f"stop_after_steps must be a positive integer, got {stop_after_steps!r}")
+            plan = prepare(module, config, seeds, sweep)
+            writer = jax.process_index() == 0  # in a multi-process run, process 0 alone writes
+            directory, run_id = _on_every_process(lambda: RunDirectory.create(Path(example).stem, out))
+        except StartInterrupted as error:
+            raise StartInterrupted(
+                error.signal_name,
+                f"interrupted by {error.signal_name} before the run directory was made: nothing was written",
+            ) from None
+        try:
+            if directory is not None:  # process 0
+                echo(f"run directory: {directory.path}")
+                _start(directory, module, config, plan, example, run_id)
+            carry = plan.initial_carry(echo if plan.members is not None else None)
+            checkpoints = _checkpoints(plan, _checkpoint_directory(directory, out), run_id, stop_after_steps)
+        except BaseException as error:
+            if directory is None:
+                raise
+            directory.release()
+            raise abandoned_start(directory, error) from None
+        try:
+            return _train(
+                plan,
+                directory if writer else None,
+                checkpoints,
+                carry,
+                _hooks(plan, directory if writer else None),
+                None,
+                verbosity(verbose, quiet),
+                echo,
+                signals,
+                run_id,
+            )
+        finally:
+            if directory is not None:
+                directory.release()
+
+
+def _start(directory: RunDirectory, module: ModuleType, config: Config, plan: Plan, example: str, run_id: str) -> None:
+    """Writes what a run is before it trains, and seals its identity last (a directory without it trained nothing)."""
+    directory.write_config(config)
+    sha = directory.copy_example(module)
+    population = (
+        None
+        if plan.members is None
+        else {"seeds": sorted(set(plan.seeds)), "settings": plan.sweep, "members": len(plan.members)}
     )
+    directory.write_manifest(
+        {
+            "run_id": run_id,
+            **manifest(example, sha, config["train"]["precision"], describe_mesh(plan.execution.mesh)),
+            **({} if population is None else {"sweep": population}),
+        }
+    )
+    directory.seal(run_id, config, sha, data_identity(plan.experiment), population)
 
 
 def sweep(
@@ -175,35 +202,62 @@ def resume(
       ValueError: the run has finished, or its files do not match each other.
     """
     files = RunDirectory.open(directory)
+    writer = jax.process_index() == 0
+    with RunSignals() as signals:
+        if writer:
+            files.claim()  # one writer at a time: an error naming the process that writes it now
+        try:
+            try:
+                plan, run_id, step, carry, extra, checkpoints = _restore(files)
+                hooks = _hooks(plan, files if writer else None)
+                if "hooks" in extra:  # (a run resumed from step 0 starts with fresh hooks)
+                    _load_hook_states(files.path, hooks, extra["hooks"])
+                ends = [MemberEnd(reason, bool(nonfinite)) for reason, nonfinite in extra.get("members", [])] or None
+                if writer:
+                    files.truncate_records(step, drop_splits=plan.experiment.test_data or {})
+                    start = f"from step {step}" if step else "from step 0 (no checkpoint was saved)"
+                    echo(f"resuming {files.path} {start}")
+            except StartInterrupted as error:
+                raise StartInterrupted(
+                    error.signal_name,
+                    f"interrupted by {error.signal_name} before training resumed: nothing was lost; "
+                    f"`fundl resume {files.path}` continues it",
+                ) from None
+            return _train(
+                plan,
+                files if writer else None,
+                checkpoints,
+                carry,
+                hooks,
+                ends,
+                verbosity(verbose, quiet),
+                echo,
+                signals,
+                run_id,
+            )
+        finally:
+            files.release()
+
+
+def _restore(files: RunDirectory) -> tuple[Plan, str, int, Any, dict[str, Any], Checkpoints]:
+    """A run directory's plan, checked against its sealed identity, and the state to go on from: its latest
+    complete checkpoint, or step 0 if it saved none (a run's start is a function of its config)."""
     status = files.status()
     if status["status"] in ("finished", "stopped_early"):
         raise ValueError(
             f"{files.path} has {status['status'].replace('_', ' ')} "
             f"at step {status['step']}: there is nothing to resume"
         )
-    module, config = _verified_example(files)
-    environment = files.manifest()
-    swept = environment.get("sweep")
-    plan = prepare(module, config, *_sweep_of(swept))
-    checkpoints = _checkpoints(plan, files.checkpoints, environment.get("run_id", ""), None)
-    like = jax.eval_shape(plan.initial_carry)
+    module, config, _ = _verified_example(files)
+    plan = prepare(module, config, *_sweep_of(files.manifest().get("sweep")))
+    run_id = files.verify(data_identity(plan.experiment))["run_id"]
+    checkpoints = _checkpoints(plan, files.checkpoints, run_id, None)
+    if not checkpoints.steps():
+        return plan, run_id, 0, plan.initial_carry(), {}, checkpoints
+    like = plan.abstract_carry()
     placement = Placement(plan.execution.mesh, None if plan.members is None else len(plan.members))
-    try:
-        step, carry, extra = checkpoints.restore(like, shardings=placement.state_shardings(like))
-    except FileNotFoundError:
-        raise FileNotFoundError(
-            f"{files.path} has no complete checkpoint to resume from "
-            "(it stopped before its first one): start it again with "
-            f"`fundl run`"
-        ) from None
-    writer = jax.process_index() == 0
-    hooks = _hooks(plan, files if writer else None)
-    _load_hook_states(files.path, hooks, extra.get("hooks", []))
-    if writer:
-        files.truncate_records(step)
-        echo(f"resuming {files.path} from step {step}")
-    ends = [MemberEnd(reason, bool(nonfinite)) for reason, nonfinite in extra.get("members", [])] or None
-    return _train(plan, files if writer else None, checkpoints, carry, hooks, ends, verbosity(verbose, quiet), echo)
+    step, carry, extra = checkpoints.restore(like, shardings=placement.state_shardings(like))
+    return plan, run_id, step, carry, extra, checkpoints
 
 
 def _sweep_of(swept: dict[str, Any] | None) -> tuple[list[int] | None, dict[str, list[Any]] | None]:
@@ -276,55 +330,65 @@ def _train(
     ends: list[MemberEnd] | None,
     verbose: int,
     echo: Callable[[str], None],
+    signals: RunSignals,
+    run_id: str,
 ) -> Run:
-    """Trains with checkpoints, stopping cleanly on SIGINT or SIGTERM; records the outcome (``files``: process 0)."""
+    """Trains with checkpoints, stopping cleanly on SIGINT, SIGTERM or SIGHUP; records the outcome (``files``:
+    process 0 only).
+
+    A run resumed from a checkpoint taken after training ended (its budget spent, or every
+    lane stopped) trains no more: it scores its test splits and writes its results.
+    """
     population = plan.population
+    step = population.step_count(carry)
+    signals.training(checkpoints)  # from now on a signal stops the run at a checkpoint
     if files:
-        files.set_status("running", population.step_count(carry))
+        files.set_status("running", step)
         from fundl.plots import import_in_background
 
         import_in_background()  # for curves.png at the end: the import overlaps training
     members = plan.members is not None
     try:
-        carry, history = loop(
-            population,
-            plan.loss,
-            carry,
-            plan.experiment.train_data,
-            batch_size=plan.config["train"]["batch_size"],
-            data_seeds=plan.seeds,
-            budget=plan.budget,
-            execution=plan.execution,
-            evaluation=plan.evaluation,
-            input=plan.input,
-            callbacks=Callbacks(
-                hooks[0] if not members else (lambda member: hooks[member]),
-                True,
-                checkpoints,
-                verbose if files else 0,
-                STOP_SIGNALS,
-            ),
-            ends=ends,
-        )
+        if step >= plan.total or (ends and all(end.stop_reason for end in ends)):
+            history = history_after_training(plan, files, carry, hooks, ends or [])
+        else:
+            carry, history = loop(
+                population,
+                plan.loss,
+                carry,
+                plan.experiment.train_data,
+                batch_size=plan.config["train"]["batch_size"],
+                data_seeds=plan.seeds,
+                budget=plan.budget,
+                execution=plan.execution,
+                evaluation=plan.evaluation,
+                input=plan.input,
+                callbacks=Callbacks(
+                    hooks[0] if not members else (lambda member: hooks[member]),
+                    True,
+                    checkpoints,
+                    verbose if files else 0,
+                    STOP_SIGNALS,
+                ),
+                ends=ends,
+            )
         checkpoints.wait()
+        signals.finishing()
         if not (history.interrupted or history.nonfinite):
             _score_test_splits(plan, carry, history, hooks)
+        done = record_outcome(plan, files, carry, history, echo, run_id)
     except BaseException as error:
-        checkpoints.wait()
-        if files:
-            step = checkpoints.steps()[-1] if checkpoints.steps() else 0
-            reason = (
-                "aborted (a second Ctrl-C)"
-                if isinstance(error, KeyboardInterrupt)
-                else f"{type(error).__name__}: {error}"
-            )
-            files.set_status("interrupted" if isinstance(error, KeyboardInterrupt) else "failed", step, reason)
-        raise
+        try:
+            checkpoints.wait()
+        except BaseException:
+            pass  # the error being handled says what went wrong
+        raise failed_training(files, error, signals.phase == "finishing") from None
     finally:
         checkpoints.close()
         for hook in (hook for lane in hooks for hook in lane if isinstance(hook, LoggerHook)):
             hook.close()  # after the test splits' scores, which they log too
-    done = record_outcome(plan, files, carry, history, echo)
+    if signals.deferred:
+        echo(f"{signals.deferred} arrived while the results were written: they were written first")
     if jax.process_count() > 1:
         echo(f"process {jax.process_index()}: params {done.summary['params_fingerprint']}")
         multihost_utils.sync_global_devices("fundl run finished")  # no process leaves before process 0 has written
@@ -379,10 +443,13 @@ def _on_every_process(create: Callable[[], RunDirectory]) -> tuple[RunDirectory 
 # --- reading a run back ----------------------------------------------------------------------
 
 
-def _verified_example(files: RunDirectory) -> tuple[ModuleType, Config]:
-    """The run's own copy of its example, checked against the manifest, and its config, checked against the example."""
-    module = load_example(str(files.example()))
+def _verified_example(files: RunDirectory) -> tuple[ModuleType, Config, dict[str, Any]]:
+    """The run's own copy of its example and its config, both checked against the identity the run was sealed with
+    (and the config's keys against the example's); the sealed identity too."""
+    sealed = files.verify()  # first: a directory that was never sealed trained nothing, and says so
+    copy = files.example()
     config = files.config()
+    module = load_example(str(copy))
     expected, got = flat_keys(resolve_config(module)), flat_keys(config)
     defaults = flat_keys(DEFAULTS)
     added = [key for key in set(expected) - set(got) if key in defaults]
@@ -394,7 +461,7 @@ def _verified_example(files: RunDirectory) -> tuple[ModuleType, Config]:
         raise ValueError(
             f"{files.path / files.CONFIG} does not fit its example: unknown keys {unknown}, missing keys {missing}"
         )
-    return module, config
+    return module, config, sealed
 
 
 def _unflat(flat: dict[str, Any]) -> Config:
@@ -431,7 +498,7 @@ def load_run(directory: str | os.PathLike, member: int | None = None) -> Run:
     if status["status"] not in ("finished", "stopped_early"):
         hint = f": continue it with `fundl resume {files.path}`" if status["status"] == "interrupted" else ""
         raise ValueError(f"{files.path} has not finished (status: {status['status']}){hint}")
-    module, config = _verified_example(files)
+    module, config, _ = _verified_example(files)
     swept = files.manifest().get("sweep")
     try:
         plan = prepare(module, config, *_sweep_of(swept))
@@ -439,18 +506,26 @@ def load_run(directory: str | os.PathLike, member: int | None = None) -> Run:
         if "train.devices" not in str(error):
             raise
         plan = prepare(module, override(config, [("train.devices", 1), ("train.fsdp", 1)]), *_sweep_of(swept))
+    run_id = files.verify(data_identity(plan.experiment))["run_id"]
     summary = files.summary()
     if summary is None:
         raise FileNotFoundError(f"{files.path / files.SUMMARY} is missing: the run directory is incomplete")
-    like = jax.eval_shape(plan.initial_carry)
+    if summary.get("run_id") != run_id:
+        raise ValueError(
+            f"{files.path / files.SUMMARY} belongs to another run ({summary.get('run_id') or 'it carries no run id'}), "
+            f"not to {run_id}: copied from another run directory"
+        )
+    like = plan.abstract_carry()
     if "final_state" in summary:  # a sharded run's final state is its last checkpoint, each process's shards
-        checkpoints = _checkpoints(plan, files.checkpoints, files.manifest().get("run_id", ""), None)
+        checkpoints = _checkpoints(plan, files.checkpoints, run_id, None)
         placement = Placement(plan.execution.mesh, None if plan.members is None else len(plan.members))
         _, carry, _ = checkpoints.restore(like, summary["final_state"]["checkpoint"], placement.state_shardings(like))
         checkpoints.close()
         final = carry if plan.members is None else carry.states
     else:
-        final = files.load_final_state(like if plan.members is None else like.states, summary.get("train_state_sha256"))
+        final = files.load_final_state(
+            like if plan.members is None else like.states, summary.get("train_state_sha256"), run_id
+        )
     if plan.members is None:
         if member is not None:
             raise ValueError(f"{files.path} is a single run, not a sweep: load it without a member")

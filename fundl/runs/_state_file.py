@@ -25,12 +25,20 @@ def from_host(state_dict: Any, like: Any, where: str) -> Any:
     return wrap_keys(jax.device_put(restored), like)
 
 
-def save_train_state(path: str | os.PathLike, train_state: Any) -> None:
-    """Writes the whole train state (step, params, state, optimizer state, key) atomically."""
-    write_atomic(path, flax.serialization.to_bytes(host_copy(train_state)))
+def save_train_state(path: str | os.PathLike, train_state: Any, *, run_id: str | None = None) -> None:
+    """Writes the whole train state (step, params, state, optimizer state, key) atomically.
+
+    ``run_id``: the run the state belongs to, saved with it (a run directory's final state);
+    :func:`restore_train_state` then refuses the file for any other run.
+    """
+    if run_id is None:
+        write_atomic(path, flax.serialization.to_bytes(host_copy(train_state)))
+        return
+    state_dict = flax.serialization.to_state_dict(host_copy(train_state))
+    write_atomic(path, flax.serialization.msgpack_serialize({"run_id": run_id, "train_state": state_dict}))
 
 
-def restore_train_state(path: str | os.PathLike, like: Any) -> Any:
+def restore_train_state(path: str | os.PathLike, like: Any, *, run_id: str | None = None) -> Any:
     """Reads a train state saved by :func:`save_train_state`.
 
     Args:
@@ -38,11 +46,12 @@ def restore_train_state(path: str | os.PathLike, like: Any) -> Any:
       like: a train state of the same model and optimizer (arrays or
         ``jax.ShapeDtypeStruct``s, e.g. from ``jax.eval_shape``) giving the structure,
         shapes and dtypes to expect.
+      run_id: the run the file must belong to (saved with ``run_id``).
 
     Raises:
       FileNotFoundError: the file does not exist.
-      ValueError: the file does not hold a train state shaped like ``like``; the
-        message names the first entry that differs.
+      ValueError: the file does not hold a train state shaped like ``like`` (the
+        message names the first entry that differs), or belongs to another run.
     """
     path = Path(path)
     if not path.is_file():
@@ -51,6 +60,14 @@ def restore_train_state(path: str | os.PathLike, like: Any) -> Any:
         state_dict = flax.serialization.msgpack_restore(path.read_bytes())
     except Exception as error:  # msgpack raises several kinds for a broken file
         raise ValueError(f"{path} is not a saved train state: {type(error).__name__}: {error}") from None
+    if run_id is not None:
+        saved = state_dict.get("run_id") if isinstance(state_dict, dict) else None
+        if saved != run_id:
+            raise ValueError(
+                f"{path} was saved by another run ({saved or 'it carries no run id'}), not by {run_id}: "
+                "a final state copied from another run directory"
+            )
+        state_dict = state_dict["train_state"]
     return from_host(state_dict, like, str(path))
 
 

@@ -20,6 +20,8 @@ from typing import Any
 from fundl._text import number
 from fundl.runs._config import flat_keys
 from fundl.runs._directory import RunDirectory
+from fundl.runs._identity import IdentityError
+from fundl.runs._lifecycle import way_forward
 from fundl.train._history import final_metrics
 
 NO_RUNS_DIR = (
@@ -53,10 +55,17 @@ def _headline(metrics: dict[str, dict[str, Any]]) -> tuple[str, Any] | None:
 
 
 def _describe(files: RunDirectory) -> dict[str, Any]:
-    """One run as plain data (what ``fundl ls`` prints a line of)."""
+    """One run as plain data (what ``fundl ls`` prints a line of); its files are checked against its sealed identity."""
     files.config()  # a broken config is an error here too
     environment = files.manifest()
     summary = files.summary()
+    if files.is_sealed():
+        run_id = files.verify()["run_id"]  # an edited config, example or sweep is an error naming the key and values
+        if summary is not None and summary.get("run_id") != run_id:
+            raise IdentityError(
+                f"{files.path / files.SUMMARY} belongs to another run ({summary.get('run_id') or 'no run id'}), "
+                f"not to {run_id}: copied from another run directory"
+            )
     metrics = _final_metrics(files, summary)
     if summary is not None:
         steps = summary.get("steps")
@@ -68,7 +77,7 @@ def _describe(files: RunDirectory) -> dict[str, Any]:
         "name": files.path.name,
         "path": str(files.path),
         "example": environment.get("example"),
-        "status": files.status().get("status"),
+        "status": files.status().get("status") if files.is_sealed() else "unstarted",
         "steps": steps,
         "headline": _headline(metrics) or _best_setting(summary),
         "fingerprint": summary.get("params_fingerprint") if summary else None,
@@ -137,7 +146,9 @@ def list_runs(directory: str | os.PathLike = "runs") -> list[dict[str, Any]]:
     Returns:
       One dict per run: ``name``, ``path``, ``example``, ``status`` (from ``status.json``:
       ``running``, ``finished``, ``stopped_early``, ``interrupted`` or ``failed``;
-      ``incomplete`` for an old directory without one), ``steps``, ``headline``
+      ``incomplete`` for an old directory without one; ``unstarted`` for one that stopped while
+      starting and trained nothing; ``edited`` or ``unreadable`` for one whose files were
+      changed after it started or are broken, with the ``problem``), ``steps``, ``headline``
       (``(split/metric, value)`` or ``None``), ``fingerprint`` and the final ``metrics``.
     """
     path = Path(directory)
@@ -146,11 +157,37 @@ def list_runs(directory: str | os.PathLike = "runs") -> list[dict[str, Any]]:
     if not path.is_dir():
         raise ValueError(f"{path} is not a directory: give the directory that holds the run directories")
     found = sorted(p for p in path.iterdir() if p.is_dir() and RunDirectory.is_run(p))
-    return [_describe(RunDirectory(p)) for p in found]
+    return [_describe_or_mark(RunDirectory(p)) for p in found]
+
+
+def _describe_or_mark(files: RunDirectory) -> dict[str, Any]:
+    """:func:`_describe`, or for a run whose files are broken or were edited, a line that says so (``problem``)."""
+    try:
+        return _describe(files)
+    except (ValueError, OSError) as error:
+        edited = isinstance(error, IdentityError)
+        try:
+            example = files.manifest().get("example")
+        except (ValueError, OSError):
+            example = None
+        return {
+            "name": files.path.name,
+            "path": str(files.path),
+            "example": example,
+            "status": "edited" if edited else "unreadable",
+            "steps": None,
+            "headline": None,
+            "fingerprint": None,
+            "metrics": {},
+            "members": None,
+            "settings": None,
+            "problem": str(error),
+        }
 
 
 def format_runs(runs: Sequence[dict[str, Any]]) -> str:
-    """The lines of ``fundl ls``: a header, then one aligned line per run of :func:`list_runs`."""
+    """The lines of ``fundl ls``: a header, one aligned line per run of :func:`list_runs`, then what is wrong
+    with the runs marked ``edited`` or ``unreadable``."""
     rows = [["NAME", "EXAMPLE", "STATUS", "STEPS", "METRIC", "FINGERPRINT"]]
     for run in runs:
         headline = run["headline"]
@@ -164,7 +201,8 @@ def format_runs(runs: Sequence[dict[str, Any]]) -> str:
                 (run["fingerprint"] or "-")[:12],
             ]
         )
-    return "\n".join(_table(rows))
+    problems = [f"{run['name']}: {run['problem']}" for run in runs if run.get("problem")]
+    return "\n".join([*_table(rows), *([""] + problems if problems else [])])
 
 
 # fundl show
@@ -218,6 +256,7 @@ def show_run(directory: str | os.PathLike) -> str:
         ["versions", ", ".join(f"{k} {v}" for k, v in versions.items()) or "-"],
         ["devices", _devices(environment) if environment else "-"],
         ["precision", str(environment.get("precision", "-"))],
+        ["next", way_forward(path, files.status(), files.checkpoint_steps())],
     ]
     lines = _table(rows)
     if not environment:

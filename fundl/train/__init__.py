@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from fundl.train._history import History as History, MemberEnd as MemberEnd, Record as Record
     from fundl.train._hooks import (
         BestParams as BestParams,
+        DerivedMetric as DerivedMetric,
         EarlyStopping as EarlyStopping,
         Event as Event,
         Hook as Hook,

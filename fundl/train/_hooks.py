@@ -186,7 +186,25 @@ def log_learning_rate(schedule: Callable[[Any], Any]) -> Hook:
     return hook
 
 
-def derived_metric(name: str, fn: Callable[[dict[str, float]], float]) -> Hook:
+class DerivedMetric:
+    """Adds ``name = fn(metrics)`` to the metrics of every log, evaluation and test record (see :func:`derived_metric`).
+
+    ``name`` is public: ``fundl run`` counts it among the metrics a run records (``checkpoint.best`` and
+    ``early_stopping.metric`` may watch it).
+    """
+
+    def __init__(self, name: str, fn: Callable[[dict[str, float]], float]):
+        self.name, self.fn = name, fn
+
+    def __call__(self, event: Event) -> None:
+        if event.kind in ("log", "eval", "test"):
+            event.record.metrics[self.name] = float(self.fn(event.record.metrics))
+
+    def __repr__(self) -> str:
+        return f"derived_metric({self.name!r}, ...)"
+
+
+def derived_metric(name: str, fn: Callable[[dict[str, float]], float]) -> DerivedMetric:
     """Adds ``name = fn(metrics)`` to the metrics of every log, evaluation and test record.
 
     For metrics that are not means over examples: computing them from the exact split
@@ -196,9 +214,4 @@ def derived_metric(name: str, fn: Callable[[dict[str, float]], float]) -> Hook:
     Example:
       >>> derived_metric("perplexity", lambda metrics: math.exp(metrics["loss"]))
     """
-
-    def hook(event: Event) -> None:
-        if event.kind in ("log", "eval", "test"):
-            event.record.metrics[name] = float(fn(event.record.metrics))
-
-    return hook
+    return DerivedMetric(name, fn)

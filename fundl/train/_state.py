@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -12,6 +13,8 @@ import numpy as np
 import optax
 
 from fundl._core import Key, Layer, Params, Shape, State
+
+_PROGRESS_EVERY_S = 2.0
 
 
 class TrainState(NamedTuple):
@@ -102,13 +105,42 @@ def initial_train_state(
 
 
 def initial_train_states(
-    model: Layer, input_shape: Shape, optimizer: optax.GradientTransformation, seeds: Sequence[int]
+    model: Layer,
+    input_shape: Shape,
+    optimizer: optax.GradientTransformation,
+    seeds: Sequence[int],
+    *,
+    progress: Callable[[int], None] | None = None,
 ) -> TrainState:
-    """:func:`initial_train_state` for each seed (below 2**32), stacked on a leading member axis."""
+    """:func:`initial_train_state` for each seed (below 2**32), stacked on a leading member axis.
+
+    ``progress``: called with the number of states made so far, about every 2 seconds
+    (tens of thousands of members take a while). The states are made and stacked on the
+    host: for their shapes alone, stack ``jax.eval_shape`` of one (``Plan.abstract_carry``).
+    """
     if max(seeds) >= 2**32:
         raise ValueError(f"the seeds of a sweep must be below 2**32, got {max(seeds)}")
     make = _compiled_once(
         _initial_state_fn(model, input_shape, optimizer), np.uint32(0)
     )  # compiled once, called per seed
-    states = [make(np.uint32(seed)) for seed in seeds]
-    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
+    first = make(np.uint32(seeds[0]))
+    leaves, tree = jax.tree.flatten(first)
+    keys = [jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key) for leaf in leaves]
+    columns: list[list[Any]] = [[] for _ in leaves]
+    reported = time.monotonic()
+    for made, seed in enumerate(seeds, start=1):
+        state = first if made == 1 else make(np.uint32(seed))
+        for column, leaf, key in zip(columns, jax.tree.leaves(state), keys):
+            column.append(jax.random.key_data(leaf) if key else leaf)
+        if progress is not None and time.monotonic() - reported > _PROGRESS_EVERY_S:
+            progress(made)
+            reported = time.monotonic()
+    # stacked on the host: one concatenation of M arrays compiled for the device takes minutes for thousands
+    stacked = [jax.device_put(np.stack(jax.device_get(column))) for column in columns]
+    return jax.tree.unflatten(
+        tree,
+        [
+            jax.random.wrap_key_data(array, impl=jax.random.key_impl(leaf)) if key else array
+            for array, leaf, key in zip(stacked, leaves, keys)
+        ],
+    )
