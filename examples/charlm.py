@@ -12,7 +12,7 @@ from ``data.seed``. ``--set data.corpus=stdlib`` reads Python's standard library
 (its top-level modules, 4.7 MB on Python 3.11: the corpus of ``gpt_chars``, for comparing
 the two models on equal terms), and any UTF-8 text file works too:
 ``--set data.path=book.txt``. A corpus read from disk is recorded in the run directory's
-``corpus.json`` (its SHA-256 and the Python version). The last ``data.held_out`` fraction
+``environment.json`` (``data``: its SHA-256 and the Python version). The last ``data.held_out`` fraction
 of the text is held out: its first half is the validation split, evaluated after every
 epoch, its second half the test split, scored once at the end. The model learns to predict
 each character from the ones before it, in windows of ``data.length`` characters.
@@ -23,7 +23,6 @@ character (perplexity 3.94), validation 1.48; ``gpt_chars``, a transformer train
 about the same time, 1.26 (see its docstring).
 """
 
-import json
 import math
 
 import jax
@@ -96,16 +95,6 @@ def experiment(config: dict) -> Experiment:
         eval_data={"validation": validation},
         test_data={"test": test},
         hooks=[derived_metric("perplexity", lambda metrics: math.exp(metrics["loss"]))],
-        report=record_corpus(source.record()) if isinstance(source, Corpus) else None,
+        data_record=source.record() if isinstance(source, Corpus) else None,
         sample=sample,
     )
-
-
-def record_corpus(record: dict):
-    """A report that writes ``record`` (what identifies the corpus) to ``corpus.json`` in the run directory."""
-
-    def report(run: Run) -> None:
-        if run.directory is not None:
-            (run.directory / "corpus.json").write_text(json.dumps(record, indent=1) + "\n")
-
-    return report

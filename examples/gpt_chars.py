@@ -18,14 +18,13 @@ The default corpus needs no download: the top-level modules of the standard libr
 Python that runs it (``sysconfig.get_paths()["stdlib"]``, ``*.py`` sorted by name and
 concatenated: 4.7 MB, 166 distinct characters on Python 3.11). Any UTF-8 text file works
 instead: ``--set data.path=book.txt``. The corpus's SHA-256 and the Python version go to
-``corpus.json`` in the run directory. As in ``charlm``, the last ``data.held_out`` fraction of
+the run directory's ``environment.json`` (as ``data``). As in ``charlm``, the last ``data.held_out`` fraction of
 the text is held out: its first half is the validation split, its second half the test
 split, scored once at the end. The model reads windows of ``data.length`` characters (its
 context) and predicts each next character. ``fundl sample`` continues a prompt with a
 key/value cache (``fundl.models.gpt_generate``), one character at a time.
 """
 
-import json
 import math
 
 import jax
@@ -91,10 +90,6 @@ def experiment(config: dict) -> Experiment:
         )
         return vocabulary.decode(np.asarray(tokens))
 
-    def report(run: Run) -> None:
-        if run.directory is not None:
-            (run.directory / "corpus.json").write_text(json.dumps(source.record(), indent=1) + "\n")
-
     return Experiment(
         model=lm.model,
         input_shape=(config["train"]["batch_size"], data["length"]),
@@ -103,6 +98,6 @@ def experiment(config: dict) -> Experiment:
         eval_data={"validation": validation},
         test_data={"test": test},
         hooks=[derived_metric("perplexity", lambda record: math.exp(record["loss"]))],
-        report=report,
+        data_record=source.record(),
         sample=sample,
     )

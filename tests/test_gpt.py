@@ -132,7 +132,7 @@ def test_gpt_chars_trains_and_samples_with_the_cache(tmp_path):
     train = [r for r in records if r["split"] == "train"]
     assert train[-1]["loss"] < 0.75 * np.log(len(Vocabulary(stdlib_text().text)))  # below an untrained model's
     assert done.summary["metrics"]["test"]["perplexity"] < 40
-    corpus = json.loads((tmp_path / "run" / "corpus.json").read_text())
+    corpus = json.loads((tmp_path / "run" / "environment.json").read_text())["data"]
     assert corpus["corpus_sha256"] == stdlib_text().sha256 and corpus["python"]
     text = runs.sample(tmp_path / "run", "def ", temperature=0.8, length=40, seed=3)
     assert isinstance(text, str) and len(text) == 40
@@ -145,8 +145,7 @@ def test_charlm_reads_the_stdlib_corpus(tmp_path):
     windows = int(len(corpus.text) * 0.9) // 64  # data.held_out 0.1, data.length 64
     assert experiment.train_data["inputs"].shape == (windows, 64)
     assert shapes_of(experiment.model, (2, 64))[0] == (2, 64, len(Vocabulary(corpus.text)))
-    experiment.report(runs.Run(tmp_path, {}, experiment, None, None, {}))  # what `fundl run` calls at the end
-    assert json.loads((tmp_path / "corpus.json").read_text())["corpus_sha256"] == corpus.sha256
-    assert charlm.experiment(runs.resolve_config(charlm, [])).report is None  # the generated default: nothing to record
+    assert experiment.data_record["corpus_sha256"] == corpus.sha256  # what `fundl run` writes to environment.json
+    assert charlm.experiment(runs.resolve_config(charlm, [])).data_record is None  # generated: its config says it all
     with pytest.raises(runs.ConfigError, match="data.corpus must be one of numbers, stdlib, got 'python'"):
         charlm.experiment(runs.resolve_config(charlm, [("data.corpus", "python")]))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any, NamedTuple
@@ -47,9 +47,10 @@ class Experiment(NamedTuple):
         step, instead of ``optimizer.schedule``: the config's optimizer takes it, and it is
         logged as ``learning_rate`` (with ``optimizer`` too, only logged: make the optimizer
         use it).
-
       augment: ``augment(example, rng) -> example``, applied to each training example as it
         is read (in worker processes with ``data.workers``); a module-level function.
+      data_record: what identifies data that its arrays alone do not (a corpus's source,
+        SHA-256 and the Python that shipped it), written to ``environment.json`` as ``data``.
 
     Example:
       >>> def optimizer(config, total_steps):
@@ -71,6 +72,7 @@ class Experiment(NamedTuple):
     optimizer: Callable[[Config, int], Any] | None = None
     schedule: Callable[[Config, int], Callable[[Any], Any]] | None = None
     augment: Callable[[Any, Any], Any] | None = None
+    data_record: Mapping[str, Any] | None = None
 
 
 class Run(NamedTuple):

@@ -131,6 +131,7 @@ def _start(directory: RunDirectory, module: ModuleType, config: Config, plan: Pl
             "run_id": run_id,
             **manifest(example, sha, config["train"]["precision"], describe_mesh(plan.execution.mesh)),
             **({} if population is None else {"sweep": population}),
+            **({} if plan.experiment.data_record is None else {"data": dict(plan.experiment.data_record)}),
         }
     )
     directory.seal(run_id, config, sha, data_identity(plan.experiment), population)
