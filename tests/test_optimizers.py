@@ -13,6 +13,7 @@ from fundl.examples import mlp_digits
 from fundl import cli, runs
 from fundl.runs import ConfigError, make_optimizer, resolve_config
 from fundl.runs._config import DEFAULT_RATES
+from fundl.runs._identity import read_sealed, seal
 from fundl.runs._optimizers import OPTIMIZERS, make_schedule
 
 
@@ -182,5 +183,11 @@ def test_a_run_made_before_the_new_optimizer_keys_still_resumes(tmp_path):
         del config["optimizer"][key]  # as a run written before they existed
     del config["log"]["wandb"]
     path.write_text(json.dumps(config))
+    old_keys = {"optimizer.decay_rate", "optimizer.boundaries", "optimizer.nesterov", "optimizer.weight_decay_mask"}
+    sealed = read_sealed(tmp_path / "old")  # sealed by that older fundl: without the keys either
+    seal(
+        tmp_path / "old",
+        {**sealed, "config": {k: v for k, v in sealed["config"].items() if k not in old_keys | {"log.wandb"}}},
+    )
     done = runs.resume(tmp_path / "old", verbose=0, echo=lambda _: None)
     assert done.history.steps == 38 and done.config["optimizer"]["nesterov"] is False

@@ -460,7 +460,7 @@ def test_ls_lists_every_run_and_marks_an_unreadable_one(made, tmp_path, capsys):
     out = capsys.readouterr().out
     done_line, other_line = out.splitlines()[1:3]
     assert done_line.split()[:3] == ["done", "mlp_digits", "finished"]
-    assert other_line.split()[:3] == ["other", "-", "unreadable"]
+    assert other_line.split()[:3] == ["other", "mlp_digits", "unreadable"]  # its manifest still names the example
     assert f"other: {tmp_path / 'other' / 'config.json'} is not valid JSON" in out
 
 

@@ -39,7 +39,7 @@ from typing import Any
 from fundl.runs._files import FULL, DiskFull
 from fundl.runs._identity import is_sealed
 from fundl.runs._lock import NAME as LOCK, describe_holder, holder
-from fundl.train._interrupt import quiet_console
+from fundl.train._interrupt import Aborted, quiet_console
 
 START_FILES = ("status.json", "config.json", "example.py", "environment.json", LOCK)
 
@@ -56,7 +56,7 @@ class StartInterrupted(KeyboardInterrupt):
         return str(self.args[0])
 
 
-class RunAborted(KeyboardInterrupt):
+class RunAborted(Aborted):
     """A second Ctrl-C (or, while the results are written, a second signal of any kind) aborted the run at once;
     ``message`` says what was kept and how to go on."""
 
@@ -239,9 +239,8 @@ def failed_training(directory: Any, error: BaseException, finishing: bool) -> Ba
     way = f"`fundl resume {path}` continues {_resume_from(directory) if directory is not None else ''}".rstrip()
     step = steps[-1] if steps else 0
     if isinstance(error, KeyboardInterrupt):
-        what = (
-            f"aborted by a second {_said(error.signal_name)}" if isinstance(error, RunAborted) else "aborted by Ctrl-C"
-        )
+        second = _said(getattr(error, "signal_name", "SIGINT"))  # the loop's Aborted: a second Ctrl-C
+        what = f"aborted by a second {second}" if isinstance(error, Aborted) else "aborted by Ctrl-C"
         when = " while the results were written" if finishing else ""
         kept = f"the latest complete checkpoint (step {step}) is kept" if steps else "no checkpoint was saved yet"
         if directory is not None:
