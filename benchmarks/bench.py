@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import json
 import math
 import os
@@ -165,6 +166,9 @@ WORKLOADS = {
 }
 
 
+_FRESH = itertools.count()  # makes each of fundl's fresh compilations a new definition
+
+
 @functools.cache
 def fundl_setup(w: Workload) -> tuple[T.LossFn, Any, Any]:
     """The loss function and initial params and state, made once per workload (init runs op by op)."""
@@ -187,8 +191,10 @@ def fundl_run(w: Workload, data: dict[str, np.ndarray]) -> tuple[Run, Recompile]
         return hist.wall_s - hist.compile_s, hist.compile_s
 
     def recompile() -> float:
-        """One epoch with a new loss function: fit keeps its programs per loss function, so it compiles afresh."""
-        return train(lambda *args, **kwargs: loss_fn(*args, **kwargs), 1).compile_s
+        """One epoch with a loss function of a new definition, so that ``fit`` compiles afresh: it keeps its
+        programs by what the loss computes, and a default never seen before makes a definition of its own."""
+        fresh = next(_FRESH)
+        return train(lambda *args, _fresh=fresh, **kwargs: loss_fn(*args, **kwargs), 1).compile_s
 
     return run, recompile
 

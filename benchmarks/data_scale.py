@@ -8,8 +8,9 @@
 - augment: a CNN on 28x28 images whose random shifts run in 2 worker processes, against the
   same CNN fed from memory without augmentation (the device's own pace): the ratio is the
   share of time the device is busy.
-- rss: training from an on-disk dataset of ``--big-gib`` GiB in a fresh process: its peak
-  resident memory (``ru_maxrss``).
+- rss: training from an on-disk dataset of ``--big-gib`` GiB (written by another process) in
+  a fresh process: its peak resident memory (``ru_maxrss``), against the same training from
+  2,560 examples in memory (what JAX, the program and the loop take with next to no data).
 - checkpoint: a ~300 MB train state cut over 2 devices (FSDP) saved with orbax while
   training goes on: how long a save blocks the loop, and a restore's time; fundl's own
   file format on the same state, for comparison.
@@ -98,17 +99,12 @@ def augment() -> dict[str, float]:
     return out
 
 
-def rss(gib: float) -> dict[str, float]:
-    import jax
-    import optax
-
-    import fundl as fl
-    from fundl.datasets import records, write_records
-    from fundl.train import TrainState, classification_loss, fit
+def write_big(gib: float, directory: str) -> dict[str, float]:
+    """Writes ``gib`` GiB of 784-feature examples as records (its own process: its memory is not the trainer's)."""
+    from fundl.datasets import write_records
 
     features = 784
     n = int(gib * 2**30 / (features * 4 + 4))
-    directory = Path(tempfile.mkdtemp()) / "big"
 
     def examples():
         rng = np.random.default_rng(0)
@@ -117,24 +113,62 @@ def rss(gib: float) -> dict[str, float]:
 
     t = time.perf_counter()
     write_records(directory, examples(), shards=16, count=n)
-    written = time.perf_counter() - t
-    size = sum(p.stat().st_size for p in directory.glob("*.array_record")) / 2**30
+    size = sum(p.stat().st_size for p in Path(directory).glob("*.array_record")) / 2**30
+    return {"dataset_gib": size, "examples": n, "write_s": time.perf_counter() - t}
+
+
+def rss(directory: str | None) -> dict[str, float]:
+    """Peak resident memory of a fresh process training 2,000 steps from the records in ``directory``, or (None)
+    from 2,560 examples in memory: the same process with next to no data, what JAX and the program take."""
+    import jax
+    import optax
+
+    import fundl as fl
+    from fundl.datasets import records
+    from fundl.train import TrainState, classification_loss, fit
+
     model = fl.serial(fl.dense(256), fl.relu(), fl.dense(10))
     optimizer = optax.sgd(0.01)
-    _, params, state = model.init(jax.random.key(0), (256, features))
+    _, params, state = model.init(jax.random.key(0), (256, 784))
     start = TrainState.create(params, state, optimizer, jax.random.key(1))
     t = time.perf_counter()
-    source = records(directory)
+    source = records(directory) if directory else _mlp_data(2560, 784)
     opened = time.perf_counter() - t
     _, history = fit(classification_loss(model), optimizer, start, source, batch_size=256, steps=2000, quiet=True)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # KiB on Linux
     return {
-        "dataset_gib": size,
-        "examples": n,
-        "write_s": written,
         "open_and_verify_s": opened,
         "train_steps_per_s": history.steps / (history.wall_s - history.compile_s),
-        "peak_rss_mib": peak,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10,  # KiB on Linux
+    }
+
+
+def _part(name: str, *args: str, env: dict[str, str] | None = None) -> dict[str, float] | None:
+    """Runs one part in a fresh process; its result, or None (after printing why) if it failed."""
+    done = subprocess.run(
+        [sys.executable, __file__, "--part", name, *args],
+        capture_output=True,
+        text=True,
+        env=env or dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
+    if done.returncode:
+        print(f"{name}: failed\n{done.stderr[-3000:]}")
+        return None
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def rss_parts(gib: float) -> dict[str, float] | None:
+    """Writes the big dataset in one process, then trains from it in another and from memory in a third."""
+    directory = str(Path(tempfile.mkdtemp()) / "big")
+    written = _part("write-big", "--big-gib", str(gib), "--dir", directory)
+    from_files = written and _part("rss", "--dir", directory)
+    in_memory = from_files and _part("rss")
+    if not (written and from_files and in_memory):
+        return None
+    return {
+        **written,
+        **from_files,
+        "in_memory_peak_rss_mib": in_memory["peak_rss_mib"],
+        "added_by_the_source_mib": from_files["peak_rss_mib"] - in_memory["peak_rss_mib"],
     }
 
 
@@ -184,30 +218,28 @@ def main() -> None:
     parser.add_argument("--only", default="throughput,augment,rss,checkpoint")
     parser.add_argument("--big-gib", type=float, default=2.0)
     parser.add_argument("--part", help=argparse.SUPPRESS)
+    parser.add_argument("--dir", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.part:
         result = {
             "throughput": throughput,
             "augment": augment,
             "checkpoint": checkpoint,
-            "rss": lambda: rss(args.big_gib),
+            "write-big": lambda: write_big(args.big_gib, args.dir),
+            "rss": lambda: rss(args.dir),
         }[args.part]()
         print(json.dumps(result))
         return
     for part in args.only.split(","):
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
-        if part == "checkpoint":
-            env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
-        done = subprocess.run(
-            [sys.executable, __file__, "--part", part, "--big-gib", str(args.big_gib)],
-            capture_output=True,
-            text=True,
-            env=env,
-        )
-        if done.returncode:
-            print(f"{part}: failed\n{done.stderr[-3000:]}")
+        if part == "rss":
+            result = rss_parts(args.big_gib)
+        else:
+            env = dict(os.environ, PYTHONPATH=str(ROOT))
+            if part == "checkpoint":
+                env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+            result = _part(part, env=env)
+        if result is None:
             continue
-        result = json.loads(done.stdout.strip().splitlines()[-1])
         print(f"{part}: " + ", ".join(f"{k} {v:,.3g}" for k, v in result.items()), flush=True)
         if part in ("throughput", "augment"):
             base = result["memory"]

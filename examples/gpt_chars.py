@@ -1,16 +1,16 @@
 """A character-level GPT (causal transformer) trained on Python's own standard library.
 
 Command: fundl run gpt_chars
-Expected: about 3.5 min on 2 quiet vCPUs (one epoch: 1,032 steps of 32 windows of 128
-characters, 175 ms each); test loss 1.26 nats per character (perplexity 3.52), validation
-1.36, next-character accuracy 0.66 (untrained: ln 166 = 5.1). Measured 2026-12-07 on the
-shared 2-vCPU machine with other jobs running: 21 min wall, 12 CPU-minutes.
+Expected: about 7 min on 2 vCPUs (one epoch: 1,032 steps of 32 windows of 128 characters,
+0.39 s each; 12.2 CPU-minutes; peak memory 1.3 GB); test loss 1.26 nats per character
+(perplexity 3.52), validation 1.36, next-character accuracy 0.66 (untrained: ln 166 = 5.1).
+Measured 2026-12-07 on the 2-vCPU machine, nearly quiet: 7 min 4 s wall.
 Then: fundl sample RUN_DIR --prompt "def " --temperature 0.8
 
 Against the LSTM of ``charlm`` on the same corpus and splits, for about the same training
-time (``fundl run charlm --set data.corpus=stdlib --set train.epochs=7``: 7,224 steps of 64
-windows of 64 characters, 26 ms each, about 3.1 min quiet; measured 8 min wall, 9.5
-CPU-minutes, on the same loaded machine): test loss 1.37 (perplexity 3.94), validation 1.48,
+(``fundl run charlm --set data.corpus=stdlib --set train.epochs=7``: 7,224 steps of 64
+windows of 64 characters, 9.5 CPU-minutes against the GPT's 12.2, measured on the same
+machine): test loss 1.37 (perplexity 3.94), validation 1.48,
 flat since its fifth epoch (1.49, 1.47, 1.48). With learned positions instead of rotary
 (``--set model.positions=learned``) the GPT reached 1.33 test, 1.43 validation.
 

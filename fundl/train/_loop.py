@@ -36,6 +36,9 @@ from fundl.train._records import CheckpointSaves, InFlight, Lane, Recorder
 from fundl.train._step import check_loss_output, uses_convolution
 
 _MAX_FUSED_BYTES = 64 * 2**20  # the most batch data one fused call takes to the device
+# Batches read on the host (a source, data too large to keep on the device) are read, stacked and sent: three
+# copies of a call's batches, two calls in flight. At 16 MiB a call the loop holds ~0.1 GiB of them.
+_MAX_HOST_FED_BYTES = 16 * 2**20
 _MAX_RESIDENT_BYTES = 1 << 30  # training data up to this size is kept on each device and gathered there
 
 
@@ -97,13 +100,19 @@ def loop(  # noqa: C901  (the loop reads best top to bottom in its sections; eac
     first_checkpoint = checkpoint.next_step(0) if checkpoint else None
     intervals = [every for every in (eval_every, log_every, first_checkpoint) if every]
     convolution = uses_convolution(traced_loss)
+    kept = orders[0].data_bytes <= _MAX_RESIDENT_BYTES and input.augment is None
     fused, how = _steps_per_call(
-        execution.steps_per_call, convolution, first_batch, orders[0], population.lanes, *intervals
+        execution.steps_per_call,
+        convolution,
+        first_batch,
+        orders[0],
+        population.lanes,
+        *intervals,
+        cap_bytes=_MAX_FUSED_BYTES if kept else _MAX_HOST_FED_BYTES,
     )
     if isinstance(population, Members) and fused == 1 and convolution and jax.default_backend() == "cpu":
         population = dataclasses.replace(population, vectorized=False)
         how += "; one call per member (vmapped convolutions run as slower grouped convolutions on XLA:CPU)"
-    kept = orders[0].data_bytes <= _MAX_RESIDENT_BYTES and input.augment is None
     resident = placement.resident(orders[0].data) if kept else None
     program = Program(
         population,
@@ -266,15 +275,16 @@ def _eval_shapes(splits: Mapping[str, Any], batch_sizes: Mapping[str, int], shar
 
 
 def _steps_per_call(
-    option: int | str, convolution: bool, batch: Any, train: Any, lanes: int, *intervals: int
+    option: int | str, convolution: bool, batch: Any, train: Any, lanes: int, *intervals: int, cap_bytes: int
 ) -> tuple[int, str]:
-    """How many steps each compiled call runs, and why (``convolution``: the model has one)."""
+    """How many steps each compiled call runs, and why (``convolution``: the model has one; ``cap_bytes``: the
+    most batch data one call takes)."""
     if option != "auto":
         return int(option), f"{option} steps per call (set by steps_per_call)"
     if jax.default_backend() == "cpu" and convolution:
         return 1, "1 step per call (auto: convolutions run several times slower inside lax.scan on XLA:CPU)"
     span = min(train.steps_per_epoch, *intervals)  # a call never crosses an epoch end, log, eval or checkpoint
-    cap = max(1, _MAX_FUSED_BYTES // (lanes * sum(np.asarray(leaf).nbytes for leaf in jax.tree.leaves(batch))))
+    cap = max(1, cap_bytes // (lanes * sum(np.asarray(leaf).nbytes for leaf in jax.tree.leaves(batch))))
     per_call = math.ceil(span / math.ceil(span / cap))  # the span in equal calls of at most `cap` steps
     return per_call, f"{per_call} steps per call (auto: one lax.scan per {per_call} steps)"
 

@@ -166,7 +166,7 @@ class Members:
         return jax.vmap(evaluate, in_axes=(0, 0, None))  # each member's params and state, the batch shared
 
     def train_state(self, carry: MemberStates, lane: int = 0) -> TrainState:
-        return jax.tree.map(lambda leaf: leaf[lane], carry.states)
+        return _member_state(carry.states, lane)
 
     def eval_args(self, carry: MemberStates) -> tuple[Any, Any]:
         return carry.states.params, carry.states.state
@@ -207,3 +207,10 @@ class Members:
         keep[list(lanes)] = False
         alive = np.logical_and(np.asarray(carry.alive), keep)
         return carry._replace(alive=jax.device_put(alive, carry.alive.sharding))  # the layout the compiled calls expect
+
+
+@jax.jit
+def _member_state(states: TrainState, lane: jax.Array | int) -> TrainState:
+    """Member ``lane``'s train state: one compiled call for every leaf (slicing leaf by leaf dispatches an
+    operation per leaf, which at every boundary of a sweep cost more than its training)."""
+    return jax.tree.map(lambda leaf: leaf[lane], states)
