@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from run_files import RUN_FILES
 
 import fundl as fl
 from fundl import losses, runs
@@ -22,20 +23,6 @@ def quiet_run(example, settings, out):
 
 def files(directory):
     return {p.name for p in directory.iterdir()}
-
-
-RUN_FILES = {
-    "config.json",
-    "environment.json",
-    "metrics.jsonl",
-    "summary.json",
-    "train_state.msgpack",
-    "curves.png",
-    "status.json",
-    "example.py",
-    "identity.json",
-    "checkpoints",
-}
 
 
 # --- builders ----------------------------------------------------------------------------

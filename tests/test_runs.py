@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import optax
 import pytest
+from run_files import RUN_FILES
 
 from fundl import losses, runs
 from fundl.cli import main
@@ -32,18 +33,7 @@ def test_a_run_directory_records_config_metrics_summary_and_train_state(tmp_path
     done = runs.run(
         "mlp_digits", [("train.epochs", 2), ("seed", 4)], out=str(directory), quiet=True, echo=lambda _: None
     )
-    assert {p.name for p in directory.iterdir()} == {
-        "config.json",
-        "environment.json",
-        "metrics.jsonl",
-        "summary.json",
-        "train_state.msgpack",
-        "curves.png",
-        "status.json",
-        "example.py",
-        "identity.json",
-        "checkpoints",
-    }
+    assert {p.name for p in directory.iterdir()} == set(RUN_FILES)
     assert json.loads((directory / "status.json").read_text())["status"] == "finished"
     assert sorted(p.name for p in (directory / "checkpoints").iterdir()) == ["38.ckpt", "76.ckpt"]
     config = json.loads((directory / "config.json").read_text())

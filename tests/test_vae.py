@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 from layer_checks import as_shapes, random_input
+from run_files import RUN_FILES
 
 import fundl as fl
 from fundl._combinators import child_key
@@ -226,18 +227,7 @@ def test_fundl_run_vae_digits_tiny_lowers_the_held_out_neg_elbo_and_writes_its_p
     settings = ["train.steps=80", "train.eval_every=4", "train.eval_batch_size=270"]
     assert main(["run", "vae_digits", "--out", str(out), "--quiet", *[a for s in settings for a in ("--set", s)]]) == 0
     pictures = {"samples.png", "reconstructions.png", "latent.png"}
-    expected = {
-        "config.json",
-        "environment.json",
-        "metrics.jsonl",
-        "summary.json",
-        "train_state.msgpack",
-        "curves.png",
-        "status.json",
-        "example.py",
-        "identity.json",
-        "checkpoints",
-    }
+    expected = set(RUN_FILES)
     assert {p.name for p in out.iterdir()} == expected | pictures
     for name in pictures | {"curves.png"}:
         data = (out / name).read_bytes()

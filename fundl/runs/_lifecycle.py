@@ -32,14 +32,13 @@ from __future__ import annotations
 
 import signal
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
 from fundl.runs._files import FULL, DiskFull
 from fundl.runs._identity import is_sealed
 from fundl.runs._lock import NAME as LOCK, describe_holder, holder
-from fundl.train._interrupt import Aborted, quiet_console
+from fundl.train._interrupt import Aborted, SignalHandlers, quiet_console
 
 START_FILES = ("status.json", "config.json", "example.py", "environment.json", LOCK)
 
@@ -73,7 +72,7 @@ def _said(signal_name: str) -> str:
     return "Ctrl-C" if signal_name == "SIGINT" else signal_name
 
 
-class RunSignals:
+class RunSignals(SignalHandlers):
     """SIGTERM, SIGHUP and SIGINT for the whole life of a run (see the module's docstring).
 
     Use it as a context around everything a run or resume does; call :meth:`training`
@@ -81,25 +80,13 @@ class RunSignals:
     installed only in the main thread (elsewhere signals keep their defaults).
     """
 
-    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
     def __init__(self) -> None:
         self.phase = "starting"
         self.received: list[str] = []
         self._finishing_from = 0  # the signals received before the results were written
         self._checkpoints: Any = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> "RunSignals":
-        if threading.current_thread() is threading.main_thread():
-            for signum in self.SIGNALS:
-                self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        self._previous.clear()
 
     def training(self, checkpoints: Any) -> None:
         """The loop starts: a signal now asks ``checkpoints`` to stop the run with a checkpoint."""

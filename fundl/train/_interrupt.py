@@ -29,27 +29,17 @@ class Aborted(KeyboardInterrupt):
     """A second Ctrl-C while training was already stopping: abort now (nothing catches it on the way out)."""
 
 
-class Interrupts:
-    """Holds the stop signals' handlers while active (in the main thread only; elsewhere it does nothing).
+class SignalHandlers:
+    """Holds ``self._handle`` as the handler of ``self.signals`` while active, then gives the previous handlers
+    back (in the main thread only: elsewhere Python cannot set handlers, and it does nothing)."""
 
-    Attributes:
-      reason: why training should stop (``"interrupted by SIGINT (Ctrl-C)"``), or ``None``.
-    """
-
-    def __init__(self, signals: Sequence[int] = STOP_SIGNALS):
-        self.signals = tuple(signals)
-        self.reason: str | None = None
-        self._previous: dict[int, Any] = {}
+    signals: tuple[int, ...] = ()
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if signum == signal.SIGINT and self.reason is not None:
-            raise Aborted("aborted by a second Ctrl-C")
-        if signum == getattr(signal, "SIGHUP", None):
-            quiet_console()
-        name = signal.Signals(signum).name
-        self.reason = f"interrupted by {name}" + (" (Ctrl-C)" if signum == signal.SIGINT else "")
+        raise NotImplementedError
 
-    def __enter__(self) -> Interrupts:
+    def __enter__(self) -> Any:
+        self._previous: dict[int, Any] = {}
         if threading.current_thread() is threading.main_thread():
             for signum in self.signals:
                 self._previous[signum] = signal.signal(signum, self._handle)
@@ -59,6 +49,26 @@ class Interrupts:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
+
+
+class Interrupts(SignalHandlers):
+    """Holds the stop signals' handlers while training.
+
+    Attributes:
+      reason: why training should stop (``"interrupted by SIGINT (Ctrl-C)"``), or ``None``.
+    """
+
+    def __init__(self, signals: Sequence[int] = STOP_SIGNALS):
+        self.signals = tuple(signals)
+        self.reason: str | None = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT and self.reason is not None:
+            raise Aborted("aborted by a second Ctrl-C")
+        if signum == getattr(signal, "SIGHUP", None):
+            quiet_console()
+        name = signal.Signals(signum).name
+        self.reason = f"interrupted by {name}" + (" (Ctrl-C)" if signum == signal.SIGINT else "")
 
 
 class _Quiet:
