@@ -29,9 +29,10 @@ from typing import Any
 import numpy as np
 
 from fundl.runs._config import flat_keys
+from fundl.runs._directory import RunDirectory
 from fundl.runs._files import read_json, write_json
 
-NAME = "identity.json"
+NAME = RunDirectory.IDENTITY
 _HASHED_BYTES = 1 << 30  # data held in memory up to this size is hashed whole; beyond, its shapes and a sample
 
 
@@ -144,7 +145,7 @@ def check(directory: Path, current: dict[str, Any], *, with_data: bool = True) -
             f"{sealed['run_id']!r} ({NAME}): files were copied from another run"
         )
     now, then = current["config"], sealed["config"]
-    config = directory / "config.json"
+    config = directory / RunDirectory.CONFIG
     for key in dict.fromkeys([*then, *now]):
         if key not in then:
             raise IdentityError(

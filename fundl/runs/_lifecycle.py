@@ -35,12 +35,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from fundl.runs._directory import RunDirectory
 from fundl.runs._files import FULL, DiskFull
 from fundl.runs._identity import is_sealed
 from fundl.runs._lock import NAME as LOCK, describe_holder, holder
 from fundl.train._interrupt import Aborted, SignalHandlers, quiet_console
 
-START_FILES = ("status.json", "config.json", "example.py", "environment.json", LOCK)
+START_FILES = (RunDirectory.STATUS, RunDirectory.CONFIG, RunDirectory.EXAMPLE, RunDirectory.ENVIRONMENT, LOCK)
 
 
 class StartInterrupted(KeyboardInterrupt):

@@ -30,7 +30,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-NAME = "lock"
+from fundl.runs._directory import RunDirectory
+
+NAME = RunDirectory.LOCK
 
 
 class DirectoryInUse(OSError):
